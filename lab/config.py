@@ -1,0 +1,149 @@
+"""The frozen configuration tree. Built only in the CLI layer, validated here, written into every result.
+
+A `RunSpec` is one backend/mode in one process; an `ExperimentSpec` is the set of them run one after
+the other on the same model and workload. Both serialise to plain dicts (`to_dict`) for the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from lab.errors import LabInputError
+
+# backend -> the modes it implements, in report order.
+BACKEND_MODES: dict[str, tuple[str, ...]] = {
+    "hf": ("sequential", "batched", "static-cache"),
+    "vllm": ("offline",),
+}
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+WARMUPS = ("first-batch", "none")
+
+
+def parse_backends(text: str) -> tuple[tuple[str, str], ...]:
+    """'hf,vllm' or 'hf/batched,vllm' -> ((backend, mode), ...) in the order given.
+
+    A backend without a mode stands for all its modes.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        backend, _, mode = item.partition("/")
+        if backend not in BACKEND_MODES:
+            raise LabInputError(
+                f"unknown backend {backend!r}: choose from {', '.join(BACKEND_MODES)} "
+                f"(e.g. --backends hf,vllm or --backends hf/batched)"
+            )
+        modes = (mode,) if mode else BACKEND_MODES[backend]
+        for m in modes:
+            check_mode(backend, m)
+            if (backend, m) not in pairs:
+                pairs.append((backend, m))
+    if not pairs:
+        raise LabInputError("--backends is empty: name at least one, e.g. --backends hf,vllm")
+    return tuple(pairs)
+
+
+def check_mode(backend: str, mode: str) -> None:
+    if backend not in BACKEND_MODES:
+        raise LabInputError(f"unknown backend {backend!r}: choose from {', '.join(BACKEND_MODES)}")
+    if mode not in BACKEND_MODES[backend]:
+        raise LabInputError(
+            f"unknown mode {mode!r} for backend {backend!r}: choose from {', '.join(BACKEND_MODES[backend])}"
+        )
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every backend/mode of one experiment shares, so that the comparison is fair."""
+
+    model: str
+    workload: str
+    device: str = "auto"  # resolved to cuda or cpu before a run starts
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    seed: int = 0
+    num_requests: int | None = None  # None: the workload's own count
+    output_tokens: int | None = None  # None: the workload's own lengths; else every request gets this many
+    batch_size: int = 8  # hf/batched and hf/static-cache
+    warmup: str = "first-batch"
+    # vLLM KV pool: kv_cache_memory_bytes pins it (fair across backends); else gpu_memory_utilization.
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    block_size: int = 16
+    max_model_len: int | None = None  # None: the model's context
+    enable_prefix_caching: bool = False
+    sample_kv_every_step: bool = True  # vLLM: read kv usage after each engine step
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise LabInputError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+        if self.warmup not in WARMUPS:
+            raise LabInputError(f"unknown warm-up {self.warmup!r}: choose from {', '.join(WARMUPS)}")
+        if self.batch_size < 1:
+            raise LabInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_requests is not None and self.num_requests < 1:
+            raise LabInputError(f"--num-requests must be at least 1, got {self.num_requests}")
+        if self.output_tokens is not None and self.output_tokens < 1:
+            raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise LabInputError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.block_size not in (8, 16, 32, 64, 128):
+            raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One backend/mode, run in its own process."""
+
+    backend: str
+    mode: str
+    engine: EngineSettings
+
+    def __post_init__(self) -> None:
+        check_mode(self.backend, self.mode)
+
+    @property
+    def name(self) -> str:
+        """'hf-batched': the folder and label of this backend/mode."""
+        return f"{self.backend}-{self.mode}"
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "mode": self.mode, "engine": self.engine.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSpec":
+        return cls(data["backend"], data["mode"], EngineSettings(**data["engine"]))
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    engine: EngineSettings
+    runs: tuple[tuple[str, str], ...] = field(default_factory=lambda: parse_backends("hf,vllm"))
+    collector_interval_ms: int = 15
+    collect: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.collector_interval_ms <= 1000:
+            raise LabInputError(
+                f"--collector-interval-ms must be 1-1000, got {self.collector_interval_ms}"
+            )
+
+    def run_specs(self) -> list[RunSpec]:
+        return [RunSpec(backend, mode, self.engine) for backend, mode in self.runs]
+
+    def to_dict(self) -> dict:
+        return {
+            "engine": self.engine.to_dict(),
+            "runs": [f"{b}/{m}" for b, m in self.runs],
+            "collector_interval_ms": self.collector_interval_ms,
+            "collect": self.collect,
+        }
