@@ -25,7 +25,7 @@ from lab.errors import LabInputError
 SEED_PROMPTS = (
     "Hello!",
     "Explain in one paragraph what a KV cache stores, and why.",
-    "PagedAttention stores the KV cache in fixed-size blocks of tokens. " * 10,
+    "PagedAttention keeps the KV cache in fixed-size blocks of 8 tokens. " * 10,  # 680 characters
     "Thanks!",
 )
 SEED_OUTPUT_TOKENS = 50

