@@ -144,6 +144,7 @@ def stop_collector(proc: subprocess.Popen | None, run_dir: Path) -> None:
 
 def merge_runs(run_dir: Path, names: list[str]) -> None:
     """Gather the runs' files into the run folder's records, kv, timeline and summary."""
+    from lab.collector import read_timeline
     from lab.summary import summarize_run
 
     records, kv, timeline, summaries = [], [], [], []
@@ -151,13 +152,27 @@ def merge_runs(run_dir: Path, names: list[str]) -> None:
         part = run_dir / rec.RUNS / name
         records.extend(rec.iter_jsonl(part / rec.RECORDS))
         kv.extend(dict(row, run=name) for row in rec.iter_jsonl(part / rec.KV_SAMPLES))
-        samples = list(rec.iter_jsonl(part / TIMELINE_PART))
-        timeline.extend(samples)
-        summaries.append(summarize_run(rec.read_json(part / "result.json"), list(rec.iter_jsonl(part / rec.RECORDS)), samples))
+        timeline_path = part / TIMELINE_PART  # header, samples, summary of the collector (absent: it was off)
+        collected = read_timeline(timeline_path) if timeline_path.exists() else {"samples": []}
+        timeline.extend(collected["samples"])
+        summary = summarize_run(rec.read_json(part / "result.json"), list(rec.iter_jsonl(part / rec.RECORDS)),
+                                collected["samples"])
+        summary["collector"] = collector_facts(collected)
+        summaries.append(summary)
     rec.write_jsonl(run_dir / rec.RECORDS, records)
     rec.write_jsonl(run_dir / rec.KV_SAMPLES, kv)
     rec.write_jsonl(run_dir / rec.TIMELINE, timeline)
     rec.write_json(run_dir / rec.SUMMARY, {"runs": summaries})
+
+
+def collector_facts(collected: dict) -> dict:
+    """How the timeline was taken: its source, why NVML was not used, and the collector's own cost."""
+    header, summary = collected.get("header") or {}, collected.get("summary") or {}
+    keys = ("source", "fallback_reason", "interval_ms", "mean_interval_ms", "max_gap_ms", "skipped_ticks",
+            "stop_reason", "collector_cpu_pct", "samples")
+    facts = {k: summary.get(k, header.get(k)) for k in keys}
+    facts["complete"] = collected.get("complete")
+    return facts
 
 
 def manifest(spec: ExperimentSpec, launcher, results: list[dict], model_build: dict, started: float, tmp_name: str) -> dict:

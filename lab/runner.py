@@ -99,11 +99,13 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
 def _prepare(spec: RunSpec, cache_dir: Path | None, phases: Phases, result: dict):
     from lab.env import collect_environment
 
+    # NOTE: first, before torch is imported here: collect_environment() then probes torch in a child
+    # Python instead of this process, so no CUDA context is created beside vLLM's engine.
+    result["environment"] = collect_environment()
     device = resolve_device(spec.engine.device)
     dtype = resolve_dtype(spec.engine.dtype, device)
     model_path, info, requests = prepare(spec, cache_dir, dtype)
     result.update(device=device, dtype=dtype, model_path=str(model_path), model=info)
-    result["environment"] = collect_environment()
     result["workload"] = {
         "name": spec.engine.workload,
         "requests": len(requests),

@@ -1,0 +1,123 @@
+"""The environment record: complete, JSON-serialisable, and never raising when a part is broken."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import lab
+from lab import env
+
+KEYS = {"lab_version", "git", "python", "platform", "cpu", "memory", "torch", "transformers", "vllm", "nvml"}
+
+
+class FakeNvml:
+    """A fake of the pynvml functions env.nvml_facts calls (not NVML): one 80 GB GPU, old-style bytes names."""
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"580.65.06"
+
+    def nvmlSystemGetCudaDriverVersion(self):
+        return 13000
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUUID(self, h):
+        return "GPU-0000"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(total=81559 * 1024 * 1024, used=0, free=81559 * 1024 * 1024)
+
+
+def test_environment_has_every_part_and_serialises():
+    e = env.collect_environment()
+    assert set(e) == KEYS
+    assert e["lab_version"] == lab.__version__
+    assert e["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert e["cpu"]["logical_cores"] >= 1 and e["memory"]["total_gib"] > 0
+    assert "available" in e["nvml"]
+    if not e["nvml"]["available"]:
+        assert e["nvml"]["reason"]
+    if e["vllm"]["installed"]:
+        assert e["vllm"]["distribution"] in env.VLLM_DISTRIBUTIONS
+    if e["torch"]["installed"]:
+        assert "version" in e["torch"] and ("cuda_available" in e["torch"] or "error" in e["torch"])
+    json.dumps(e)
+
+
+def test_a_torch_that_fails_to_import_is_recorded_not_raised(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    e = env.collect_environment()
+    assert set(e) == KEYS
+    if e["torch"]["installed"]:
+        assert "ImportError" in e["torch"]["error"] or "ModuleNotFoundError" in e["torch"]["error"]
+
+
+def test_a_crashing_torch_probe_is_recorded_not_raised(monkeypatch):
+    monkeypatch.setattr(env, "TORCH_PROBE", "import torch_that_does_not_exist")
+    facts = env.probe_torch()
+    assert "ModuleNotFoundError" in facts["error"]
+
+
+def test_every_broken_part_becomes_an_error_entry(monkeypatch):
+    def boom():
+        raise RuntimeError("broken on purpose")
+
+    for name in ("git_facts", "python_facts", "platform_facts", "cpu_facts", "memory_facts", "torch_part",
+                 "vllm_facts", "nvml_facts", "distribution_facts"):
+        monkeypatch.setattr(env, name, lambda *a, **k: boom())
+    e = env.collect_environment()
+    assert set(e) == KEYS
+    assert all(e[k] == {"error": "RuntimeError: broken on purpose"} for k in KEYS - {"lab_version"})
+    assert "broken on purpose" in env.format_environment(e)
+
+
+def test_nvml_facts_read_driver_and_gpus():
+    facts = env.nvml_facts(FakeNvml())
+    assert facts["available"] and facts["driver_version"] == "580.65.06"
+    assert facts["cuda_driver_version"] == "13.0"
+    assert facts["gpus"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-0000", "memory_total_mib": 81559}]
+
+
+def test_nvml_that_does_not_start_gives_the_reason():
+    class NoDriver(FakeNvml):
+        def nvmlInit(self):
+            raise OSError("NVML Shared Library Not Found")
+
+    facts = env.nvml_facts(NoDriver())
+    assert not facts["available"] and "NVML Shared Library Not Found" in facts["reason"]
+
+
+def test_format_environment_is_a_two_column_table():
+    e = {"lab_version": "0.1.0", "torch": {"installed": True, "version": "2.13.0+cpu", "gpus": []},
+         "nvml": env.nvml_facts(FakeNvml())}
+    table = env.format_environment(e)
+    lines = table.splitlines()
+    assert lines[0].split() == ["item", "value"]
+    assert any(line.split()[:2] == ["torch.version", "2.13.0+cpu"] for line in lines)
+    assert any(line.startswith("nvml.gpus[0]") and "NVIDIA H100 80GB HBM3" in line for line in lines)
+    assert any(line.split() == ["torch.gpus", "(none)"] for line in lines)
+
+
+def test_gpu_count_says_why_there_is_none():
+    class NoDriver(FakeNvml):
+        def nvmlInit(self):
+            raise OSError("Driver Not Loaded")
+
+    assert env.nvml_gpu_count(FakeNvml()) == (1, None)
+    count, reason = env.nvml_gpu_count(NoDriver())
+    assert count == 0 and "Driver Not Loaded" in reason
