@@ -46,6 +46,7 @@ from typing import Any, Iterable, Protocol
 import psutil
 
 from lab.errors import LabInputError
+from lab.records import open_text
 
 MIB = 1024 * 1024
 TREE_REFRESH_S = 0.5  # re-list the root's descendants this often (listing walks all of /proc)
@@ -424,7 +425,7 @@ def read_timeline(path: Path) -> dict:
     """
     out: dict[str, Any] = {"header": None, "samples": [], "summary": None, "complete": False}
     torn = False
-    with open(path, encoding="utf-8") as f:
+    with open_text(Path(path)) as f:  # or its .gz twin
         for line in f:
             try:
                 rec = json.loads(line)

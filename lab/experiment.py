@@ -153,7 +153,7 @@ def merge_runs(run_dir: Path, names: list[str]) -> None:
         records.extend(rec.iter_jsonl(part / rec.RECORDS))
         kv.extend(dict(row, run=name) for row in rec.iter_jsonl(part / rec.KV_SAMPLES))
         timeline_path = part / TIMELINE_PART  # header, samples, summary of the collector (absent: it was off)
-        collected = read_timeline(timeline_path) if timeline_path.exists() else {"samples": []}
+        collected = read_timeline(timeline_path) if rec.existing(timeline_path) else {"samples": []}
         timeline.extend(collected["samples"])
         summary = summarize_run(rec.read_json(part / "result.json"), list(rec.iter_jsonl(part / rec.RECORDS)),
                                 collected["samples"])

@@ -15,6 +15,7 @@ never mistaken for a finished one, and an existing run folder is never overwritt
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import secrets
@@ -91,11 +92,27 @@ def read_jsonl(path: Path) -> list[dict]:
     return list(iter_jsonl(path))
 
 
+def existing(path: Path) -> Path | None:
+    """`path`, or its gzipped twin `path.gz` (long timelines are committed compressed), or None."""
+    if path.exists():
+        return path
+    gz = path.with_name(path.name + ".gz")
+    return gz if gz.exists() else None
+
+
+def open_text(path: Path):
+    """Open a text file for reading, or its gzipped twin `path.gz` where only that exists."""
+    found = existing(path)
+    if found is None:
+        raise FileNotFoundError(path)
+    return gzip.open(found, "rt", encoding="utf-8") if found.suffix == ".gz" else found.open(encoding="utf-8")
+
+
 def iter_jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSON lines file; a missing file has none. A torn last line (a killed writer) is skipped."""
-    if not path.exists():
+    """Rows of a JSON lines file (or its .gz twin); a missing file has none. A torn last line is skipped."""
+    if existing(path) is None:
         return
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         for line in f:
             line = line.strip()
             if not line:

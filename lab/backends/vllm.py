@@ -1,0 +1,425 @@
+"""vLLM offline: every request handed to the engine at t=0, then stepped exactly as `LLM.generate` does.
+
+`LLM.generate` is `add_request` for each prompt followed by `while has_unfinished_requests(): step()`
+(`_run_engine`, in `vllm/entrypoints/offline_utils.py` in 0.26 and `entrypoints/common/offline.py` in
+0.32). This backend runs the same loop itself so that, after every step, it can read the runner's
+clock (time to first token, end time per request) and the KV pool's usage. The differences from
+`LLM.generate`: outputs come back as deltas (`RequestOutputKind.DELTA`) rather than only at the end,
+so that first tokens are seen, and there is no progress bar.
+
+All requests are submitted at t=0 (start_s = 0): vLLM queues them and its scheduler decides when each
+starts, so queueing time is part of every request's TTFT and latency, as it is for `LLM.generate`.
+
+Timing. The engine core runs in a child process (v1 default) and steps on its own; each `step()`
+here takes one step's outputs from its queue. Times are therefore when this process saw a token,
+which is what a caller of `LLM.generate` sees. Outputs are host-side token ids when `step()` returns,
+so the clock needs no device sync.
+
+KV usage. Each step's message from the engine core carries the scheduler's own `SchedulerStats`
+(`kv_cache_usage`, `num_running_reqs`, `num_waiting_reqs`; sent when `disable_log_stats=False`).
+These are the figures behind the Prometheus gauge `vllm:kv_cache_usage_perc`, and `LLM.get_metrics()`
+serves them back only after walking the whole metrics registry. We take them from the message as it
+passes (`_SchedulerStatsTap`): no extra call into the engine, one attribute read per step. See
+`kv_samples()` for what one sample holds.
+
+Environment: on CPU the KV pool must be sized (vLLM's CPU default asks for 92 % of RAM and refuses to
+start): `kv_cache_memory_bytes` (honoured by the CPU worker) or the legacy `VLLM_CPU_KVCACHE_SPACE`
+(GiB; when set, vLLM's CPU platform lets it override `kv_cache_memory_bytes`). This backend sets no
+environment variables.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import kv
+from lab.backends.base import Backend, Clock, RequestRecord
+from lab.errors import LabInputError
+from lab.workloads import Request
+
+# Used only when neither --kv-cache-memory-bytes nor --gpu-memory-utilization is given.
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below the 92 % default
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
+WARMUP_REQUESTS = 8  # enough to run prefill and decode once; CUDA graphs are captured at load
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+
+
+@dataclass
+class _Progress:
+    """One request as this process has seen it so far."""
+
+    request: Request
+    generated: int = 0
+    first_token_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass
+class _InFlight:
+    """The requests that have produced a token and not finished: the scheduler holds their blocks.
+
+    Kept up to date output by output, so that a KV sample costs O(1) however many requests run.
+    `tokens_stored` is the sum of `kv.stored_tokens(prompt, generated)` = P + g - 1 over them (the
+    newest token's K/V is written by the step that consumes it).
+    """
+
+    requests: int = 0
+    tokens_stored: int = 0
+
+    def update(self, seen: _Progress, new_tokens: int, finished: bool, now: float) -> None:
+        if new_tokens:
+            if seen.generated == 0:
+                seen.first_token_s = now
+                self.requests += 1
+                self.tokens_stored += seen.request.prompt_tokens - 1
+            seen.generated += new_tokens
+            self.tokens_stored += new_tokens
+        if finished:
+            seen.end_s = now
+            if seen.generated:
+                self.requests -= 1
+                self.tokens_stored -= kv.stored_tokens(seen.request.prompt_tokens, seen.generated)
+
+
+class _SchedulerStatsTap:
+    """Keeps the `SchedulerStats` of the engine-core message that the last `step()` consumed.
+
+    `LLMEngine.step()` calls `engine_core.get_output()` once and gets one `EngineCoreOutputs`: one
+    engine step's outputs plus, with stats on, that step's `scheduler_stats`. Shadowing `get_output`
+    on this one client instance lets us read them; the message itself is untouched. Same names in
+    vLLM 0.26 and 0.32 (`EngineCoreClient.get_output`, `EngineCoreOutputs.scheduler_stats`).
+    """
+
+    def __init__(self, engine_core) -> None:
+        self._get_output = engine_core.get_output
+        self.stats = None
+        engine_core.get_output = self._get_output_and_keep_stats
+
+    def _get_output_and_keep_stats(self, *args, **kwargs):
+        outputs = self._get_output(*args, **kwargs)
+        self.stats = getattr(outputs, "scheduler_stats", None)
+        return outputs
+
+    def take(self):
+        stats, self.stats = self.stats, None
+        return stats
+
+
+class VllmBackend(Backend):
+    """vLLM's offline engine (`vllm.LLM`), driven step by step."""
+
+    def __init__(self, spec, model_path: str, device: str, dtype: str) -> None:
+        super().__init__(spec, model_path, device, dtype)
+        self._llm = None
+        self._tap: _SchedulerStatsTap | None = None
+        self._info: dict = {}
+        self._samples: list[dict] = []
+        self._num_blocks = 0
+        self._generate_calls = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        import vllm
+
+        if self.device == "cpu":
+            check_cpu_block_size(self.spec.engine.block_size)
+        kwargs = self.engine_kwargs()
+        self._llm = vllm.LLM(**kwargs)
+        engine = self._llm.llm_engine
+        self._tap = _SchedulerStatsTap(engine.engine_core)
+        self._num_blocks = int(engine.vllm_config.cache_config.num_gpu_blocks or 0)
+        self._info = self._describe(kwargs)
+
+    def engine_kwargs(self) -> dict:
+        """The `vllm.LLM` arguments this run uses (also written into engine_info)."""
+        e = self.spec.engine
+        kwargs: dict = {
+            "model": self.model_path,
+            "dtype": self.dtype,
+            "seed": e.seed,
+            "enable_prefix_caching": e.enable_prefix_caching,
+            "block_size": e.block_size,
+            "disable_log_stats": False,  # the scheduler's stats are what kv samples are made of
+        }
+        if e.max_model_len is not None:
+            kwargs["max_model_len"] = e.max_model_len
+        if not model_has_weights(self.model_path):
+            kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
+        if e.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = e.kv_cache_memory_bytes
+        elif e.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization  # on CPU: a fraction of RAM
+        elif self.device == "cpu":
+            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+        else:
+            kwargs["gpu_memory_utilization"] = DEFAULT_GPU_MEMORY_UTILIZATION
+        return kwargs
+
+    def close(self) -> None:
+        """Stop the engine-core process now rather than at interpreter exit."""
+        if self._llm is None:
+            return
+        engine_core = getattr(self._llm.llm_engine, "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()  # EngineCoreClient.shutdown(): 0.26 and 0.32
+        self._llm = None
+        self._tap = None
+        gc.collect()
+
+    # -- the timed work ----------------------------------------------------------------------------
+
+    def warmup_requests(self, requests: list[Request]) -> list[Request]:
+        return requests[: min(len(requests), WARMUP_REQUESTS)]
+
+    def generate(self, requests: list[Request], clock: Clock) -> list[RequestRecord]:
+        if self._llm is None:
+            raise RuntimeError("VllmBackend.generate() called before load()")
+        engine = self._llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("the vLLM engine still holds requests from an earlier call")
+        self._samples = []  # warm-up samples never mix with the timed pass's
+        self._generate_calls += 1
+        sample_kv = self.spec.engine.sample_kv_every_step
+
+        progress: dict[str, _Progress] = {}
+        prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests]
+        for request, engine_input in zip(requests, self._render(prompts)):
+            # vLLM appends a random suffix internally; outputs carry the id we give.
+            key = f"{self._generate_calls}-{request.request_id}"
+            engine.add_request(key, engine_input, self._sampling_params(request.output_tokens))
+            progress[key] = _Progress(request)
+
+        if self._tap is not None:
+            self._tap.take()  # stale stats from before this call
+        in_flight = _InFlight()
+        step = 0
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            now = clock.now()
+            for output in outputs:
+                new_tokens = len(output.outputs[0].token_ids) if output.outputs else 0
+                in_flight.update(progress[output.request_id], new_tokens, output.finished, now)
+            stats = self._tap.take() if self._tap is not None else None
+            if sample_kv and stats is not None:
+                self._samples.append(self._kv_sample(step, now, stats, in_flight))
+            step += 1
+        return [self._record(p, clock) for p in progress.values()]
+
+    def _render(self, prompts: list[dict]) -> list:
+        """Token prompts -> the engine's input objects, as `LLM.generate` renders them.
+
+        `LLM._preprocess_cmpl` exists (same signature) in 0.26 and 0.32; without it, raw prompts
+        still work through `add_request` (with a deprecation warning).
+        """
+        render = getattr(self._llm, "_preprocess_cmpl", None)
+        return list(render(prompts)) if render is not None else prompts
+
+    def _sampling_params(self, output_tokens: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # Greedy and EOS ignored: exactly `output_tokens` tokens whatever the (random) weights say.
+        return SamplingParams(
+            n=1,
+            temperature=0.0,
+            max_tokens=output_tokens,
+            min_tokens=output_tokens,
+            ignore_eos=True,
+            detokenize=False,  # token ids are all we count; text would add frontend work
+            output_kind=RequestOutputKind.DELTA,  # an output every step, so first tokens are seen
+        )
+
+    @staticmethod
+    def _record(seen: _Progress, clock: Clock) -> RequestRecord:
+        request = seen.request
+        ok = seen.end_s is not None and seen.generated == request.output_tokens
+        error = None
+        if not ok:
+            error = f"generated {seen.generated} tokens, {request.output_tokens} requested"
+            if seen.end_s is None:
+                error += "; never finished"
+        return RequestRecord(
+            request_id=request.request_id,
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=seen.generated,
+            start_s=0.0,  # all submitted at once; vLLM queues internally
+            first_token_s=seen.first_token_s,
+            end_s=seen.end_s if seen.end_s is not None else clock.now(),
+            status="ok" if ok else "error",
+            error=error,
+        )
+
+    # -- KV samples ----------------------------------------------------------------------------
+
+    def kv_samples(self) -> list[dict]:
+        """One sample per engine step of the last generate(), after that step's outputs.
+
+        - `kv_usage`: the scheduler's `kv_cache_usage` (0-1), the value of `vllm:kv_cache_usage_perc`:
+          used blocks / (num_blocks - 1), block 0 being the reserved null block.
+        - `blocks_used`: `kv_usage * (num_blocks - 1)`, rounded (`kv.blocks_used_from_usage`; exact,
+          usage being that ratio).
+        - `num_blocks`: the pool as the engine reports it, null block included.
+        - `running`, `waiting`: the scheduler's queues after the step.
+        - `tokens_stored`: tokens whose K/V sit in the pool, summed over the requests this process
+          has seen start and not finish: `kv.stored_tokens` = prompt + generated - 1 each (the
+          newest token's K/V is written by the next step).
+        - `tokens_stored_exact`: whether that count of in-flight requests equals the scheduler's
+          `running`. Two things are invisible from this process: a request part-way through a
+          chunked prefill (running, holds blocks, no token yet: `tokens_stored` is then a lower
+          bound) and a preempted request (its blocks freed, back in `waiting`, still looks in
+          flight here: `tokens_stored` would overcount, so it is None whenever more requests look
+          in flight than are running). Waste accounting should use exact samples only; with a pool
+          that fits the workload (no preemption) every decode step is exact.
+
+        With async scheduling (vLLM 0.26's default on GPU; off on CPU) the scheduler has already
+        placed the next step when it reports, so `blocks_used` also covers each running request's
+        next token: at most one block per request more than `tokens_stored` needs.
+        """
+        return list(self._samples)
+
+    def _kv_sample(self, step: int, now: float, stats, in_flight: _InFlight) -> dict:
+        usage = float(stats.kv_cache_usage)
+        running = int(stats.num_running_reqs)
+        blocks_used = kv.blocks_used_from_usage(usage, self._num_blocks) if self._num_blocks > 1 else None
+        overcounted = in_flight.requests > running  # some request was preempted
+        return {
+            "t_s": now,
+            "step": step,
+            "kv_usage": usage,
+            "blocks_used": blocks_used,
+            "num_blocks": self._num_blocks,
+            "running": running,
+            "waiting": int(stats.num_waiting_reqs),
+            "tokens_stored": None if overcounted else in_flight.tokens_stored,
+            "tokens_stored_exact": in_flight.requests == running,
+        }
+
+    # -- what the engine says about itself ----------------------------------------------------------
+
+    def engine_info(self) -> dict:
+        return dict(self._info)
+
+    def _describe(self, kwargs: dict) -> dict:
+        import vllm
+
+        config = self._llm.llm_engine.vllm_config
+        cache, sched, model = config.cache_config, config.scheduler_config, config.model_config
+        compilation = config.compilation_config
+        block_bytes = kv_bytes_per_block(config)
+        usable = kv.usable_blocks(self._num_blocks)
+        cudagraph_mode = getattr(compilation, "cudagraph_mode", None)
+        cuda_graphs = (
+            self.device == "cuda"
+            and not model.enforce_eager
+            and cudagraph_mode is not None
+            and _enum_name(cudagraph_mode) != "NONE"
+        )
+        return {
+            "vllm_version": vllm.__version__,
+            "num_blocks": self._num_blocks,  # null block included
+            "usable_blocks": usable,
+            "block_size": cache.block_size,
+            "kv_tokens_capacity": usable * cache.block_size,
+            "kv_bytes_per_block": block_bytes,
+            "kv_pool_bytes": self._num_blocks * block_bytes if block_bytes else None,
+            "kv_cache_dtype": str(cache.cache_dtype),
+            "kv_cache_memory_bytes": cache.kv_cache_memory_bytes,
+            "gpu_memory_utilization": cache.gpu_memory_utilization,
+            "kv_cache_memory_bytes_requested": kwargs.get("kv_cache_memory_bytes"),
+            "gpu_memory_utilization_requested": kwargs.get("gpu_memory_utilization"),
+            "vllm_cpu_kvcache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE") or None,
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": sched.max_num_batched_tokens,
+            "max_model_len": model.max_model_len,
+            "enable_prefix_caching": bool(cache.enable_prefix_caching),
+            "enable_chunked_prefill": getattr(sched, "enable_chunked_prefill", None),
+            "async_scheduling": getattr(sched, "async_scheduling", None),
+            "enforce_eager": model.enforce_eager,
+            "compilation_mode": _enum_name(getattr(compilation, "mode", None)),
+            "cudagraph_mode": _enum_name(cudagraph_mode),
+            "cuda_graphs": cuda_graphs,
+            "load_format": kwargs.get("load_format", "auto"),
+            "dtype": str(model.dtype),
+            "kv_sampling": "EngineCoreOutputs.scheduler_stats, read as each step() passes it",
+        }
+
+
+def _enum_name(value) -> str | None:
+    return None if value is None else str(getattr(value, "name", value))
+
+
+def kv_bytes_per_block(vllm_config) -> int | None:
+    """Bytes one KV block takes: 2 (K and V) * layers * block_size * kv_heads * head_dim * dtype bytes.
+
+    From the model's config as vLLM sees it; None where vLLM's config does not give the pieces.
+    """
+    import torch
+
+    model, cache = vllm_config.model_config, vllm_config.cache_config
+    try:
+        layers = model.get_num_layers(vllm_config.parallel_config)
+        kv_heads = model.get_num_kv_heads(vllm_config.parallel_config)
+        head_dim = model.get_head_size()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    cache_dtype = str(cache.cache_dtype)
+    if cache_dtype == "auto":
+        dtype_bytes = torch.empty((), dtype=model.dtype).element_size()
+    elif cache_dtype.startswith("fp8"):
+        dtype_bytes = 1
+    else:
+        dtype_bytes = torch.empty((), dtype=getattr(torch, cache_dtype)).element_size()
+    return 2 * layers * cache.block_size * kv_heads * head_dim * dtype_bytes
+
+
+def check_cpu_block_size(block_size: int) -> None:
+    """LabInputError when vLLM's CPU attention cannot use `block_size` (0.32: multiples of 32 only).
+
+    The engine would fail later with only "Engine core initialization failed" on screen. Asks the
+    CPU attention backend itself; versions without that query are not checked.
+    """
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = list(CPUAttentionBackend.get_supported_kernel_block_sizes())
+    except (ImportError, AttributeError, TypeError):
+        return
+    if not supported:
+        return
+    for size in supported:
+        base = getattr(size, "base", None)
+        if (base is not None and block_size % base == 0) or size == block_size:
+            return
+    allowed = ", ".join(f"multiples of {s.base}" if hasattr(s, "base") else str(s) for s in supported)
+    raise LabInputError(
+        f"vLLM's CPU attention cannot use --block-size {block_size}: it takes {allowed} "
+        f"(e.g. --block-size 32)"
+    )
+
+
+def model_has_weights(model_path: str) -> bool:
+    """Whether the model folder holds weight files (else vLLM gets load_format='dummy').
+
+    Anything but a local folder (a hub id) is left to vLLM's own loading.
+    """
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return True
+    try:
+        from lab.models import model_info
+    except ImportError:
+        model_info = None
+    if model_info is not None:
+        try:
+            return bool(model_info(model_path)["has_weights"])
+        except (KeyError, OSError, ValueError, LabInputError):
+            pass
+    return any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
+
+
+BACKEND = VllmBackend

@@ -1,0 +1,92 @@
+"""lab compare: the same metrics of several runs side by side; refuses runs of different workloads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lab import records as rec
+from lab.compare import check_comparable, identity, load_run, ratio, render_comparison
+from lab.errors import LabInputError
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
+
+
+def copy_run(tmp_path: Path, name: str, edit=None) -> Path:
+    """A copy of the fixture run; `edit(manifest, summary)` changes it in place."""
+    run_dir = Path(shutil.copytree(FIXTURE, tmp_path / name))
+    manifest, summary = rec.read_json(run_dir / rec.MANIFEST), rec.read_json(run_dir / rec.SUMMARY)
+    if edit:
+        edit(manifest, summary)
+    manifest["run_id"] = name
+    rec.write_json(run_dir / rec.MANIFEST, manifest)
+    rec.write_json(run_dir / rec.SUMMARY, summary)
+    return run_dir
+
+
+def faster_on_a_bigger_batch(manifest: dict, summary: dict) -> None:
+    manifest["config"]["engine"]["batch_size"] = 4
+    for run in summary["runs"]:
+        run["metrics"]["output_tokens_per_s"] *= 2
+        run["metrics"]["ttft_s_p50"] /= 4
+
+
+def test_ratios_are_each_run_over_the_first(tmp_path: Path):
+    a = copy_run(tmp_path, "run-a")
+    b = copy_run(tmp_path, "run-b", faster_on_a_bigger_batch)
+    text = render_comparison([a, b])
+    assert "What differs: batch size: 2 vs 4." in text
+    rows = [line for line in text.splitlines() if line.startswith("| hf/batched ")]
+    assert any("output tokens/s" in r and r.rstrip(" |").endswith("2.00x") for r in rows)
+    assert any("TTFT p50 s" in r and r.rstrip(" |").endswith("0.25x") for r in rows)
+    assert any("RSS tree peak MiB (psutil)" in r and r.rstrip(" |").endswith("1.00x") for r in rows)
+
+
+def test_runs_of_different_workloads_are_refused_naming_what_differs(tmp_path: Path):
+    def other_workload(manifest, summary):
+        manifest["config"]["engine"]["workload"] = "sharegpt-like"
+        for run in summary["runs"]:
+            run["workload"].update(name="sharegpt-like", requests=256, output_tokens=86528)
+
+    a, b = copy_run(tmp_path, "run-a"), copy_run(tmp_path, "run-b", other_workload)
+    with pytest.raises(LabInputError) as error:
+        render_comparison([a, b])
+    message = str(error.value)
+    assert "workload: seed vs sharegpt-like" in message and "requests: 4 vs 256" in message
+    assert "output tokens: 32 vs 86528" in message and "--force" in message
+    forced = render_comparison([a, b], force=True)
+    assert "**Not comparable, compared anyway (--force):** workload: seed vs sharegpt-like" in forced
+
+
+def test_a_different_model_is_not_comparable(tmp_path: Path):
+    def other_model(manifest, summary):
+        manifest["config"]["engine"]["model"] = "synthetic:llama-1b"
+
+    runs = [load_run(copy_run(tmp_path, "run-a")), load_run(copy_run(tmp_path, "run-b", other_model))]
+    with pytest.raises(LabInputError, match="model: synthetic:tiny vs synthetic:llama-1b"):
+        check_comparable(runs)
+    assert identity(runs[0])["requests"] == 4
+
+
+def test_a_failed_backend_shows_no_figures_and_is_listed(tmp_path: Path):
+    def vllm_failed(manifest, summary):
+        summary["runs"][-1].update(status="error", error="out of memory", metrics=None)
+
+    text = render_comparison([copy_run(tmp_path, "run-a"), copy_run(tmp_path, "run-b", vllm_failed)])
+    row = next(line for line in text.splitlines() if line.startswith("| vllm/offline ") and "output tokens/s" in line)
+    assert row.rstrip(" |").endswith("| -")
+    assert "- B: vllm/offline: out of memory" in text
+
+
+def test_one_run_or_a_folder_that_is_not_a_run_is_bad_input(tmp_path: Path):
+    with pytest.raises(LabInputError, match="two or more"):
+        render_comparison([FIXTURE])
+    with pytest.raises(LabInputError, match="not a finished run folder"):
+        render_comparison([FIXTURE, tmp_path])
+
+
+def test_ratio_of_missing_or_zero_is_a_dash():
+    assert ratio(3.0, 1.5) == "2.00x"
+    assert ratio(None, 1.0) == ratio(1.0, 0) == ratio(1.0, None) == "-"
