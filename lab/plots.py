@@ -5,7 +5,7 @@
   first), with the phases (load, warm-up, timed pass) shaded. Each line names its source: NVML
   (process tree, whole GPU) or psutil RSS, the torch allocator (CUDA only), vLLM's KV blocks in use.
 - kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
-  Figure 2, the paper's own bars beside this run's (from lab.kv.kv_breakdown, when that exists).
+  Figure 2, the paper's own bars beside this run's (from lab.breakdown.kv_breakdown).
 - performance.png: output tokens/s, and TTFT / TPOT / E2E p50 and p99, per backend/mode.
 - capacity.png: throughput against concurrency, where the folder holds capacity.json.
 
@@ -362,11 +362,9 @@ def _first_line(text) -> str:
 
 
 def kv_breakdown_rows(run_dir: Path, runs: list[dict]) -> tuple[list[dict], str | None]:
-    """lab.kv.kv_breakdown's rows, or none and the reason (module not there yet, or no data)."""
-    try:
-        from lab.kv import kv_breakdown
-    except ImportError as exc:
-        return [], f"the KV accounting module is not available ({exc})"
+    """lab.breakdown.kv_breakdown's rows, or none and the reason (no data)."""
+    from lab.breakdown import kv_breakdown
+
     try:
         rows = kv_breakdown(run_dir, runs)
     except Exception as exc:  # noqa: BLE001  NOTE: a plot must never stop the report

@@ -99,7 +99,7 @@ def memory_table(runs: list[dict]) -> str:
             fmt(whole.get("nvml_tree_peak_mib"), 0), fmt(gen.get("nvml_tree_peak_mib"), 0),
             fmt(whole.get("nvml_device_peak_mib"), 0), fmt(whole.get("rss_tree_peak_mib"), 0),
             fmt(_mib(alloc.get("peak_allocated_bytes")), 0), fmt(_mib(alloc.get("peak_reserved_bytes")), 0),
-            fmt(_mib(kv.get("kv_pool_bytes")), 0), fmt(kv.get("kv_pool_tokens")),
+            fmt(_mib(kv.get("kv_pool_bytes")), 0), fmt(kv.get("kv_tokens_capacity")),
         ])
     return tabulate(rows, headers=[
         "backend/mode", "sampled by", "NVML process tree peak MiB", "NVML tree peak in timed pass MiB",
@@ -125,9 +125,14 @@ def render(run_dir: Path) -> str:
               "Each column names its source: NVML (read by the collector process, per process and for the whole GPU), "
               "psutil RSS (host memory), the torch allocator (inside the transformers process, CUDA only) and "
               "the KV pool vLLM reports.", "", memory_table(runs)]
+    from lab.breakdown import breakdown_section
+    from lab.plots import plots_markdown
+
+    lines += [""] + breakdown_section(run_dir, runs)
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {label(r)}: {r.get('error')}" for r in failed]
+    lines += [""] + plots_markdown(run_dir)
     lines += ["", "## Observations", "",
               "The tutorial's conclusions, each checked against this run's numbers.", ""]
     lines += [f"- **{o['claim']}** {o['verdict']}: {o['evidence']}" for o in observations(run_dir, runs)]
@@ -136,8 +141,16 @@ def render(run_dir: Path) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
+    """Regenerate everything derived from the records: kv_breakdown.json, the plots, report.md, report.html."""
+    from lab.breakdown import write_breakdown_json
+    from lab.html_report import write_html
+    from lab.plots import write_plots
+
+    write_breakdown_json(run_dir, rec.read_json(run_dir / rec.SUMMARY)["runs"])
+    write_plots(run_dir)  # before render(): it links the plots listed in plots.json
     path = run_dir / rec.REPORT
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(render(run_dir), encoding="utf-8")
     tmp.replace(path)
+    write_html(run_dir)
     return path

@@ -153,11 +153,11 @@ def test_report_html_is_self_contained(run_dir: Path):
     plots.write_plots(run_dir)
     page = write_html(run_dir).read_text(encoding="utf-8")
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 2
+    assert len(images) == 3  # memory, performance, kv_breakdown (no capacity run in the fixture)
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resource"
     assert "<script" not in page
-    assert page.count("<table>") == 3  # throughput, latency, memory: the tables of report.md
+    assert page.count("<table>") == 4  # throughput, latency, memory, KV breakdown: the tables of report.md
     assert "<details><summary>manifest.json</summary>" in page
     assert "hf/static-cache" in page and "Conditions" in page
 
