@@ -25,8 +25,8 @@ extra=()
 if [ "$kind" = full ] && [ "$variant" = cpu ]; then
   # The CPU build of torch: a local find-links folder if pip is configured with one that holds it
   # (the machines of this project), else PyTorch's CPU index (TORCH_CPU_INDEX to override).
-  if ! "$venv/bin/python" -m pip config list 2>/dev/null | grep -q find-links \
-     || ! ls $("$venv/bin/python" -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" | head -n1)/torch-2.13.0+cpu* >/dev/null 2>&1; then
+  links=$("$venv/bin/python" -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" | tail -n1)
+  if [ -z "$links" ] || ! ls "$links"/torch-2.13.0+cpu* >/dev/null 2>&1; then
     extra=(--extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}")
   fi
 fi
