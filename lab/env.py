@@ -234,6 +234,7 @@ def nvml_facts(nvml: Any = None) -> dict:
                 "name": _text(nvml.nvmlDeviceGetName(h)),
                 "uuid": _text(nvml.nvmlDeviceGetUUID(h)),
                 "memory_total_mib": round(nvml.nvmlDeviceGetMemoryInfo(h).total / MIB),
+                **memory_bandwidth_facts(nvml, h),
             })
         return {
             "available": True,
@@ -250,6 +251,25 @@ def nvml_facts(nvml: Any = None) -> dict:
             nvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def memory_bandwidth_facts(nvml: Any, handle: Any) -> dict:
+    """The GPU memory's theoretical peak, from NVML: {"memory_bus_width_bits", "max_memory_clock_mhz",
+    "peak_memory_bandwidth_gb_s"}, or {"peak_memory_bandwidth_error": why}.
+
+    peak = 2 (HBM and GDDR move data on both clock edges) x max memory clock x bus width / 8, in
+    GB/s (10^9 bytes): an H100 SXM reports 2,619 MHz and 5,120 bits, 3,352 GB/s, its data sheet's 3.35 TB/s.
+    """
+    try:
+        width = int(nvml.nvmlDeviceGetMemoryBusWidth(handle))
+        clock = int(nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_MEM))
+    except Exception as e:  # old drivers, vGPUs and MIG slices may not answer
+        return {"peak_memory_bandwidth_error": f"{type(e).__name__}: {e}"}
+    return {
+        "memory_bus_width_bits": width,
+        "max_memory_clock_mhz": clock,
+        "peak_memory_bandwidth_gb_s": 2 * clock * 1e6 * width / 8 / 1e9,
+    }
 
 
 def nvml_gpu_count(nvml: Any = None) -> tuple[int, str | None]:

@@ -308,6 +308,7 @@ def model_info(path_or_id: str | Path, *, dtype: str | None = None, cache_dir: P
         "hidden_size": config.hidden_size,
         "intermediate_size": getattr(config, "intermediate_size", None),
         "vocab_size": config.vocab_size,
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         "torch_dtype": _config_dtype(config),
         "dtype": run_dtype,

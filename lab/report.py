@@ -125,10 +125,14 @@ def render(run_dir: Path) -> str:
               "Each column names its source: NVML (read by the collector process, per process and for the whole GPU), "
               "psutil RSS (host memory), the torch allocator (inside the transformers process, CUDA only) and "
               "the KV pool vLLM reports.", "", memory_table(runs)]
+    from lab.bandwidth import bandwidth_section
     from lab.breakdown import breakdown_section
     from lab.plots import plots_markdown
 
     lines += [""] + breakdown_section(run_dir, runs)
+    bandwidth = bandwidth_section(run_dir, runs)
+    if bandwidth:
+        lines += [""] + bandwidth
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {label(r)}: {r.get('error')}" for r in failed]

@@ -117,7 +117,9 @@ class HfBackend(Backend):
             )
         end_s = clock.now()
         generated = out.sequences.shape[1] - input_ids.shape[1]
-        self.batch_stats.append(self._batch_stat(index, batch, input_ids, generated, out, start_s, end_s))
+        stat = self._batch_stat(index, batch, input_ids, generated, out, start_s, end_s)
+        stat["step_s"] = list(timer.step_s)  # the clock at each decoding step (lab.breakdown, lab.bandwidth)
+        self.batch_stats.append(stat)
         del out
         return [self._record(index, r, start_s, timer.step_s, generated) for r in batch]
 

@@ -1,57 +1,84 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
 #   smoke     pytest -m gpu (the CUDA path on synthetic:tiny)
+#   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 256 random prompts of
+#             128 tokens, 128 output tokens; and the collector's cost (the same vLLM run without it)
+#   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
+#             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
+#             with prefix caching off and on; hf with and without the warm-up
 #   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode
-#   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on random 128/128,
-#             and the collector's cost (the same vLLM run with the collector off)
-#   llama-8b  lab experiment, seed and sharegpt-like workloads, every backend/mode
+#   llama-8b  the same on synthetic:llama-8b
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, timelines gzipped).
+#
+# LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
+# nvidia-smi): a check of this script before device time is spent on it.
 set -uo pipefail
 step=$1
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-source /tmp/b/install.sh
-export PYTHONPATH=$PWD:$PYTHONPATH LAB_CACHE_DIR=/tmp/labcache PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export LAB_CACHE_DIR=${LAB_CACHE_DIR:-/tmp/labcache}
+if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
+  python=${PYTHON:-.venv/bin/python}
+  anchor_model=synthetic:tiny; prompts=16; hf_batch=16; util=(); bench_engine=(--dtype float32 --block-size 32)
+  export VLLM_CPU_KVCACHE_SPACE=1
+else
+  source /tmp/b/install.sh
+  python=python3
+  anchor_model=synthetic:llama-1b; prompts=256; hf_batch=256; util=(--gpu-memory-utilization 0.5); bench_engine=()
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv
+fi
 results=/tmp/lab-results/$step
 mkdir -p "$results"
 log="$out/$step.log"
-lab() { python3 -m lab "$@"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
+exec > >(tee -a "$log") 2>&1
+lab() { "$python" -m lab "$@"; }
+started=$SECONDS
+echo "== $step: $(date -u +%FT%TZ)"
 
 random_workload=/tmp/random-128.jsonl
-python3 -c "
+"$python" -c "
 import json
 with open('$random_workload', 'w') as f:
-    for _ in range(256):
+    for _ in range($prompts):
         f.write(json.dumps({'prompt_tokens': 128, 'output_tokens': 128}) + '\n')"
 
 case "$step" in
 smoke)
-  python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider 2>&1 | tee -a "$log"
+  "$python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider
+  ;;
+anchors)
+  model=$(lab models build "$anchor_model" | tail -n1)
+  lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends hf/batched,vllm \
+      --batch-size "$hf_batch" "${util[@]}" --results "$results" --label random128
+  lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends vllm \
+      "${util[@]}" --no-collector --results "$results" --label random128-no-collector
+  bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
+         --random-input-len 128 --random-output-len 128 --num-prompts "$prompts" --seed 0)
+  "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
+      --output-json "$results/vllm-bench-vllm.json"
+  "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf.json"
+  ;;
+gap)
+  lab models build "$anchor_model"
+  seed256=(--model "$anchor_model" --workload seed --num-requests "$prompts" --output-tokens 128
+           --batch-size "$hf_batch" "${util[@]}" --results "$results")
+  lab experiment "${seed256[@]}" --backends hf/batched,vllm --label seed256
+  lab experiment "${seed256[@]}" --backends vllm --prefix-caching --label seed256-prefix-caching
+  lab experiment "${seed256[@]}" --backends hf/batched --warmup none --label seed256-no-warmup
   ;;
 llama-1b|llama-8b)
   model=synthetic:$step
-  lab models build "$model" 2>&1 | tee -a "$log"
-  lab experiment --model "$model" --workload seed --gpu-memory-utilization 0.5 \
-      --results "$results" --label "$step-seed" 2>&1 | tee -a "$log"
-  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-32}" \
-      --batch-size 16 --gpu-memory-utilization 0.5 --results "$results" --label "$step-sharegpt" 2>&1 | tee -a "$log"
-  ;;
-anchors)
-  model=$(lab models build synthetic:llama-1b 2>>"$log" | tail -n1)
-  lab experiment --model synthetic:llama-1b --workload "file:$random_workload" --backends hf/batched,vllm \
-      --batch-size 256 --gpu-memory-utilization 0.5 --results "$results" --label random128 2>&1 | tee -a "$log"
-  lab experiment --model synthetic:llama-1b --workload "file:$random_workload" --backends vllm \
-      --gpu-memory-utilization 0.5 --no-collector --results "$results" --label random128-no-collector 2>&1 | tee -a "$log"
-  bench=(python3 -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
-         --random-input-len 128 --random-output-len 128 --num-prompts 256 --seed 0)
-  "${bench[@]}" --backend vllm --gpu-memory-utilization 0.5 --no-enable-prefix-caching \
-      --output-json "$results/vllm-bench-vllm.json" 2>&1 | tee -a "$log"
-  "${bench[@]}" --backend hf --hf-max-batch-size 256 --output-json "$results/vllm-bench-hf.json" 2>&1 | tee -a "$log"
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
+  lab models build "$model"
+  lab experiment --model "$model" --workload seed "${util[@]}" --results "$results" --label "$step-seed"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" \
+      --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
   ;;
 *)
-  echo "unknown step $step: smoke, llama-1b, anchors or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, gap, llama-1b or llama-8b" >&2; exit 2 ;;
 esac
-find "$results" -name timeline.jsonl -exec gzip -9 {} \;
+echo "== $step done in $((SECONDS - started)) s"
+find "$results" -name 'timeline.jsonl' -exec gzip -9f {} \;
 tar -C /tmp/lab-results -czf "$out/$step-results.tgz" "$step"
 ls -la "$out"

@@ -42,6 +42,15 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, h):
         return SimpleNamespace(total=81559 * 1024 * 1024, used=0, free=81559 * 1024 * 1024)
 
+    NVML_CLOCK_MEM = 2
+
+    def nvmlDeviceGetMemoryBusWidth(self, h):
+        return 5120
+
+    def nvmlDeviceGetMaxClockInfo(self, h, clock_type):
+        assert clock_type == self.NVML_CLOCK_MEM
+        return 2619
+
 
 def test_environment_has_every_part_and_serialises():
     e = env.collect_environment()
@@ -90,7 +99,21 @@ def test_nvml_facts_read_driver_and_gpus():
     facts = env.nvml_facts(FakeNvml())
     assert facts["available"] and facts["driver_version"] == "580.65.06"
     assert facts["cuda_driver_version"] == "13.0"
-    assert facts["gpus"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-0000", "memory_total_mib": 81559}]
+    gpu = facts["gpus"][0]
+    assert {k: gpu[k] for k in ("index", "name", "uuid", "memory_total_mib")} == {
+        "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-0000", "memory_total_mib": 81559}
+    # 2 x 2,619 MHz x 5,120 bits / 8: the H100 SXM data sheet's 3.35 TB/s
+    assert gpu["memory_bus_width_bits"] == 5120 and gpu["max_memory_clock_mhz"] == 2619
+    assert round(gpu["peak_memory_bandwidth_gb_s"]) == 3352
+
+
+def test_a_gpu_that_does_not_report_its_memory_clock_keeps_its_other_facts():
+    class NoClock(FakeNvml):
+        def nvmlDeviceGetMaxClockInfo(self, h, clock_type):
+            raise RuntimeError("Not Supported")
+
+    gpu = env.nvml_facts(NoClock())["gpus"][0]
+    assert gpu["memory_total_mib"] == 81559 and "Not Supported" in gpu["peak_memory_bandwidth_error"]
 
 
 def test_nvml_that_does_not_start_gives_the_reason():

@@ -157,7 +157,7 @@ def test_report_html_is_self_contained(run_dir: Path):
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resource"
     assert "<script" not in page
-    assert page.count("<table>") == 4  # throughput, latency, memory, KV breakdown: the tables of report.md
+    assert page.count("<table>") == 5  # throughput, latency, memory, KV breakdown, decode bandwidth: report.md's tables
     assert "<details><summary>manifest.json</summary>" in page
     assert "hf/static-cache" in page and "Conditions" in page
 

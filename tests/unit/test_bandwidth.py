@@ -1,0 +1,66 @@
+"""Decode bandwidth: the bytes each decode step must read, from hand-made step records."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lab import bandwidth, records as rec
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-cpu-tiny"
+MODEL = {"weights_bytes": 1000, "vocab_size": 10, "hidden_size": 4, "dtype_bytes": 2, "tie_word_embeddings": False,
+         "kv_bytes_per_token": 8}
+
+
+def test_an_untied_embedding_table_is_not_read_by_a_decode_step():
+    assert bandwidth.weight_bytes_read_per_step(MODEL) == 1000 - 10 * 4 * 2
+    assert bandwidth.weight_bytes_read_per_step({**MODEL, "tie_word_embeddings": True}) == 1000
+
+
+def test_hf_dynamic_steps_attend_the_padded_prompt_plus_the_tokens_so_far():
+    batch = {"batch_size": 3, "padded_prompt_tokens": 10, "step_s": [0.5, 0.6, 0.8], "cache_slots_per_sequence": 12}
+    steps = bandwidth.hf_decode_steps(batch, static=False)
+    # step 1 is the prefill; step k attends W + k - 1 slots per sequence
+    assert steps == [(pytest.approx(0.1), 3 * 11), (pytest.approx(0.2), 3 * 12)]
+
+
+def test_hf_static_steps_attend_every_slot_of_the_cache():
+    batch = {"batch_size": 2, "padded_prompt_tokens": 10, "step_s": [0.5, 0.6, 0.8], "cache_slots_per_sequence": 40}
+    assert [slots for _, slots in bandwidth.hf_decode_steps(batch, static=True)] == [80, 80]
+
+
+def test_hf_batches_without_step_times_give_no_steps():
+    assert bandwidth.hf_decode_steps({"batch_size": 2, "padded_prompt_tokens": 4}, static=False) == []
+
+
+def test_vllm_steps_skip_prefills_and_count_the_fed_token():
+    samples = [
+        {"step": 0, "t_s": 0.10, "tokens_stored": 20, "running": 2, "tokens_stored_exact": True},  # prefill
+        {"step": 1, "t_s": 0.12, "tokens_stored": 22, "running": 2, "tokens_stored_exact": True},
+        {"step": 2, "t_s": 0.15, "tokens_stored": 30, "running": 3, "tokens_stored_exact": True},  # a new prefill
+        {"step": 3, "t_s": 0.16, "tokens_stored": 0, "running": 0, "tokens_stored_exact": True},  # all finish
+    ]
+    records = [{"first_token_s": 0.10}, {"first_token_s": 0.10}, {"first_token_s": 0.15}]
+    steps = bandwidth.vllm_decode_steps(samples, records)
+    assert steps == [(pytest.approx(0.02), 22), (pytest.approx(0.01), 33)]
+
+
+def test_decode_traffic_is_bytes_over_seconds():
+    found = bandwidth.decode_traffic([(0.5, 100), (0.5, 300)], weight_bytes=1_000_000_000, kv_bytes_per_token=10)
+    assert found["decode_steps"] == 2 and found["steps_per_s"] == 2.0
+    assert found["kv_bytes_per_step_mean"] == 2000
+    assert found["achieved_gb_s"] == pytest.approx((2e9 + 4000) / 1e9)
+
+
+def test_peak_comes_from_the_manifest_and_a_cpu_run_has_no_share(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    manifest = rec.read_json(run_dir / rec.MANIFEST)
+    manifest["host"]["nvml"] = {"available": True, "gpus": [{"name": "GPU X", "peak_memory_bandwidth_gb_s": 3352.0}]}
+    assert bandwidth.peak_gb_s(manifest) == (3352.0, "GPU X")
+    lines = bandwidth.bandwidth_section(run_dir, rec.read_json(run_dir / rec.SUMMARY)["runs"])
+    assert lines[0] == "## Decode bandwidth"
+    vllm_row = next(line for line in "\n".join(lines).splitlines() if line.startswith("| vllm/offline"))
+    assert vllm_row.rstrip(" |").endswith("-")  # the fixture ran on the CPU: no GPU peak applies
