@@ -130,7 +130,7 @@ class VllmBackend(Backend):
         kwargs = self.engine_kwargs()
         self._llm = vllm.LLM(**kwargs)
         engine = self._llm.llm_engine
-        self._tap = _SchedulerStatsTap(engine.engine_core)
+        self._tap = _SchedulerStatsTap(engine.engine_core) if self.spec.engine.sample_kv_every_step else None
         self._num_blocks = int(engine.vllm_config.cache_config.num_gpu_blocks or 0)
         self._info = self._describe(kwargs)
 
@@ -143,7 +143,8 @@ class VllmBackend(Backend):
             "seed": e.seed,
             "enable_prefix_caching": e.enable_prefix_caching,
             "block_size": e.block_size,
-            "disable_log_stats": False,  # the scheduler's stats are what kv samples are made of
+            # The scheduler's stats are what KV samples are made of; without samples, off as in `vllm bench`.
+            "disable_log_stats": not e.sample_kv_every_step,
         }
         if e.max_model_len is not None:
             kwargs["max_model_len"] = e.max_model_len

