@@ -4,6 +4,8 @@
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
 #   collector the collector's cost: the same vLLM run with the collector on and off, twice each
+#   agree     512 prompts: rounds (ROUNDS="1 2") of lab vLLM with and without the collector, and vllm bench
+#   hf-bench-gap  scripts/gpu/hf_bench_gap.py: vllm bench's hf loop against the lab's, one change at a time
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
 #             with prefix caching off and on; hf with and without the warm-up
@@ -83,6 +85,26 @@ collector)
     lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
   done
   ;;
+agree)
+  # Agreement with `vllm bench` where vLLM's timing is steadiest: 512 prompts stay within its CUDA
+  # graphs (captured up to 512 sequences; 1,024 ran partly eager and CPU-bound, 4.1-6.4 s for one
+  # configuration). Rounds of: lab with the collector, lab without it, vllm bench (ROUNDS="1 2").
+  n=${AGREE_PROMPTS:-$((prompts * 2))}
+  write_random "$n"
+  model=$(lab models build "$anchor_model" | tail -n1)
+  random=(--model "$anchor_model" --workload "file:$random_workload" --backends vllm "${util[@]}" --results "$results")
+  for round in ${ROUNDS:-1 2}; do
+    lab experiment "${random[@]}" --label "random$n-collector-on-$round"
+    lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
+    "$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random \
+        --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 --backend vllm \
+        "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching --output-json "$results/vllm-bench-vllm-$n-$round.json"
+  done
+  ;;
+hf-bench-gap)
+  model=$(lab models build "$anchor_model" | tail -n1)
+  "$python" scripts/gpu/hf_bench_gap.py "$model" --prompts "$hf_batch" --repeats 2 --out "$results/hf-bench-gap.jsonl"
+  ;;
 gap)
   lab models build "$anchor_model"
   seed256=(--model "$anchor_model" --workload seed --num-requests "$prompts" --output-tokens 128
@@ -100,7 +122,7 @@ llama-1b|llama-8b)
       --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
   ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, gap, llama-1b or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, agree, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 find "$results" -name 'timeline.jsonl' -exec gzip -9f {} \;
