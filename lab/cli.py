@@ -81,6 +81,9 @@ def engine_options(func):
         click.option("--kv-samples/--no-kv-samples", default=True, show_default=True,
                      help="vLLM: read the scheduler's KV usage after every step (off: the engine's stats are "
                           "disabled too, as in `vllm bench`; no KV breakdown for vLLM)."),
+        click.option("--repeats", type=int, default=1, show_default=True,
+                     help="Timed passes of the whole workload per backend/mode, in the same process after the "
+                          "warm-up; the report gives each pass's throughput and their median and spread."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -101,7 +104,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         warmup=kw["warmup"], kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
         gpu_memory_utilization=kw["gpu_memory_utilization"], block_size=kw["block_size"] or default_block_size(kw["device"]),
         max_model_len=kw["max_model_len"], enable_prefix_caching=kw["prefix_caching"],
-        sample_kv_every_step=kw["kv_samples"],
+        sample_kv_every_step=kw["kv_samples"], repeats=kw["repeats"],
     )
 
 

@@ -75,6 +75,7 @@ class EngineSettings:
     max_model_len: int | None = None  # None: the model's context
     enable_prefix_caching: bool = False
     sample_kv_every_step: bool = True  # vLLM: read kv usage after each engine step
+    repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -85,6 +86,8 @@ class EngineSettings:
             raise LabInputError(f"unknown warm-up {self.warmup!r}: choose from {', '.join(WARMUPS)}")
         if self.batch_size < 1:
             raise LabInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.repeats <= 100:
+            raise LabInputError(f"--repeats must be 1-100, got {self.repeats}")
         if self.num_requests is not None and self.num_requests < 1:
             raise LabInputError(f"--num-requests must be at least 1, got {self.num_requests}")
         if self.output_tokens is not None and self.output_tokens < 1:

@@ -28,7 +28,7 @@ from lab import records as rec
 MIB = 1024**2
 INDEX = "plots.json"
 CAPACITY = "capacity.json"
-PHASE_COLORS = {"load": "#d9d9d9", "warmup": "#fde0a6", "generate": "#b7e4c7"}
+PHASE_COLORS = {"load": "#d9d9d9", "warmup": "#fde0a6", "repeat": "#e3f4e8", "generate": "#b7e4c7"}
 
 # The PagedAttention paper (Kwon et al., SOSP 2023, arXiv 2309.06180), Figure 2: average share of KV
 # memory per category during its section 6.2 experiment, in percent. NOTE: for vLLM the figure gives
@@ -167,10 +167,13 @@ def memory_figure(parts: list[dict]) -> Figure | None:
     grid = fig.subplots(len(parts), 2, squeeze=False, width_ratios=[3, 2])
     for (left, right), part in zip(grid, parts):
         series, start, window = memory_series(part), process_start(part), pass_window(part)
+        shaded: set[str] = set()
         for phase in part["phases"]:
             if phase.get("end"):
-                left.axvspan(phase["start"] - start, phase["end"] - start, color=PHASE_COLORS.get(phase["phase"], "#eee"),
-                             alpha=0.6, lw=0, label=f"phase: {phase['phase']}")
+                name = phase["phase"]
+                left.axvspan(phase["start"] - start, phase["end"] - start, color=PHASE_COLORS.get(name, "#eee"),
+                             alpha=0.6, lw=0, label=None if name in shaded else f"phase: {name}")
+                shaded.add(name)
         for s in series:
             if s.panel == "both":
                 _line(left, s, start)

@@ -53,6 +53,9 @@ def conditions(manifest: dict, runs: list[dict]) -> list[str]:
         f"prefix caching {'on' if config['enable_prefix_caching'] else 'off'}; vLLM KV pool: "
         + (f"kv_cache_memory_bytes={fmt(config['kv_cache_memory_bytes'])}" if config.get("kv_cache_memory_bytes")
            else f"gpu_memory_utilization={config.get('gpu_memory_utilization') or 'engine default'}"),
+        f"- Timed passes per backend/mode: {config.get('repeats', 1)}"
+        + (" (the tables give the last; \"Repeated timed passes\" gives all)" if config.get("repeats", 1) > 1 else "")
+        + f"; vLLM per-step KV samples: {'on' if config.get('sample_kv_every_step', True) else 'off (engine stats disabled, as in `vllm bench`)'}",
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
         "t=0 when every request is available",
     ]
@@ -118,6 +121,11 @@ def render(run_dir: Path) -> str:
     lines = [f"# PagedAttention Lab run `{manifest['run_id']}`", "", "## Conditions", ""]
     lines += conditions(manifest, runs)
     lines += ["", "## Throughput", "", "Timed pass only (warm-up and loading excluded).", "", throughput_table(runs)]
+    from lab.repeats import repeats_section
+
+    repeated = repeats_section(runs)
+    if repeated:
+        lines += [""] + repeated
     lines += ["", "## Latency", "",
               "TTFT: first token - start of work on the request (for hf, its batch's start; for vLLM, t=0: "
               "it queues requests itself). TPOT: (E2E - TTFT) / (output tokens - 1).", "", latency_table(runs)]

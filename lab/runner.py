@@ -5,7 +5,7 @@ timed pass, output lengths fixed by the workload. It writes into its output fold
 
     pid            this process's id, first thing (the collector watches this process tree)
     phases.json    epoch times of load / warm-up / generate, to line up with the collector's timeline
-    records.jsonl  one line per request of the timed pass
+    records.jsonl  one line per request of the timed pass (the last, with --repeats)
     kv.jsonl       KV-cache samples the backend took during the timed pass
     result.json    status ("ok" or "error" with the message), timings, engine and memory figures
 
@@ -69,7 +69,7 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
     try:
         backend, requests = _prepare(spec, cache_dir, phases, result)
         _warm_up(spec, backend, requests, phases, result)
-        records, kv_samples = _timed_pass(backend, requests, phases, result)
+        records, kv_samples = _timed_passes(spec.engine.repeats, backend, requests, phases, result)
         rec.write_jsonl(out_dir / rec.RECORDS, records)
         rec.write_jsonl(out_dir / rec.KV_SAMPLES, kv_samples)
         result["engine"] = backend.engine_info()
@@ -162,12 +162,27 @@ def _warm_up(spec: RunSpec, backend, requests, phases: Phases, result: dict) -> 
     phases.end()
 
 
-def _timed_pass(backend, requests, phases: Phases, result: dict):
+def _timed_passes(repeats: int, backend, requests, phases: Phases, result: dict):
+    """`repeats` timed passes of the whole workload; each pass's seconds go into result["passes_s"].
+
+    Everything else (records, KV samples, memory peaks, the "generate" phase) is the last pass's: the
+    earlier passes are phases named "repeat".
+    """
+    passes: list[float] = []
+    for index in range(repeats):
+        last = index == repeats - 1
+        records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
+        passes.append(result["generate_s"])
+        result["passes_s"] = passes
+    return records, kv_samples
+
+
+def _timed_pass(backend, requests, phases: Phases, result: dict, phase: str = "generate"):
     from lab.backends.base import Clock
 
     backend.reset_memory_stats()
     clock = Clock(backend.device_sync())
-    phases.start("generate")
+    phases.start(phase)
     clock.start()
     records = backend.generate(requests, clock)
     result["generate_s"] = clock.now()

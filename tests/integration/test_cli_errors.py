@@ -32,6 +32,7 @@ def assert_refused(proc, fragment, results):
     (["--workload", "sharegpt"], "choose seed, sharegpt-like or file:PATH.jsonl"),
     (["--workload", "file:/no/such.jsonl"], "workload file not found"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--repeats", "0"], "--repeats must be 1-100"),
     (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
 ])
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):

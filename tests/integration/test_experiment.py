@@ -110,3 +110,27 @@ def test_failing_backend_is_recorded_and_the_others_still_run(tiny_model, tmp_pa
     assert by_name["vllm/offline"]["status"] == "error" and by_name["vllm/offline"]["error"]
     assert by_name["hf/sequential"]["status"] == "ok"
     assert "## Failures" in proc.stdout
+
+
+def test_repeated_timed_passes_are_each_timed_and_reported(tiny_model, tmp_path):
+    """--repeats 3 with the real engines: three timed passes per backend, the records the last one's."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cpu",
+         "--backends", "hf/batched,vllm", "--batch-size", "2", "--output-tokens", "4", "--num-requests", "2",
+         "--repeats", "3", "--no-collector", "--results", str(results)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from pathlib import Path
+
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    for run in rec.read_json(run_dir / rec.SUMMARY)["runs"]:
+        assert run["status"] == "ok", run["error"]
+        assert len(run["passes_s"]) == 3 and all(s > 0 for s in run["passes_s"])
+        assert run["passes_s"][-1] == run["generate_s"]
+        phases = [p["phase"] for p in rec.read_json(run_dir / "runs" / f"{run['backend']}-{run['mode']}" / "phases.json")]
+        assert phases == ["load", "warmup", "repeat", "repeat", "generate"]
+    assert len(rec.read_jsonl(run_dir / rec.RECORDS)) == 2 * 2  # one pass of 2 requests per backend
+    report = (run_dir / rec.REPORT).read_text()
+    assert "## Repeated timed passes" in report and "Timed passes per backend/mode: 3" in report
