@@ -7,6 +7,7 @@
 #   agree-lab, agree-bench  256 prompts, each side sampled several times: the lab with --repeats (vLLM
 #             with the collector on and off and without KV samples; hf/batched), then `vllm bench`
 #             (hf and vllm backends) run 3 times each
+#   agree-8b-lab, agree-8b-bench  the vLLM part of the same on synthetic:llama-8b (--repeats 3)
 #   hf-bench-gap  scripts/gpu/hf_bench_gap.py: vllm bench's hf loop against the lab's, one change at a time
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
@@ -98,29 +99,35 @@ collector)
     lab experiment "${random[@]}" --no-collector --label "random$n-collector-off-$round"
   done
   ;;
-agree-lab|agree-bench)
+agree-lab|agree-bench|agree-8b-lab|agree-8b-bench)
   # Agreement with `vllm bench` on 256 random prompts (within vLLM's CUDA graphs, captured up to 512
   # sequences), each side sampled several times; two steps of under 600 s each, same machine:
   # agree-lab    the lab times the workload REPEATS times in one process (--repeats): vLLM with the
   #              collector on and off (its cost) and without its per-step KV samples (engine stats off,
   #              as in bench); hf/batched at the bench's hf batch size
   # agree-bench  `vllm bench throughput` BENCH_RUNS times per backend (one timed run each)
-  n=${AGREE_PROMPTS:-$prompts}; repeats=${REPEATS:-5}
+  # agree-8b-*   the same vLLM comparisons on synthetic:llama-8b, where the GPU rather than the host's
+  #              CPU sets the pace (no hf: its anchor is the 1B one; bench loads dummy weights, as the lab)
+  n=${AGREE_PROMPTS:-$prompts}; repeats=${REPEATS:-5}; agree_model=$anchor_model; bench_load=()
+  if [[ $step == agree-8b-* && ${LAB_GPU_DRY:-0} != 1 ]]; then
+    agree_model=synthetic:llama-8b; bench_load=(--load-format dummy); repeats=${REPEATS:-3}
+  fi
   write_random "$n"
-  model=$(lab models build "$anchor_model" | tail -n1)
-  if [[ $step == agree-lab ]]; then
-    random=(--model "$anchor_model" --workload "file:$random_workload" "${util[@]}" --repeats "$repeats"
+  model=$(lab models build "$agree_model" | tail -n1)
+  if [[ $step == *-lab ]]; then
+    random=(--model "$agree_model" --workload "file:$random_workload" "${util[@]}" --repeats "$repeats"
             --batch-size "$hf_batch" --results "$results")
     lab experiment "${random[@]}" --backends vllm --label "random$n-collector-on"
     lab experiment "${random[@]}" --backends vllm --no-collector --label "random$n-collector-off"
     lab experiment "${random[@]}" --backends vllm --no-kv-samples --label "random$n-no-kv-samples"
-    lab experiment "${random[@]}" --backends hf/batched --label "random$n-hf-batched"
+    [[ $step == agree-lab ]] && lab experiment "${random[@]}" --backends hf/batched --label "random$n-hf-batched"
   else
     bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
            --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0)
     for run in $(seq "${BENCH_RUNS:-3}"); do
-      "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf-$n-$run.json"
-      "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
+      [[ $step == agree-bench ]] && "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" \
+          --output-json "$results/vllm-bench-hf-$n-$run.json"
+      "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" "${bench_load[@]}" --no-enable-prefix-caching \
           --output-json "$results/vllm-bench-vllm-$n-$run.json"
     done
   fi
@@ -151,7 +158,7 @@ llama-1b|llama-8b)
   fi
   ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"
