@@ -1,7 +1,7 @@
 """Repeated timed passes (--repeats N): each pass's throughput, their median and spread.
 
 One timed pass of a short workload is a single sample of a noisy quantity: on the H100 the same
-vLLM run took 1.51 to 1.92 s from one process to the next (results/gpu-h100/agree). The runner can
+vLLM run took 1.51 to 1.92 s from one process to the next (results/gpu-h100/agree-512). The runner can
 time the whole workload N times in one process after the warm-up; the tables elsewhere in the report
 are the last pass's, this section is every pass's. Output lengths are fixed, so every pass produces
 the same output tokens and its throughput is output tokens / pass seconds.

@@ -29,10 +29,10 @@ pack() {  # the run folders of a step (JSON lines gzipped, report.html left out)
   find "/tmp/lab-results/$1" -name 'report.html' -delete  # `lab report DIR` regenerates it; 64 MiB a call
   tar -C /tmp/lab-results -czf "$out/$1-results.tgz" "$1" && ls -la "$out"
 }
-if [[ $1 == pack ]]; then  # scripts/gpu/measure.sh pack STEP: after a step stopped by `timeout`
+if [[ ${1:-} == pack ]]; then  # scripts/gpu/measure.sh pack STEP: after a step stopped by `timeout`
   pack "$2"; exit
 fi
-step=$1
+step=${1:?usage: scripts/gpu/measure.sh STEP (or: pack STEP)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export LAB_CACHE_DIR=${LAB_CACHE_DIR:-/tmp/labcache}
 if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
