@@ -12,6 +12,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from lab.metrics import percentile
+from lab.report import fmt, label
 
 
 def pass_stats(passes_s: list[float], output_tokens: int) -> dict:
@@ -41,9 +42,8 @@ def repeats_section(runs: list[dict]) -> list[str]:
             continue
         stats = pass_stats(passes, output_tokens)
         rows.append([
-            f"{run['backend']}/{run['mode']}", stats["passes"],
-            ", ".join(f"{r:,.0f}" for r in stats["output_tokens_per_s"]),
-            f"{stats['median']:,.1f}", f"{stats['min']:,.1f}", f"{stats['max']:,.1f}", f"{stats['spread_pct']:.1f}",
+            label(run), stats["passes"], ", ".join(fmt(r, 0) for r in stats["output_tokens_per_s"]),
+            fmt(stats["median"], 1), fmt(stats["min"], 1), fmt(stats["max"], 1), f"{stats['spread_pct']:.1f}",
         ])
     if not rows:
         return []

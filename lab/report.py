@@ -53,12 +53,18 @@ def conditions(manifest: dict, runs: list[dict]) -> list[str]:
         f"prefix caching {'on' if config['enable_prefix_caching'] else 'off'}; vLLM KV pool: "
         + (f"kv_cache_memory_bytes={fmt(config['kv_cache_memory_bytes'])}" if config.get("kv_cache_memory_bytes")
            else f"gpu_memory_utilization={config.get('gpu_memory_utilization') or 'engine default'}"),
-        f"- Timed passes per backend/mode: {config.get('repeats', 1)}"
-        + (" (the tables give the last; \"Repeated timed passes\" gives all)" if config.get("repeats", 1) > 1 else "")
-        + f"; vLLM per-step KV samples: {'on' if config.get('sample_kv_every_step', True) else 'off (engine stats disabled, as in `vllm bench`)'}",
+        _passes_line(config),
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
         "t=0 when every request is available",
     ]
+
+
+def _passes_line(config: dict) -> str:
+    """Timed passes per backend/mode and whether vLLM sampled its KV usage (older manifests: 1 and on)."""
+    repeats = config.get("repeats", 1)
+    passes = f"{repeats} (the tables give the last; \"Repeated timed passes\" gives all)" if repeats > 1 else "1"
+    samples = "on" if config.get("sample_kv_every_step", True) else "off (engine stats disabled, as in `vllm bench`)"
+    return f"- Timed passes per backend/mode: {passes}; vLLM per-step KV samples: {samples}"
 
 
 def _version(value) -> str:

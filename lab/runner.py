@@ -173,7 +173,7 @@ def _timed_passes(repeats: int, backend, requests, phases: Phases, result: dict)
         last = index == repeats - 1
         records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
         passes.append(result["generate_s"])
-        result["passes_s"] = passes
+        result["passes_s"] = passes  # after each pass: a failing later pass keeps the earlier ones
     return records, kv_samples
 
 

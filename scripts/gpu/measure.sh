@@ -53,7 +53,6 @@ lab() { "$python" -m lab "$@"; }
 started=$SECONDS
 echo "== $step: $(date -u +%FT%TZ)"
 
-
 random_workload=/tmp/random-128.jsonl
 write_random() {  # N requests of 128 prompt tokens and 128 output tokens, as `vllm bench --dataset-name random`
   "$python" -c "
@@ -61,6 +60,14 @@ import json
 with open('$random_workload', 'w') as f:
     for _ in range($1):
         f.write(json.dumps({'prompt_tokens': 128, 'output_tokens': 128}) + '\n')"
+}
+bench() {  # bench MODEL_DIR N ARGS...: `vllm bench throughput` on N random prompts of 128 tokens, 128 out
+  local model=$1 n=$2; shift 2
+  "$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random \
+      --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 "$@"
+}
+bench_vllm() {  # bench_vllm MODEL_DIR N ARGS...: its vllm backend with the lab's engine settings
+  bench "$@" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching
 }
 
 case "$step" in
@@ -76,13 +83,10 @@ anchors)
   random=(--model "$anchor_model" --workload "file:$random_workload" "${util[@]}" --results "$results")
   lab experiment "${random[@]}" --backends hf/batched,vllm --batch-size "$hf_batch" --label random$n
   lab experiment "${random[@]}" --backends vllm --no-kv-samples --label random$n-no-kv-samples
-  bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
-         --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0)
-  "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
-      --output-json "$results/vllm-bench-vllm.json"
-  "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf.json"
-  if "${bench[@]}" --help 2>/dev/null | grep -q -- --num-warmups; then
-    "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" --num-warmups "$hf_batch" \
+  bench_vllm "$model" "$n" --output-json "$results/vllm-bench-vllm.json"
+  bench "$model" "$n" --backend hf --hf-max-batch-size "$hf_batch" --output-json "$results/vllm-bench-hf.json"
+  if bench "$model" "$n" --help 2>/dev/null | grep -q -- --num-warmups; then
+    bench "$model" "$n" --backend hf --hf-max-batch-size "$hf_batch" --num-warmups "$hf_batch" \
         --output-json "$results/vllm-bench-hf-warm.json"
   else
     echo "this vllm bench has no --num-warmups: no warmed-up hf anchor"
@@ -122,13 +126,10 @@ agree-lab|agree-bench|agree-8b-lab|agree-8b-bench)
     lab experiment "${random[@]}" --backends vllm --no-kv-samples --label "random$n-no-kv-samples"
     [[ $step == agree-lab ]] && lab experiment "${random[@]}" --backends hf/batched --label "random$n-hf-batched"
   else
-    bench=("$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random
-           --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0)
     for run in $(seq "${BENCH_RUNS:-3}"); do
-      [[ $step == agree-bench ]] && "${bench[@]}" --backend hf --hf-max-batch-size "$hf_batch" \
+      [[ $step == agree-bench ]] && bench "$model" "$n" --backend hf --hf-max-batch-size "$hf_batch" \
           --output-json "$results/vllm-bench-hf-$n-$run.json"
-      "${bench[@]}" --backend vllm "${util[@]}" "${bench_engine[@]}" "${bench_load[@]}" --no-enable-prefix-caching \
-          --output-json "$results/vllm-bench-vllm-$n-$run.json"
+      bench_vllm "$model" "$n" "${bench_load[@]}" --output-json "$results/vllm-bench-vllm-$n-$run.json"
     done
   fi
   ;;
