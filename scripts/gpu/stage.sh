@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Copies the carried parts of the vLLM bundle to /tmp/b on the GPU machine.
+# Stages the carried part of the vLLM bundle in /tmp/b on the GPU machine (scripts/gpu/README.md).
+# Once every part named in .gpu-bundle/parts.txt is there, unpacks them into vllm-bundle.sh's files.
 set -euo pipefail
 mkdir -p /tmp/b
-cp .gpu-bundle/* /tmp/b/
+cp .gpu-bundle/part.* .gpu-bundle/parts.txt /tmp/b/ 2>/dev/null || true
+cd /tmp/b
+missing=$(while read -r p; do [ -f "$p" ] || echo "$p"; done < parts.txt)
+if [ -n "$missing" ]; then echo "staged; still missing: $missing"; exit 0; fi
+[ -f install.sh ] || { cat $(cat parts.txt) | tar -xf - && echo "bundle complete"; }
 ls /tmp/b
