@@ -28,7 +28,7 @@ Where the memory goes: the categories of the PagedAttention paper's Figure 2 (Kw
   use minus the blocks of the requests we can see running; hf: cache bytes beyond batch x slots x
   bytes per token).
 
-How each approach maps (per step; `lab.breakdown` integrates over time):
+How each approach maps (per step; `lab.accounting.breakdown` integrates over time):
 
 | approach | token_states | reservation | internal_fragmentation | external | other |
 | --- | --- | --- | --- | --- | --- |
@@ -38,19 +38,37 @@ How each approach maps (per step; `lab.breakdown` integrates over time):
 | vLLM | own stored tokens | empty slots of its last block its own tokens will reach | the rest of its last block | 0: any free block fits any request | measured blocks - arithmetic |
 
 Free blocks of vLLM's pool, which no request holds, are in no category: the pool is reserved up front
-whatever the load, so `lab.breakdown` reports its occupancy beside the shares, and `lab capacity`
-compares approaches under one fixed budget.
+whatever the load, so `lab.accounting.breakdown` reports its occupancy beside the shares, and
+`lab.accounting.capacity` compares approaches under one fixed budget.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
 
-from lab.models import kv_bytes_per_token  # noqa: F401 - the one formula, re-exported for accounting code
+from lab.errors import LabInputError
 
 CATEGORIES = ("token_states", "reservation", "internal_fragmentation", "external_fragmentation", "other")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# ----------------------------------------------------------------------------- bytes per token
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of 'float32' (4), 'bfloat16' (2) or 'float16' (2)."""
+    if dtype not in DTYPE_BYTES:
+        raise LabInputError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes_: int) -> int:
+    """KV-cache bytes one token occupies: 2 (key and value) x layers x kv_heads x head_dim x dtype bytes.
+
+    TinyLlama in bf16: 2 x 22 x 4 x 64 x 2 = 22,528 bytes (22 KiB) per token.
+    """
+    return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes_
 
 
 # ----------------------------------------------------------------------------- tokens and blocks
@@ -130,12 +148,13 @@ class SlotBreakdown:
         """Slots held: the sum of the five categories (external counted as 0 where unmeasured)."""
         return sum(getattr(self, name) or 0.0 for name in CATEGORIES)
 
-    def scaled(self, factor: float) -> "SlotBreakdown":
+    def scaled(self, factor: float) -> SlotBreakdown:
         """Every figure x factor (e.g. a step's duration, to integrate over time)."""
-        return SlotBreakdown(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name) * factor
-                                for f in fields(self)})
+        return SlotBreakdown(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name) * factor for f in fields(self)}
+        )
 
-    def __add__(self, other: "SlotBreakdown") -> "SlotBreakdown":
+    def __add__(self, other: SlotBreakdown) -> SlotBreakdown:
         """Sum by category; external fragmentation stays None only where both sides lack it."""
         values = {}
         for f in fields(self):
@@ -146,8 +165,10 @@ class SlotBreakdown:
     def shares(self) -> dict[str, float | None]:
         """Each category / total: fractions that sum to 1 (external None where unmeasured)."""
         total = self.total()
-        return {name: (None if getattr(self, name) is None else (getattr(self, name) / total if total else 0.0))
-                for name in CATEGORIES}
+        return {
+            name: (None if getattr(self, name) is None else (getattr(self, name) / total if total else 0.0))
+            for name in CATEGORIES
+        }
 
 
 def integrate(weighted: Iterable[tuple[float, SlotBreakdown]]) -> SlotBreakdown:
@@ -205,12 +226,18 @@ def dynamic_batch_step(prompt_tokens: Sequence[int], output_tokens: Sequence[int
     states = own_stored_tokens(prompt_tokens, output_tokens, step)
     padding = padding_waste_slots(prompt_tokens)
     finished = finished_sequence_waste_slots(output_tokens, step)
-    return SlotBreakdown(token_states=states, reservation=0, internal_fragmentation=padding + finished,
-                         padding=padding, finished=finished)
+    return SlotBreakdown(
+        token_states=states,
+        reservation=0,
+        internal_fragmentation=padding + finished,
+        padding=padding,
+        finished=finished,
+    )
 
 
-def static_batch_step(prompt_tokens: Sequence[int], output_tokens: Sequence[int], step: int,
-                      max_cache_len: int) -> SlotBreakdown:
+def static_batch_step(
+    prompt_tokens: Sequence[int], output_tokens: Sequence[int], step: int, max_cache_len: int
+) -> SlotBreakdown:
     """An hf batch with a static cache of `max_cache_len` slots per sequence, after step `step`.
 
     Per sequence: token states P_i + min(step-1, O_i-1); reservation = its own tokens still to come,
@@ -219,15 +246,22 @@ def static_batch_step(prompt_tokens: Sequence[int], output_tokens: Sequence[int]
     """
     width = padded_length(prompt_tokens)
     if max_cache_len < width + max(output_tokens) - 1:
-        raise ValueError(f"a static cache of {max_cache_len} slots cannot hold W + N - 1 = "
-                         f"{width + max(output_tokens) - 1} tokens")
+        raise ValueError(
+            f"a static cache of {max_cache_len} slots cannot hold W + N - 1 = {width + max(output_tokens) - 1} tokens"
+        )
     states = own_stored_tokens(prompt_tokens, output_tokens, step)
     reservation = sum((o - 1) - min(step - 1, o - 1) for o in output_tokens)
     padding = padding_waste_slots(prompt_tokens)
     finished = finished_sequence_waste_slots(output_tokens, step)
     internal = sum(max_cache_len - final_tokens(p, o) for p, o in zip(prompt_tokens, output_tokens))
-    return SlotBreakdown(token_states=states, reservation=reservation, internal_fragmentation=internal,
-                         padding=padding, finished=finished, unused_tail=internal - padding - finished)
+    return SlotBreakdown(
+        token_states=states,
+        reservation=reservation,
+        internal_fragmentation=internal,
+        padding=padding,
+        finished=finished,
+        unused_tail=internal - padding - finished,
+    )
 
 
 # ----------------------------------------------------------------------------- vLLM
@@ -242,8 +276,9 @@ def paged_request_step(tokens: int, request_final_tokens: int, block_size: int) 
     slots = paged_slots(tokens, block_size)
     reservation = max(min(slots, request_final_tokens) - tokens, 0)
     internal = slots - tokens - reservation
-    return SlotBreakdown(token_states=tokens, reservation=reservation, internal_fragmentation=internal,
-                         block_tail=internal)
+    return SlotBreakdown(
+        token_states=tokens, reservation=reservation, internal_fragmentation=internal, block_tail=internal
+    )
 
 
 def paged_step(running: Iterable[tuple[int, int]], block_size: int, blocks_used: int | None = None) -> SlotBreakdown:
@@ -251,7 +286,7 @@ def paged_step(running: Iterable[tuple[int, int]], block_size: int, blocks_used:
 
     other = measured slots - arithmetic slots where the engine holds more than the arithmetic explains
     (blocks_used x block_size - sum of paged_slots); never negative (a shortfall is reported by the
-    check in lab.breakdown, not hidden in the shares). External fragmentation is 0: any free block fits.
+    check in lab.accounting.breakdown, not hidden in the shares). External fragmentation is 0: any free block fits.
     """
     total = SlotBreakdown(external_fragmentation=0.0)  # paging: any free block fits any request
     for tokens, request_final in running:
@@ -259,128 +294,3 @@ def paged_step(running: Iterable[tuple[int, int]], block_size: int, blocks_used:
     if blocks_used is not None:
         total = total + SlotBreakdown(other=max(blocks_used * block_size - total.total(), 0))
     return total
-
-
-# ----------------------------------------------------------------------------- capacity under a budget
-
-
-def static_capacity(budget_bytes: int, bytes_per_token: int, max_len: int) -> int:
-    """Requests a static cache fits when each reserves `max_len` slots: budget // (max_len x bytes per token)."""
-    return budget_bytes // (max_len * bytes_per_token)
-
-
-def padded_batch_kv_bytes(prompt_tokens: Sequence[int], output_tokens: Sequence[int], bytes_per_token: int) -> int:
-    """Peak cache bytes of one left-padded batch: batch x (W + N - 1) x bytes per token
-    (W the longest prompt, N the longest output: the cache at the end of `generate`)."""
-    return len(prompt_tokens) * (max(prompt_tokens) + max(output_tokens) - 1) * bytes_per_token
-
-
-def padded_batch_capacity(budget_bytes: int, bytes_per_token: int, requests: Sequence[tuple[int, int]]) -> int:
-    """Largest batch size B such that every batch of B consecutive `(prompt, output)` requests fits:
-    padded_batch_kv_bytes <= budget for each. 0 if not even one request fits. At most len(requests)."""
-    best = 0
-    for size in range(1, len(requests) + 1):
-        batches = [requests[i:i + size] for i in range(0, len(requests), size)]
-        if all(padded_batch_kv_bytes([p for p, _ in b], [o for _, o in b], bytes_per_token) <= budget_bytes
-               for b in batches):
-            best = size
-    return best
-
-
-@dataclass(frozen=True)
-class PagedSimulation:
-    """What the paged scheduler simulation saw: running requests per step, preemptions, steps."""
-
-    max_running: int
-    mean_running: float
-    steps: int
-    preemptions: int
-    running_per_step: tuple[int, ...]
-
-
-def simulate_paged(requests: Sequence[tuple[int, int]], num_blocks: int, block_size: int,
-                   max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> PagedSimulation:
-    """A continuous-batching scheduler over a pool of `num_blocks` blocks (block 0 the null block).
-
-    All requests `(prompt, output)` arrive at t=0, in order. Each step, as vLLM v1's scheduler does:
-    1. every running request gets the slot for the token it computes now: ceil((stored + 1) / bs)
-       blocks; if the pool has too few free blocks, the most recently admitted running request is
-       preempted (blocks freed, back to the front of the queue, recomputed later);
-    2. waiting requests are admitted first come first served while ceil(tokens / bs) blocks for their
-       prompt (plus tokens already generated, after a preemption) are free, up to `max_num_seqs`
-       running and `max_num_batched_tokens` tokens this step; a request that does not fit stops
-       admission (no overtaking);
-    3. every scheduled request produces one token; a request with all its output tokens leaves and
-       frees its blocks.
-    `running_per_step` counts the requests each step runs (the paper's "batched requests"). A request
-    that alone exceeds the pool raises ValueError (vLLM refuses it too).
-    """
-    free = usable_blocks(num_blocks)
-    need_max = max(blocks_needed(final_tokens(p, o), block_size) for p, o in requests)
-    if need_max > free:
-        raise ValueError(f"a request needs {need_max} blocks and the pool has {free}")
-    waiting = list(range(len(requests)))
-    running: list[int] = []
-    stored = [0] * len(requests)  # tokens computed (K/V written) per request
-    generated = [0] * len(requests)
-    held = [0] * len(requests)  # blocks held
-    counts: list[int] = []
-    preemptions = 0
-    while waiting or running:
-        budget_tokens = max_num_batched_tokens or math.inf
-        scheduled: list[int] = []
-        for r in list(running):  # decode: one new token each
-            if r not in running:
-                continue  # preempted below while making room for an earlier one
-            need = blocks_needed(stored[r] + 1, block_size) - held[r]
-            while need > free and running[-1] != r:
-                victim = running.pop()
-                free += held[victim]
-                held[victim], stored[victim] = 0, 0
-                waiting.insert(0, victim)
-                preemptions += 1
-                if victim in scheduled:
-                    scheduled.remove(victim)
-            if need > free:  # r itself is the newest: preempt it
-                running.remove(r)
-                free += held[r]
-                held[r], stored[r] = 0, 0
-                waiting.insert(0, r)
-                preemptions += 1
-                continue
-            free -= need
-            held[r] += need
-            scheduled.append(r)
-            budget_tokens -= 1
-        while waiting and (max_num_seqs is None or len(running) < max_num_seqs):
-            r = waiting[0]
-            tokens = requests[r][0] + generated[r]  # prompt, plus what it generated before a preemption
-            need = blocks_needed(tokens, block_size)
-            if need > free or tokens > budget_tokens:
-                break
-            waiting.pop(0)
-            free -= need
-            held[r] = need
-            stored[r] = tokens - 1  # the step computes tokens; stored becomes `tokens` below
-            running.append(r)
-            scheduled.append(r)
-            budget_tokens -= tokens
-        if not scheduled:
-            raise ValueError("the simulated scheduler cannot make progress")
-        counts.append(len(running))
-        for r in scheduled:
-            stored[r] += 1
-            generated[r] += 1
-            if generated[r] >= requests[r][1]:
-                running.remove(r)
-                free += held[r]
-                held[r] = 0
-    return PagedSimulation(max(counts), sum(counts) / len(counts), len(counts), preemptions, tuple(counts))
-
-
-def paged_capacity(budget_bytes: int, bytes_per_token: int, block_size: int, requests: Sequence[tuple[int, int]],
-                   max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> PagedSimulation:
-    """`simulate_paged` over the pool a budget buys: num_blocks = budget // (block_size x bytes per token),
-    as vLLM sizes a pool from `kv_cache_memory_bytes` (block 0 then the null block)."""
-    num_blocks = budget_bytes // (block_size * bytes_per_token)
-    return simulate_paged(requests, num_blocks, block_size, max_num_seqs, max_num_batched_tokens)
