@@ -6,7 +6,7 @@ every slot each sequence attends to. So a decode step moves at least
     bytes = weight bytes read + attended slots x kv_bytes_per_token
 
 and the decode phase achieves sum(bytes) / sum(step seconds) over its steps. The share of peak
-divides that by the GPU's theoretical peak, which NVML gives (`lab.env.memory_bandwidth_facts`).
+divides that by the GPU's theoretical peak, which NVML gives (`lab.hardware.env.memory_bandwidth_facts`).
 It is a lower bound of the traffic (activations, logits and any second read of the same bytes are
 not counted), so the share says how close a backend comes to the physical limit, not how busy the
 memory was.
@@ -23,18 +23,30 @@ memory was.
   per running request) plus one per running request (the token the step feeds in); steps after a
   sample without an exact count are left out.
 
-Reads a run folder only (no torch, no vllm).
+From one backend/mode's typed records and the run's manifest (no torch, no vllm).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
-from tabulate import tabulate
+from lab.records import BackendResult, HfBatch, KvSample, RequestRecord
 
-from lab import records as rec
 
-MIB = 1024**2
+@dataclass(frozen=True)
+class DecodeBandwidth:
+    """One backend/mode's decode traffic: bytes a decode step must read, and how fast it read them."""
+
+    run: str  # label, 'hf/batched'
+    device: str | None
+    decode_steps: int
+    decode_s: float
+    steps_per_s: float | None
+    weight_bytes_per_step: int
+    kv_bytes_per_step_mean: float | None
+    achieved_gb_s: float | None  # 10^9 bytes per second
+    peak_gb_s: float | None  # the GPU's theoretical peak; None off CUDA
+    share_of_peak: float | None
 
 
 def weight_bytes_read_per_step(model: dict) -> int | None:
@@ -46,13 +58,13 @@ def weight_bytes_read_per_step(model: dict) -> int | None:
     return model["weights_bytes"] - model["vocab_size"] * model["hidden_size"] * model["dtype_bytes"]
 
 
-def hf_decode_steps(batch: dict, static: bool) -> list[tuple[float, int]]:
-    """(seconds, attended slots) of each decode step (2..N) of one hf batch record; [] without `step_s`."""
-    times = batch.get("step_s") or []
+def hf_decode_steps(batch: HfBatch, static: bool) -> list[tuple[float, int]]:
+    """(seconds, attended slots) of each decode step (2..N) of one hf batch; [] without `step_s`."""
+    times = batch.step_s or []
     if len(times) < 2:
         return []
-    size, width = batch["batch_size"], batch["padded_prompt_tokens"]
-    per_sequence = batch.get("cache_slots_per_sequence") if static else None
+    size, width = batch.batch_size, batch.padded_prompt_tokens
+    per_sequence = batch.cache_slots_per_sequence if static else None
     steps = []
     for k in range(2, len(times) + 1):
         slots = per_sequence if per_sequence else width + k - 1
@@ -60,18 +72,18 @@ def hf_decode_steps(batch: dict, static: bool) -> list[tuple[float, int]]:
     return steps
 
 
-def vllm_decode_steps(samples: list[dict], records: list[dict]) -> list[tuple[float, int]]:
+def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[float, int]]:
     """(seconds, attended slots) of each prefill-free engine step with an exact token count."""
-    first_tokens = {r["first_token_s"] for r in records if r.get("first_token_s") is not None}
-    samples = sorted(samples, key=lambda s: s["step"])
+    first_tokens = {r.first_token_s for r in records if r.first_token_s is not None}
+    samples = sorted(samples, key=lambda s: s.step)
     steps = []
     for previous, sample in zip(samples, samples[1:]):
-        if sample["t_s"] in first_tokens or previous.get("tokens_stored") is None:
+        if sample.t_s in first_tokens or previous.tokens_stored is None:
             continue
-        if not previous.get("tokens_stored_exact", True):
+        if previous.tokens_stored_exact is False:  # not recorded (older runs): taken as exact
             continue
         # Each request in flight before the step attends its stored tokens and the one it feeds in.
-        steps.append((sample["t_s"] - previous["t_s"], previous["tokens_stored"] + previous["running"]))
+        steps.append((sample.t_s - previous.t_s, previous.tokens_stored + previous.running))
     return steps
 
 
@@ -101,50 +113,28 @@ def peak_gb_s(manifest: dict) -> tuple[float | None, str]:
     return peak, gpu.get("name") if peak else gpu.get("peak_memory_bandwidth_error", "peak not recorded")
 
 
-def run_bandwidth(run_dir: Path, run: dict, peak: float | None) -> dict | None:
-    """One backend/mode's decode traffic and share of `peak`, or None when it has no decode steps."""
-    if run.get("status") != "ok":
-        return None
-    part = Path(run_dir) / rec.RUNS / f"{run['backend']}-{run['mode']}"
-    result = rec.read_json(part / "result.json")
-    model, engine = result.get("model") or {}, result.get("engine") or {}
+def run_bandwidth(
+    result: BackendResult, samples: list[KvSample], records: list[RequestRecord], peak: float | None
+) -> DecodeBandwidth | None:
+    """One finished backend/mode's decode traffic and share of `peak`, or None when it has no decode steps."""
+    model, engine = result.model or {}, result.engine or {}
     weights, kv_per_token = weight_bytes_read_per_step(model), model.get("kv_bytes_per_token")
     if weights is None or not kv_per_token:
         return None
-    if run["backend"] == "vllm":
-        samples = rec.read_jsonl(part / rec.KV_SAMPLES) if rec.existing(part / rec.KV_SAMPLES) else []
-        steps = vllm_decode_steps(samples, rec.read_jsonl(part / rec.RECORDS))
+    if result.backend == "vllm":
+        steps = vllm_decode_steps(samples, records)
     else:
         static = engine.get("cache_implementation") == "static"
-        steps = [s for b in engine.get("batches") or [] for s in hf_decode_steps(b, static)]
+        steps = [s for b in result.hf_batches for s in hf_decode_steps(b, static)]
     if not steps:
         return None
     found = decode_traffic(steps, weights, kv_per_token)
     achieved = found["achieved_gb_s"]
-    found["run"] = f"{run['backend']}/{run['mode']}"
-    found["device"] = result.get("device")
-    found["peak_gb_s"] = peak if result.get("device") == "cuda" else None
-    found["share_of_peak"] = achieved / found["peak_gb_s"] if achieved and found["peak_gb_s"] else None
-    return found
-
-
-def bandwidth_section(run_dir: Path, runs: list[dict]) -> list[str]:
-    """The report's "Decode bandwidth" section (markdown lines); [] when no run has decode steps."""
-    manifest = rec.read_json(Path(run_dir) / rec.MANIFEST)
-    peak, gpu = peak_gb_s(manifest)
-    entries = [e for e in (run_bandwidth(run_dir, run, peak) for run in runs) if e]
-    if not entries:
-        return []
-    rows = [[e["run"], f"{e['decode_steps']:,}", f"{e['steps_per_s']:,.1f}", f"{e['weight_bytes_per_step'] / MIB:,.0f}",
-             f"{e['kv_bytes_per_step_mean'] / MIB:,.1f}", f"{e['achieved_gb_s']:,.1f}",
-             "-" if e["share_of_peak"] is None else f"{e['share_of_peak']:.1%}"] for e in entries]
-    peak_line = (f"Peak: {peak:,.0f} GB/s, the {gpu}'s theoretical figure from NVML (2 x max memory clock x bus width)."
-                 if peak else f"No share of peak: {gpu}.")
-    return [
-        "## Decode bandwidth", "",
-        "Bytes a decode step must read (weights once, plus the K/V of every attended slot) x decode steps per "
-        "second: a lower bound of the memory traffic, as a share of the GPU's peak. hf attends over its padding "
-        "(and, with the static cache, over every slot); vLLM over each request's own tokens. " + peak_line, "",
-        tabulate(rows, headers=["backend/mode", "decode steps", "steps/s", "weights read/step MiB",
-                                "KV read/step MiB (mean)", "achieved GB/s", "share of peak"], tablefmt="github"),
-    ]
+    peak_here = peak if result.device == "cuda" else None
+    return DecodeBandwidth(
+        run=result.label,
+        device=result.device,
+        **found,
+        peak_gb_s=peak_here,
+        share_of_peak=achieved / peak_here if achieved and peak_here else None,
+    )
