@@ -1,9 +1,4 @@
-"""Launchers: how the experiment starts a `lab` command for a service (hf, vllm, collector).
-
-The native launcher runs `python -m lab ...` in a child process of this Python; the Docker launcher
-(`lab.docker`) runs the same command in the service's container. Either way every backend/mode gets
-a process of its own, so its memory is attributable, and the same `lab` CLI does the work.
-"""
+"""The native launcher: each `lab` command runs as `python -m lab ...`, a child process of this Python."""
 
 from __future__ import annotations
 
@@ -11,14 +6,18 @@ import os
 import sys
 from pathlib import Path
 
+from lab.launchers.base import Echo
+
 
 class NativeLauncher:
+    """A `lab.launchers.base.Launcher` for engines installed in this Python's environment."""
+
     runtime = "native"
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
 
-    def prepare(self, echo) -> None:
+    def setup(self, echo: Echo) -> None:
         """Nothing to build: the engines are installed in this Python's environment."""
 
     def command(self, service: str, args: list[str]) -> list[str]:
