@@ -1,6 +1,6 @@
 """report.html: one self-contained file, readable offline, made from the same text as report.md.
 
-The body is report.md (lab.report.render) turned into HTML, so the tables, conditions and observations
+The body is report.md (lab.report.markdown) turned into HTML, so the tables, conditions and observations
 are never computed twice: the markdown tables become HTML tables through tabulate, and every image
 the markdown links (the plots) is embedded as a base64 data URI. The manifest and the summary follow
 in collapsible <details>. No script, no external resource: inline CSS only.
@@ -16,9 +16,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from lab import records as rec
-
-HTML_REPORT = "report.html"
+from lab import run_folder as rf
+from lab.report.run_view import RunView
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -37,33 +36,17 @@ details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
-def render_html(run_dir: Path, markdown: str | None = None) -> str:
-    """The whole report.html text. `markdown` defaults to lab.report.render(run_dir)."""
-    from lab.plots import plots_markdown
-    from lab.report import render
-
-    run_dir = Path(run_dir)
-    markdown = render(run_dir) if markdown is None else markdown
-    if "![" not in markdown:  # report.md does not link the plots (yet): show them all the same
-        markdown = markdown + "\n" + "\n".join(plots_markdown(run_dir))
-    manifest = rec.read_json(run_dir / rec.MANIFEST)
-    body = markdown_to_html(markdown, run_dir)
-    appendix = ["<h2>Records</h2>", _details(rec.MANIFEST, manifest), _details(rec.SUMMARY, rec.read_json(run_dir / rec.SUMMARY))]
+def render_html(view: RunView, markdown: str) -> str:
+    """The whole report.html text: `markdown` (report.md's text) as HTML, then the manifest and the summary."""
+    manifest = view.manifest
+    body = markdown_to_html(markdown, view.path)
+    appendix = ["<h2>Records</h2>", _details(rf.MANIFEST, manifest), _details(rf.SUMMARY, view.summary_file)]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>PagedAttention Lab run {html.escape(manifest.get('run_id', run_dir.name))}</title>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>PagedAttention Lab run {html.escape(manifest.get('run_id', view.path.name))}</title>\n"
         f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n" + "\n".join(appendix) + "\n</body>\n</html>\n"
     )
-
-
-def write_html(run_dir: Path) -> Path:
-    """Write report.html into the run folder (atomically); return its path."""
-    path = Path(run_dir) / HTML_REPORT
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(render_html(run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def _details(name: str, data: dict) -> str:
@@ -103,7 +86,7 @@ def markdown_to_html(markdown: str, run_dir: Path) -> str:
 
 
 def table_to_html(lines: list[str]) -> str:
-    """A github-style markdown table (as report.py's tabulate writes it) -> an HTML table, via tabulate."""
+    """A github-style markdown table (as tabulate writes report.md's) -> an HTML table, via tabulate."""
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
     rows = [r for r in rows if not all(re.fullmatch(r":?-+:?", c) for c in r)]  # the separator line
     return tabulate(rows[1:], headers=rows[0], tablefmt="html", disable_numparse=True)

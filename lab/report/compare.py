@@ -14,9 +14,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from lab import records as rec
 from lab.errors import LabInputError
-from lab.report import fmt
+from lab.metrics import ratio
+from lab.records import RunSummary
+from lab.report.format import MIB, fmt
+from lab.report.run_view import RunView
 
 # (label, where in a summary entry); units in the labels.
 METRICS = (
@@ -37,16 +39,10 @@ METRICS = (
 MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "vLLM KV pool MiB"}
 
 
-def load_run(run_dir: Path) -> dict:
-    run_dir = rec.check_run_dir(Path(run_dir))
-    return {"dir": run_dir, "manifest": rec.read_json(run_dir / rec.MANIFEST),
-            "runs": rec.read_json(run_dir / rec.SUMMARY)["runs"]}
-
-
-def identity(run: dict) -> dict:
+def identity(run: RunView) -> dict:
     """What must match for two runs to be compared: the model and the exact requests."""
-    engine = run["manifest"]["config"]["engine"]
-    workload = next((r["workload"] for r in run["runs"] if r.get("workload")), None) or {}
+    engine = run.manifest["config"]["engine"]
+    workload = next((r.workload for r in run.runs if r.workload), None) or {}
     return {
         "model": engine.get("model"),
         "workload": engine.get("workload"),
@@ -56,76 +52,87 @@ def identity(run: dict) -> dict:
     }
 
 
-def conditions(run: dict) -> dict:
+def conditions(run: RunView) -> dict:
     """What may differ, and is then what the comparison is about."""
-    manifest, engine = run["manifest"], run["manifest"]["config"]["engine"]
+    manifest, engine = run.manifest, run.manifest["config"]["engine"]
     env = next((e for e in (manifest.get("backend_environments") or {}).values() if e), {}) or {}
     gpus = ((manifest.get("host") or {}).get("nvml") or {}).get("gpus") or []
-    first = next((r for r in run["runs"] if r.get("device")), {})
+    first = next((r for r in run.runs if r.device), None)
     return {
-        "device": first.get("device", engine.get("device")),
+        "device": first.device if first else engine.get("device"),
         "GPU": ", ".join(str(g.get("name")) for g in gpus) or "none",
-        "dtype": first.get("dtype", engine.get("dtype")),
-        "torch": _version(env.get("torch")), "transformers": _version(env.get("transformers")),
+        "dtype": first.dtype if first else engine.get("dtype"),
+        "torch": _version(env.get("torch")),
+        "transformers": _version(env.get("transformers")),
         "vllm": _version(env.get("vllm")),
-        "batch size": engine.get("batch_size"), "block size": engine.get("block_size"),
+        "batch size": engine.get("batch_size"),
+        "block size": engine.get("block_size"),
         "KV pool": engine.get("kv_cache_memory_bytes") or engine.get("gpu_memory_utilization"),
-        "runtime": manifest.get("runtime"), "git commit": ((manifest.get("host") or {}).get("git") or {}).get("commit"),
+        "runtime": manifest.get("runtime"),
+        "git commit": ((manifest.get("host") or {}).get("git") or {}).get("commit"),
     }
 
 
 def _version(value) -> str | None:
+    """The version as recorded, None where it is not (compared and printed as such)."""
     return value.get("version") if isinstance(value, dict) else value
 
 
 def differences(values: list[dict]) -> dict[str, str]:
     """{key: 'a vs b'} for every key whose value is not the same in every run."""
-    return {key: " vs ".join(str(v.get(key)) for v in values)
-            for key in values[0] if len({repr(v.get(key)) for v in values}) > 1}
+    return {
+        key: " vs ".join(str(v.get(key)) for v in values)
+        for key in values[0]
+        if len({repr(v.get(key)) for v in values}) > 1
+    }
 
 
 def describe(differing: dict[str, str]) -> str:
     return "; ".join(f"{key}: {values}" for key, values in differing.items())
 
 
-def check_comparable(runs: list[dict], force: bool = False) -> dict[str, str]:
+def check_comparable(runs: list[RunView], force: bool = False) -> dict[str, str]:
     """The identity differences; raises LabInputError naming them unless `force`."""
     differing = differences([identity(r) for r in runs])
     if differing and not force:
         raise LabInputError(
             f"these runs are not comparable: {describe(differing)}"
-            + ". Compare runs of the same model and workload, or give --force to compare them anyway")
+            + ". Compare runs of the same model and workload, or give --force to compare them anyway"
+        )
     return differing
 
 
-def metric_value(entry: dict, label: str, path: tuple[str, ...]):
-    value = entry
+def metric_value(entry: RunSummary, label: str, path: tuple[str, ...]):
+    value = entry.to_dict()
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     if value is not None and label in MIB_FROM_BYTES:
-        value = value / 2**20
+        value = value / MIB
     return value
 
 
-def ratio(value, base) -> str:
-    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
-        return "-"
-    return f"{value / base:.2f}x"
+def ratio_text(value, base) -> str:
+    """value / base as '2.00x'; '-' where either is missing or base is 0."""
+    numbers = isinstance(value, (int, float)) and isinstance(base, (int, float))
+    found = ratio(value, base) if numbers else None
+    return "-" if found is None else f"{found:.2f}x"
 
 
-def comparison_table(runs: list[dict], letters: list[str]) -> str:
+def comparison_table(runs: list[RunView], letters: list[str]) -> str:
     """Rows: (backend/mode, metric); columns: each run's value, then each later run / the first."""
-    by_label = [{f"{e['backend']}/{e['mode']}": e for e in r["runs"]} for r in runs]
+    by_label = [{e.label: e for e in r.runs} for r in runs]
     labels = list(dict.fromkeys(label for runs_of in by_label for label in runs_of))
     rows = []
     for label in labels:
         for name, path in METRICS:
-            values = [metric_value(r[label], name, path) if label in r and r[label].get("status") == "ok" else None
-                      for r in by_label]
+            values = [metric_value(r[label], name, path) if label in r and r[label].ok else None for r in by_label]
             if all(v is None for v in values):
                 continue
-            rows.append([label, name] + [fmt(v, 4 if name.endswith(" s") else 2) for v in values]
-                        + [ratio(v, values[0]) for v in values[1:]])
+            rows.append(
+                [label, name]
+                + [fmt(v, 4 if name.endswith(" s") else 2) for v in values]
+                + [ratio_text(v, values[0]) for v in values[1:]]
+            )
     headers = ["backend/mode", "metric"] + letters + [f"{x}/{letters[0]}" for x in letters[1:]]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -136,11 +143,11 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
         raise LabInputError("give two or more run folders: lab compare RUN_A RUN_B [...]")
     if len(run_dirs) > len(string.ascii_uppercase):
         raise LabInputError(f"compare at most {len(string.ascii_uppercase)} runs at once")
-    runs = [load_run(d) for d in run_dirs]
+    runs = [RunView(d) for d in run_dirs]
     forced = check_comparable(runs, force)
     letters = list(string.ascii_uppercase[: len(runs)])
     lines = ["# PagedAttention Lab comparison", ""]
-    lines += [f"- {x}: `{r['manifest']['run_id']}` ({r['dir']})" for x, r in zip(letters, runs)]
+    lines += [f"- {x}: `{r.manifest['run_id']}` ({r.path})" for x, r in zip(letters, runs)]
     ident = identity(runs[0])
     same = ", ".join(f"{k} {v}" for k, v in ident.items() if k not in forced)
     lines += ["", f"Same in every run: {same or 'nothing of the model and workload'}."]
@@ -148,11 +155,14 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
         lines += ["", f"**Not comparable, compared anyway (--force):** {describe(forced)}."]
     varying = differences([conditions(r) for r in runs])
     lines += ["", f"What differs: {describe(varying) or 'nothing recorded (a repeat of the same run)'}."]
-    lines += ["", comparison_table(runs, letters), "",
-              f"Ratios are each run / {letters[0]}: above 1 means more (a rate: faster; a latency or a peak: "
-              "slower or larger). Failed backends show '-'."]
-    failed = [f"- {x}: {e['backend']}/{e['mode']}: {e.get('error')}" for x, r in zip(letters, runs)
-              for e in r["runs"] if e.get("status") != "ok"]
+    lines += [
+        "",
+        comparison_table(runs, letters),
+        "",
+        f"Ratios are each run / {letters[0]}: above 1 means more (a rate: faster; a latency or a peak: "
+        "slower or larger). Failed backends show '-'.",
+    ]
+    failed = [f"- {x}: {e.label}: {e.error}" for x, r in zip(letters, runs) for e in r.runs if not e.ok]
     if failed:
         lines += ["", "Failures:", ""] + failed
     return "\n".join(lines) + "\n"
