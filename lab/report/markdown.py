@@ -1,7 +1,7 @@
 """report.md: the run's conditions, tables (tabulate) and observations, from the analyses' data.
 
 Every number printed here is read from the run folder (`RunView`) or computed by an analysis
-(`lab.report.writer.Analyses`); nothing is typed in and nothing is computed twice.
+(`lab.report.analyses.Analyses`); nothing is typed in and nothing is computed twice.
 """
 
 from __future__ import annotations
