@@ -15,8 +15,14 @@ venv: ## Create the environment with the engines (CUDA vLLM on an NVIDIA host, v
 experiment: ## Run every backend on the default model and workload (containers if Docker answers); ARGS=... for more
 	@scripts/experiment.sh $(ARGS)
 
-test: ## Run the test suite with the real engines on tiny local models (sets up its own environment)
-	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+test: lint ## Lint, then run the test suite with the real engines on tiny local models (sets up its own environment)
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: ## ruff: lint and check the formatting of lab/ and tests/ (rules in pyproject.toml)
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/ruff check lab tests && $(VENV)/bin/ruff format --check lab tests
+
+format: ## ruff: format lab/ and tests/ and apply the safe lint fixes
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/ruff check --fix lab tests && $(VENV)/bin/ruff format lab tests
 
 test-gpu: ## Run the GPU tests (on an NVIDIA host)
 	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
@@ -48,4 +54,4 @@ env: ## Show Python, torch, CUDA, GPUs, transformers, vLLM and NVML
 clean: ## Remove the environments and caches (never results/)
 	rm -rf $(VENV) .venv-host .pytest_cache
 
-.PHONY: help venv experiment test test-gpu capacity compare build base-image-offline push pull report env clean
+.PHONY: help venv experiment test lint format test-gpu capacity compare build base-image-offline push pull report env clean

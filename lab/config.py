@@ -1,7 +1,11 @@
 """The frozen configuration tree. Built only in the CLI layer, validated here, written into every result.
 
 A `RunSpec` is one backend/mode in one process; an `ExperimentSpec` is the set of them run one after
-the other on the same model and workload. Both serialise to plain dicts (`to_dict`) for the manifest.
+the other on the same model and workload; a `CapacitySpec` is what `lab capacity` runs. Each
+serialises to a plain dict (`to_dict`) for the manifest.
+
+A backend/mode has two spellings, made here only: its label `hf/batched` (tables, the manifest) and
+its name `hf-batched` (its folder under `runs/`, the `run` field of the collector's samples).
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ BACKEND_MODES: dict[str, tuple[str, ...]] = {
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WARMUPS = ("first-batch", "none")
+
+
+def run_label(backend: str, mode: str) -> str:
+    """'hf/batched': how tables, observations and the manifest name a backend/mode."""
+    return f"{backend}/{mode}"
+
+
+def run_name(backend: str, mode: str) -> str:
+    """'hf-batched': the backend/mode's folder under runs/ and the `run` of its collector samples."""
+    return f"{backend}-{mode}"
 
 
 def parse_backends(text: str) -> tuple[tuple[str, str], ...]:
@@ -93,14 +107,18 @@ class EngineSettings:
         if self.output_tokens is not None and self.output_tokens < 1:
             raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise LabInputError(
-                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
-            )
+            raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.block_size not in (8, 16, 32, 64, 128):
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EngineSettings:
+        """From a manifest's `config.engine`; a setting an older run did not record takes its default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 @dataclass(frozen=True)
@@ -116,14 +134,19 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        """'hf-batched': the folder and label of this backend/mode."""
-        return f"{self.backend}-{self.mode}"
+        """'hf-batched': this backend/mode's folder under runs/."""
+        return run_name(self.backend, self.mode)
+
+    @property
+    def label(self) -> str:
+        """'hf/batched': this backend/mode in tables and messages."""
+        return run_label(self.backend, self.mode)
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "mode": self.mode, "engine": self.engine.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunSpec":
+    def from_dict(cls, data: dict) -> RunSpec:
         return cls(data["backend"], data["mode"], EngineSettings(**data["engine"]))
 
 
@@ -136,9 +159,7 @@ class ExperimentSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.collector_interval_ms <= 1000:
-            raise LabInputError(
-                f"--collector-interval-ms must be 1-1000, got {self.collector_interval_ms}"
-            )
+            raise LabInputError(f"--collector-interval-ms must be 1-1000, got {self.collector_interval_ms}")
 
     def run_specs(self) -> list[RunSpec]:
         return [RunSpec(backend, mode, self.engine) for backend, mode in self.runs]
@@ -146,7 +167,23 @@ class ExperimentSpec:
     def to_dict(self) -> dict:
         return {
             "engine": self.engine.to_dict(),
-            "runs": [f"{b}/{m}" for b, m in self.runs],
+            "runs": [run_label(b, m) for b, m in self.runs],
             "collector_interval_ms": self.collector_interval_ms,
             "collect": self.collect,
         }
+
+
+@dataclass(frozen=True)
+class CapacitySpec:
+    """What `lab capacity` runs: the shared engine settings, the budget, and which points to measure."""
+
+    engine: EngineSettings
+    kv_budget_bytes: int
+    max_len: int | None = None  # static reservation per request; None: max_model_len or the model's context
+    concurrency: tuple[int, ...] | None = None  # curve points; None: 1, 2, 4, ... up to each capacity
+    measure: bool = True
+    curve: bool = True
+    collect: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

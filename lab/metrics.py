@@ -13,7 +13,9 @@ Definitions (docs/results.md has the full list):
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
+
+from lab.records import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 
@@ -33,11 +35,11 @@ def mean(values: Iterable[float]) -> float | None:
     return sum(data) / len(data) if data else None
 
 
-def tpot_s(record: dict) -> float | None:
+def tpot_s(record: RequestRecord) -> float | None:
     """Time per output token after the first: (e2e - ttft) / (output_tokens - 1)."""
-    if record.get("ttft_s") is None or record["output_tokens"] < 2:
+    if record.ttft_s is None or record.output_tokens < 2:
         return None
-    return (record["e2e_s"] - record["ttft_s"]) / (record["output_tokens"] - 1)
+    return (record.e2e_s - record.ttft_s) / (record.output_tokens - 1)
 
 
 def distribution(values: Iterable[float | None], prefix: str) -> dict:
@@ -49,12 +51,12 @@ def distribution(values: Iterable[float | None], prefix: str) -> dict:
     return out
 
 
-def summarize_records(records: list[dict]) -> dict:
+def summarize_records(records: list[RequestRecord]) -> dict:
     """Throughput and latency aggregates of one backend/mode's timed phase."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    prompt_tokens = sum(r["prompt_tokens"] for r in ok)
-    output_tokens = sum(r["output_tokens"] for r in ok)
-    duration = max((r["end_s"] for r in ok), default=0.0)
+    ok = [r for r in records if r.ok]
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    output_tokens = sum(r.output_tokens for r in ok)
+    duration = max((r.end_s for r in ok), default=0.0)
     summary = {
         "requests": len(records),
         "requests_ok": len(ok),
@@ -65,8 +67,8 @@ def summarize_records(records: list[dict]) -> dict:
         "output_tokens_per_s": output_tokens / duration if duration else None,
         "total_tokens_per_s": (prompt_tokens + output_tokens) / duration if duration else None,
     }
-    summary.update(distribution((r["e2e_s"] for r in ok), "e2e_s"))
-    summary.update(distribution((r.get("ttft_s") for r in ok), "ttft_s"))
+    summary.update(distribution((r.e2e_s for r in ok), "e2e_s"))
+    summary.update(distribution((r.ttft_s for r in ok), "ttft_s"))
     summary.update(distribution((tpot_s(r) for r in ok), "tpot_s"))
     return summary
 

@@ -4,7 +4,7 @@ Without a terminal (CI, a log file, a pipe) the lab's own lines already say what
 a redrawn bar would only fill the log with carriage returns, so the bar stays quiet there.
 
     bar = StepBar(total=len(specs))
-    with bar.step(f"{run.backend}/{run.mode}"):   # '[2/4] ███████░░░░░░░ hf/batched  12.3 s', redrawn
+    with bar.step(run.label):                     # '[2/4] ███████░░░░░░░ hf/batched  12.3 s', redrawn
         ...                                       # bar.echo(line) prints above the bar
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import TextIO
 
 
 class StepBar:
@@ -54,7 +55,9 @@ class StepBar:
     def line(self) -> str:
         filled = round(self.width * self.done / self.total) if self.total else self.width
         elapsed = time.monotonic() - self._start
-        return f"[{self.done + 1}/{self.total}] {'█' * filled}{'░' * (self.width - filled)} {self._label}  {elapsed:.1f} s"
+        return (
+            f"[{self.done + 1}/{self.total}] {'█' * filled}{'░' * (self.width - filled)} {self._label}  {elapsed:.1f} s"
+        )
 
     def _tick(self, stop: threading.Event) -> None:
         while not stop.wait(0.2):

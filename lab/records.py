@@ -1,132 +1,257 @@
-"""The run folder: layout, atomic writes, JSON lines. Results are append-only.
+"""Typed records: what one part of the lab hands to another, and what the run folder's files hold.
 
-    results/<run-id>/
-        manifest.json     versions, hardware, git commit, the full configuration and seeds
-        records.jsonl     one line per request per backend/mode
-        summary.json      aggregates per backend/mode
-        timeline.jsonl    the collector's samples (every backend/mode, tagged with "run")
-        kv.jsonl          KV-cache samples taken by the backends during the timed phase
-        report.md         generated from the files above; regenerated, never edited
-        runs/<backend>-<mode>/   what each backend process wrote (spec, result, log)
+Each record turns into the dict its file stores (`to_dict`) and back (`from_dict`). `from_dict`
+reads runs written by older versions of the lab: a field they did not record takes its default,
+and a key the record does not know is ignored. docs/results.md defines every field and unit.
 
-A run is written into `results/.tmp-<run-id>/` and renamed when complete, so a half-written run is
-never mistaken for a finished one, and an existing run folder is never overwritten.
+- `RequestRecord`: one request of a timed pass (records.jsonl).
+- `KvSample`: the KV pool after one vLLM engine step (kv.jsonl).
+- `HfBatch`: what one transformers `generate()` call held (result.json `engine.batches`).
+- `BackendResult`: one backend/mode's process (runs/<name>/result.json).
+- `RunSummary`: one backend/mode's aggregates (summary.json `runs`).
+- `BreakdownEntry`: where one backend/mode's KV memory went (kv_breakdown.json `runs`).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import secrets
-import shutil
-import time
-from pathlib import Path
-from typing import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
-from lab.errors import LabInputError
+from lab.config import run_label, run_name
 
-MANIFEST = "manifest.json"
-RECORDS = "records.jsonl"
-SUMMARY = "summary.json"
-TIMELINE = "timeline.jsonl"
-KV_SAMPLES = "kv.jsonl"
-REPORT = "report.md"
-RUNS = "runs"
-TMP_PREFIX = ".tmp-"
+T = TypeVar("T")
 
 
-def new_run_id(label: str = "") -> str:
-    """'20261122-213005-hf-vllm-3f9a': sortable by time, unique by a random suffix."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    parts = [stamp, label, secrets.token_hex(2)] if label else [stamp, secrets.token_hex(2)]
-    return "-".join(parts)
+def _known(cls: type[T], data: dict) -> T:
+    """`cls` from the keys of `data` that are its fields (older runs lack some, newer ones add some)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in names})
 
 
-def start_run_dir(results_dir: Path, run_id: str) -> Path:
-    """Create the temporary folder a run is written into."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    if (results_dir / run_id).exists():
-        raise LabInputError(f"run folder {results_dir / run_id} already exists; runs are never overwritten")
-    tmp = results_dir / f"{TMP_PREFIX}{run_id}"
-    tmp.mkdir()
-    return tmp
+@dataclass
+class RequestRecord:
+    """What one request did, times in seconds on the runner's clock (0 = start of the timed pass)."""
+
+    request_id: int
+    prompt_tokens: int
+    output_tokens: int  # tokens generated for this request (equals the requested count when ok)
+    start_s: float  # when the backend began work on it (its batch's start; 0 for vLLM, which queues itself)
+    first_token_s: float | None  # when its first output token existed; None where unknown
+    end_s: float  # when its last output token existed
+    batch: int | None = None  # hf batch index; None for vLLM
+    status: str = "ok"
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+    backend: str | None = None  # set by the runner for the run folder
+    mode: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Time to first token: first_token_s - start_s."""
+        return None if self.first_token_s is None else self.first_token_s - self.start_s
+
+    @property
+    def e2e_s(self) -> float:
+        """End-to-end latency: end_s - start_s."""
+        return self.end_s - self.start_s
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        backend, mode = data.pop("backend"), data.pop("mode")
+        data.update(ttft_s=self.ttft_s, e2e_s=self.e2e_s)
+        if backend is not None:
+            data.update(backend=backend, mode=mode)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RequestRecord:
+        return _known(cls, data)  # ttft_s and e2e_s are derived, not read
 
 
-def finish_run_dir(tmp: Path) -> Path:
-    """Rename the finished temporary folder to its final name; refuse to overwrite."""
-    final = tmp.with_name(tmp.name[len(TMP_PREFIX):])
-    if final.exists():
-        raise LabInputError(f"run folder {final} already exists; runs are never overwritten")
-    os.rename(tmp, final)
-    return final
+@dataclass
+class KvSample:
+    """The KV pool after one vLLM engine step; `lab.backends.vllm.VllmBackend.kv_samples` defines each field."""
+
+    t_s: float  # runner clock
+    step: int
+    kv_usage: float | None = None  # fraction of the pool in use, the null block excluded
+    blocks_used: int | None = None
+    num_blocks: int | None = None  # null block included
+    running: int | None = None
+    waiting: int | None = None
+    tokens_stored: int | None = None  # None where preempted requests make the count unknown
+    tokens_stored_exact: bool | None = None  # None: not recorded (older runs)
+    run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if data["run"] is None:
+            del data["run"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> KvSample:
+        return _known(cls, data)
 
 
-def discard_run_dir(tmp: Path) -> None:
-    """Remove a temporary run folder after a failure, so nothing half-written stays in results/."""
-    if tmp.name.startswith(TMP_PREFIX):
-        shutil.rmtree(tmp, ignore_errors=True)
+@dataclass
+class HfBatch:
+    """What one transformers `generate()` call held: its shapes, its cache tensors and, on CUDA, the allocator."""
+
+    batch_size: int
+    padded_prompt_tokens: int  # W: the longest prompt of the batch, every prompt left-padded to it
+    batch: int = 0
+    generated_tokens: int = 0  # N: steps the call ran (its longest output)
+    prompt_tokens: list[int] = field(default_factory=list)
+    output_tokens: list[int] = field(default_factory=list)
+    start_s: float = 0.0
+    end_s: float = 0.0
+    cache_class: str | None = None
+    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call
+    cache_slots_per_sequence: int | None = None
+    peak_allocated_bytes: int | None = None  # CUDA only
+    peak_reserved_bytes: int | None = None  # CUDA only
+    step_s: list[float] | None = None  # the runner clock at each decoding step; None in older runs
+
+    def to_dict(self) -> dict:
+        """Fields that were measured; those a device or cache type does not give are left out."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HfBatch:
+        return _known(cls, data)
 
 
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+@dataclass
+class _BackendMode:
+    """What names one backend/mode's outcome: the pair, and whether it succeeded."""
+
+    backend: str
+    mode: str
+    status: str = "error"  # "ok", or "error" with the message
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def label(self) -> str:
+        """'hf/batched' (`config.run_label`)."""
+        return run_label(self.backend, self.mode)
+
+    @property
+    def name(self) -> str:
+        """'hf-batched' (`config.run_name`)."""
+        return run_name(self.backend, self.mode)
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Write JSON lines atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, path)
+@dataclass
+class BackendResult(_BackendMode):
+    """One backend/mode's process: status, timings, and what the engine and the allocator reported."""
+
+    environment: dict | None = None  # lab.hardware.env.collect_environment() inside the process
+    device: str | None = None
+    dtype: str | None = None
+    model_path: str | None = None
+    model: dict | None = None  # lab.models.resolve.model_info()
+    workload: dict | None = None  # name, requests, prompt_tokens, output_tokens
+    load_s: float | None = None
+    warmup: dict | None = None  # {"requests", "s"}
+    generate_s: float | None = None  # the last timed pass
+    passes_s: list[float] | None = None  # every timed pass (--repeats), in order
+    clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
+    memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
+    engine: dict | None = None  # the backend's engine_info()
+    phases: list[dict] = field(default_factory=list)  # {"phase", "start", "end"}, epoch seconds
+    traceback: str | None = None
+    close_error: str | None = None
+    process_s: float | None = None  # set by the experiment: the process's wall time
+    exit_code: int | None = None  # set by the experiment
+
+    @property
+    def hf_batches(self) -> list[HfBatch]:
+        return [HfBatch.from_dict(b) for b in (self.engine or {}).get("batches") or []]
+
+    @property
+    def kv_bytes_per_token(self) -> int | None:
+        return (self.model or {}).get("kv_bytes_per_token")
+
+    def phase(self, name: str) -> tuple[float, float] | None:
+        """(start, end) epoch seconds of the first finished phase called `name`, or None."""
+        for phase in self.phases:
+            if phase["phase"] == name and phase.get("end"):
+                return phase["start"], phase["end"]
+        return None
+
+    def to_dict(self) -> dict:
+        """Every field that is set; backend, mode, status and error always."""
+        always = ("backend", "mode", "status", "error")
+        return {key: value for key, value in asdict(self).items() if value is not None or key in always}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BackendResult:
+        return _known(cls, data)
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+@dataclass
+class RunSummary(_BackendMode):
+    """One backend/mode's entry of summary.json: its result's figures, the metrics of its records and
+    the memory peaks of its timeline (lab.experiments.merge)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    model: dict | None = None
+    workload: dict | None = None
+    load_s: float | None = None
+    warmup: dict | None = None
+    generate_s: float | None = None
+    passes_s: list[float] | None = None  # every timed pass (--repeats); the records are the last's
+    metrics: dict | None = None  # lab.metrics.summarize_records()
+    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator
+    engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
+    collector: dict | None = None  # how the timeline was taken
+
+    def metric(self, key: str) -> Any:
+        """One of `metrics` (None where the run has none)."""
+        return (self.metrics or {}).get(key)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSummary:
+        return _known(cls, data)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return list(iter_jsonl(path))
+@dataclass
+class BreakdownEntry:
+    """Where one backend/mode's KV memory went, time-averaged (lab.accounting.breakdown defines it)."""
 
+    run: str  # label, 'hf/batched'
+    backend: str
+    mode: str
+    approach: str
+    shares: dict[str, float | None]  # the five categories of lab.accounting.kv, summing to 1
+    internal_detail_shares: dict[str, float]  # padding, finished, unused_tail, block_tail
+    external_fragmentation_measured: bool
+    external_note: str | None
+    slot_seconds: dict[str, float | None]
+    duration_s: float
+    mean_slots_held: float | None
+    mean_kv_bytes_held: float | None
+    kv_bytes_per_token: int | None
+    pool_occupancy_mean: float | None  # vLLM: the share of its pool in use, time-averaged
+    weighting: str
+    checks: dict  # measurement against arithmetic: "hf cache tensors" or "vLLM blocks"
 
-def existing(path: Path) -> Path | None:
-    """`path`, or its gzipped twin `path.gz` (long timelines are committed compressed), or None."""
-    if path.exists():
-        return path
-    gz = path.with_name(path.name + ".gz")
-    return gz if gz.exists() else None
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-
-def open_text(path: Path):
-    """Open a text file for reading, or its gzipped twin `path.gz` where only that exists."""
-    found = existing(path)
-    if found is None:
-        raise FileNotFoundError(path)
-    return gzip.open(found, "rt", encoding="utf-8") if found.suffix == ".gz" else found.open(encoding="utf-8")
-
-
-def iter_jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSON lines file (or its .gz twin); a missing file has none. A torn last line is skipped."""
-    if existing(path) is None:
-        return
-    with open_text(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
-def check_run_dir(path: Path) -> Path:
-    """A finished run folder, or a LabInputError that says what is wrong."""
-    if not path.is_dir():
-        raise LabInputError(f"run folder not found: {path} (give a folder under results/)")
-    if not (path / MANIFEST).exists() or not (path / SUMMARY).exists():
-        raise LabInputError(f"{path} is not a finished run folder: it has no {MANIFEST} or {SUMMARY}")
-    return path
+    @classmethod
+    def from_dict(cls, data: dict) -> BreakdownEntry:
+        return _known(cls, data)

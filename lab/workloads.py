@@ -60,14 +60,12 @@ def check_workload_name(name: str) -> None:
     if name in BUILTIN:
         return
     if name.startswith("file:"):
-        path = Path(name[len("file:"):])
+        path = Path(name[len("file:") :])
         if not path.is_file():
             raise LabInputError(f"workload file not found: {path} (give an existing .jsonl file: file:PATH.jsonl)")
         read_jsonl_specs(path)
         return
-    raise LabInputError(
-        f"unknown workload {name!r}: choose seed, sharegpt-like or file:PATH.jsonl"
-    )
+    raise LabInputError(f"unknown workload {name!r}: choose seed, sharegpt-like or file:PATH.jsonl")
 
 
 def build_workload(
@@ -91,7 +89,7 @@ def build_workload(
         count = num_requests or SHAREGPT_DEFAULT_REQUESTS
         specs = sharegpt_like_lengths(count, max_model_len, rng)
     elif name.startswith("file:"):
-        specs = read_jsonl_specs(Path(name[len("file:"):]))
+        specs = read_jsonl_specs(Path(name[len("file:") :]))
     else:
         check_workload_name(name)  # raises with the fix
         raise AssertionError("unreachable")
@@ -150,7 +148,9 @@ def read_jsonl_specs(path: Path) -> list[dict]:
         elif _is_count(item.get("prompt_tokens")):
             specs.append({"prompt_tokens": item["prompt_tokens"], "output_tokens": item["output_tokens"]})
         else:
-            raise LabInputError(f"{path}, line {number}: needs a non-empty prompt or a positive prompt_tokens; each line is {shape}")
+            raise LabInputError(
+                f"{path}, line {number}: needs a non-empty prompt or a positive prompt_tokens; each line is {shape}"
+            )
     if not specs:
         raise LabInputError(f"workload file {path} has no requests; each line is {shape}")
     return specs

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from lab.config import RunSpec
+from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
 
@@ -36,36 +36,6 @@ class Clock:
     def now(self) -> float:
         self._sync()
         return time.perf_counter() - self._t0
-
-
-@dataclass
-class RequestRecord:
-    """What one request did, times in seconds on the runner's clock (0 = start of the timed phase)."""
-
-    request_id: int
-    prompt_tokens: int
-    output_tokens: int  # tokens generated for this request (equals the requested count when ok)
-    start_s: float  # when the backend began work on it (its batch's start; 0 for vLLM, which queues itself)
-    first_token_s: float | None  # when its first output token existed; None where unknown
-    end_s: float  # when its last output token existed
-    batch: int | None = None  # hf batch index; None for vLLM
-    status: str = "ok"
-    error: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.start_s
-
-    @property
-    def e2e_s(self) -> float:
-        return self.end_s - self.start_s
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["ttft_s"] = self.ttft_s
-        data["e2e_s"] = self.e2e_s
-        return data
 
 
 class Backend(ABC):
@@ -101,12 +71,12 @@ class Backend(ABC):
         """In-process memory figures (e.g. the torch allocator's peaks), reset by reset_memory_stats()."""
         return {}
 
-    def reset_memory_stats(self) -> None:
+    def reset_memory_stats(self) -> None:  # noqa: B027 - optional: most backends keep no statistics
         pass
 
-    def kv_samples(self) -> list[dict]:
-        """KV-cache samples taken during the last generate(), one dict per step."""
+    def kv_samples(self) -> list[KvSample]:
+        """KV-cache samples taken during the last generate(), one per step."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: an engine without resources to free
         pass

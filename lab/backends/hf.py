@@ -15,7 +15,13 @@ its first call marks the first token of every sequence in the batch, its k-th ca
 
 from __future__ import annotations
 
-from lab.backends.base import Backend, Clock, RequestRecord
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from lab.backends.base import Backend, Clock
+from lab.models.resolve import has_weights
+from lab.records import HfBatch, RequestRecord
 from lab.workloads import Request
 
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -35,14 +41,9 @@ class StepTimer:
 
 class HfBackend(Backend):
     def load(self) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        from lab.models import model_info
-
         torch.manual_seed(self.spec.engine.seed)
         dtype = getattr(torch, TORCH_DTYPES[self.dtype])
-        if model_info(self.model_path)["has_weights"]:
+        if has_weights(self.model_path):
             model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         else:
             # No saved weights (e.g. synthetic:llama-8b): seeded random init, straight on the device.
@@ -64,18 +65,10 @@ class HfBackend(Backend):
         return 0
 
     def device_sync(self):
-        if self.device == "cuda":
-            import torch
-
-            return torch.cuda.synchronize
-        return None
+        return torch.cuda.synchronize if self.device == "cuda" else None
 
     def _allocated(self) -> int | None:
-        if self.device != "cuda":
-            return None
-        import torch
-
-        return torch.cuda.memory_allocated()
+        return torch.cuda.memory_allocated() if self.device == "cuda" else None
 
     def batches(self, requests: list[Request]) -> list[list[Request]]:
         size = 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size
@@ -88,14 +81,12 @@ class HfBackend(Backend):
 
     def generate(self, requests: list[Request], clock: Clock) -> list[RequestRecord]:
         records: list[RequestRecord] = []
-        self.batch_stats: list[dict] = []
+        self.batch_stats: list[HfBatch] = []
         for index, batch in enumerate(self.batches(requests)):
             records.extend(self._generate_batch(index, batch, clock))
         return records
 
     def _generate_batch(self, index: int, batch: list[Request], clock: Clock) -> list[RequestRecord]:
-        import torch
-
         input_ids, attention_mask = self._left_pad(batch)
         new_tokens = max(r.output_tokens for r in batch)
         timer = StepTimer(clock)
@@ -118,14 +109,12 @@ class HfBackend(Backend):
         end_s = clock.now()
         generated = out.sequences.shape[1] - input_ids.shape[1]
         stat = self._batch_stat(index, batch, input_ids, generated, out, start_s, end_s)
-        stat["step_s"] = list(timer.step_s)  # the clock at each decoding step (lab.breakdown, lab.bandwidth)
+        stat.step_s = list(timer.step_s)  # the clock at each decoding step (accounting: breakdown, bandwidth)
         self.batch_stats.append(stat)
         del out
         return [self._record(index, r, start_s, timer.step_s, generated) for r in batch]
 
     def _left_pad(self, batch: list[Request]):
-        import torch
-
         width = max(r.prompt_tokens for r in batch)
         ids = [[self.pad_id] * (width - r.prompt_tokens) + list(r.prompt_token_ids) for r in batch]
         mask = [[0] * (width - r.prompt_tokens) + [1] * r.prompt_tokens for r in batch]
@@ -138,59 +127,57 @@ class HfBackend(Backend):
         ok = generated >= r.output_tokens and len(step_s) >= r.output_tokens
         if not ok:
             return RequestRecord(
-                r.request_id, r.prompt_tokens, min(generated, r.output_tokens), start_s, None,
-                step_s[-1] if step_s else start_s, index, "error",
+                r.request_id,
+                r.prompt_tokens,
+                min(generated, r.output_tokens),
+                start_s,
+                None,
+                step_s[-1] if step_s else start_s,
+                index,
+                "error",
                 f"generated {generated} tokens, {r.output_tokens} requested",
             )
         # The request's own tokens are done at step output_tokens; the batch runs on for longer ones.
-        return RequestRecord(r.request_id, r.prompt_tokens, r.output_tokens, start_s, step_s[0],
-                             step_s[r.output_tokens - 1], index)
+        return RequestRecord(
+            r.request_id, r.prompt_tokens, r.output_tokens, start_s, step_s[0], step_s[r.output_tokens - 1], index
+        )
 
-    def _batch_stat(self, index, batch, input_ids, generated, out, start_s, end_s) -> dict:
+    def _batch_stat(self, index, batch, input_ids, generated, out, start_s, end_s) -> HfBatch:
         """What the batch held: shapes, the cache tensors' own bytes and the allocator's peak."""
-        import torch
-
-        stat = {
-            "batch": index,
-            "batch_size": len(batch),
-            "padded_prompt_tokens": int(input_ids.shape[1]),
-            "generated_tokens": int(generated),
-            "prompt_tokens": [r.prompt_tokens for r in batch],
-            "output_tokens": [r.output_tokens for r in batch],
-            "start_s": start_s,
-            "end_s": end_s,
-        }
-        stat.update(cache_tensor_stats(out.past_key_values))
+        stat = HfBatch(
+            batch=index,
+            batch_size=len(batch),
+            padded_prompt_tokens=int(input_ids.shape[1]),
+            generated_tokens=int(generated),
+            prompt_tokens=[r.prompt_tokens for r in batch],
+            output_tokens=[r.output_tokens for r in batch],
+            start_s=start_s,
+            end_s=end_s,
+            **cache_tensor_stats(out.past_key_values),
+        )
         if self.device == "cuda":
-            stat["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
-            stat["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
+            stat.peak_allocated_bytes = torch.cuda.max_memory_allocated()
+            stat.peak_reserved_bytes = torch.cuda.max_memory_reserved()
         return stat
 
     def engine_info(self) -> dict:
-        import torch
-        import transformers
-
         return {
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
             "weights_allocated_bytes": self.weights_allocated_bytes,
             "cache_implementation": "static" if self.spec.mode == "static-cache" else "dynamic",
             "batch_size": 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size,
-            "batches": getattr(self, "batch_stats", []),
+            "batches": [b.to_dict() for b in getattr(self, "batch_stats", [])],
         }
 
     def reset_memory_stats(self) -> None:
         if self.device == "cuda":
-            import torch
-
             torch.cuda.reset_peak_memory_stats()
 
     def memory_stats(self) -> dict:
         """The torch allocator's figures (CUDA only: on the CPU there is no allocator to read)."""
         if self.device != "cuda":
             return {"source": "none", "reason": "the torch allocator's statistics exist only on CUDA"}
-        import torch
-
         return {
             "source": "torch.cuda",
             "allocated_bytes": torch.cuda.memory_allocated(),

@@ -33,18 +33,22 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from lab import kv
-from lab.backends.base import Backend, Clock, RequestRecord
-from lab.errors import LabInputError
+import vllm
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+
+from lab.accounting import kv
+from lab.backends.base import Backend, Clock
+from lab.backends.vllm_config import check_cpu_block_size, describe_engine
+from lab.models.resolve import has_weights
+from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
 # Used only when neither --kv-cache-memory-bytes nor --gpu-memory-utilization is given.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below the 92 % default
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
 WARMUP_REQUESTS = 8  # enough to run prefill and decode once; CUDA graphs are captured at load
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 
 @dataclass
@@ -116,15 +120,13 @@ class VllmBackend(Backend):
         self._llm = None
         self._tap: _SchedulerStatsTap | None = None
         self._info: dict = {}
-        self._samples: list[dict] = []
+        self._samples: list[KvSample] = []
         self._num_blocks = 0
         self._generate_calls = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        import vllm
-
         if self.device == "cpu":
             check_cpu_block_size(self.spec.engine.block_size)
         kwargs = self.engine_kwargs()
@@ -132,7 +134,7 @@ class VllmBackend(Backend):
         engine = self._llm.llm_engine
         self._tap = _SchedulerStatsTap(engine.engine_core) if self.spec.engine.sample_kv_every_step else None
         self._num_blocks = int(engine.vllm_config.cache_config.num_gpu_blocks or 0)
-        self._info = self._describe(kwargs)
+        self._info = describe_engine(self._llm.llm_engine.vllm_config, self._num_blocks, self.device, kwargs)
 
     def engine_kwargs(self) -> dict:
         """The `vllm.LLM` arguments this run uses (also written into engine_info)."""
@@ -148,7 +150,7 @@ class VllmBackend(Backend):
         }
         if e.max_model_len is not None:
             kwargs["max_model_len"] = e.max_model_len
-        if not model_has_weights(self.model_path):
+        if not has_weights(self.model_path):
             kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
         if e.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = e.kv_cache_memory_bytes
@@ -220,10 +222,7 @@ class VllmBackend(Backend):
         render = getattr(self._llm, "_preprocess_cmpl", None)
         return list(render(prompts)) if render is not None else prompts
 
-    def _sampling_params(self, output_tokens: int):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
+    def _sampling_params(self, output_tokens: int) -> SamplingParams:
         # Greedy and EOS ignored: exactly `output_tokens` tokens whatever the (random) weights say.
         return SamplingParams(
             n=1,
@@ -257,7 +256,7 @@ class VllmBackend(Backend):
 
     # -- KV samples ----------------------------------------------------------------------------
 
-    def kv_samples(self) -> list[dict]:
+    def kv_samples(self) -> list[KvSample]:
         """One sample per engine step of the last generate(), after that step's outputs.
 
         - `kv_usage`: the scheduler's `kv_cache_usage` (0-1), the value of `vllm:kv_cache_usage_perc`:
@@ -283,144 +282,27 @@ class VllmBackend(Backend):
         """
         return list(self._samples)
 
-    def _kv_sample(self, step: int, now: float, stats, in_flight: _InFlight) -> dict:
+    def _kv_sample(self, step: int, now: float, stats, in_flight: _InFlight) -> KvSample:
         usage = float(stats.kv_cache_usage)
         running = int(stats.num_running_reqs)
         blocks_used = kv.blocks_used_from_usage(usage, self._num_blocks) if self._num_blocks > 1 else None
         overcounted = in_flight.requests > running  # some request was preempted
-        return {
-            "t_s": now,
-            "step": step,
-            "kv_usage": usage,
-            "blocks_used": blocks_used,
-            "num_blocks": self._num_blocks,
-            "running": running,
-            "waiting": int(stats.num_waiting_reqs),
-            "tokens_stored": None if overcounted else in_flight.tokens_stored,
-            "tokens_stored_exact": in_flight.requests == running,
-        }
+        return KvSample(
+            t_s=now,
+            step=step,
+            kv_usage=usage,
+            blocks_used=blocks_used,
+            num_blocks=self._num_blocks,
+            running=running,
+            waiting=int(stats.num_waiting_reqs),
+            tokens_stored=None if overcounted else in_flight.tokens_stored,
+            tokens_stored_exact=in_flight.requests == running,
+        )
 
     # -- what the engine says about itself ----------------------------------------------------------
 
     def engine_info(self) -> dict:
         return dict(self._info)
-
-    def _describe(self, kwargs: dict) -> dict:
-        import vllm
-
-        config = self._llm.llm_engine.vllm_config
-        cache, sched, model = config.cache_config, config.scheduler_config, config.model_config
-        compilation = config.compilation_config
-        block_bytes = kv_bytes_per_block(config)
-        usable = kv.usable_blocks(self._num_blocks)
-        cudagraph_mode = getattr(compilation, "cudagraph_mode", None)
-        cuda_graphs = (
-            self.device == "cuda"
-            and not model.enforce_eager
-            and cudagraph_mode is not None
-            and _enum_name(cudagraph_mode) != "NONE"
-        )
-        return {
-            "vllm_version": vllm.__version__,
-            "num_blocks": self._num_blocks,  # null block included
-            "usable_blocks": usable,
-            "block_size": cache.block_size,
-            "kv_tokens_capacity": usable * cache.block_size,
-            "kv_bytes_per_block": block_bytes,
-            "kv_pool_bytes": self._num_blocks * block_bytes if block_bytes else None,
-            "kv_cache_dtype": str(cache.cache_dtype),
-            "kv_cache_memory_bytes": cache.kv_cache_memory_bytes,
-            "gpu_memory_utilization": cache.gpu_memory_utilization,
-            "kv_cache_memory_bytes_requested": kwargs.get("kv_cache_memory_bytes"),
-            "gpu_memory_utilization_requested": kwargs.get("gpu_memory_utilization"),
-            "vllm_cpu_kvcache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE") or None,
-            "max_num_seqs": sched.max_num_seqs,
-            "max_num_batched_tokens": sched.max_num_batched_tokens,
-            "max_model_len": model.max_model_len,
-            "enable_prefix_caching": bool(cache.enable_prefix_caching),
-            "enable_chunked_prefill": getattr(sched, "enable_chunked_prefill", None),
-            "async_scheduling": getattr(sched, "async_scheduling", None),
-            "enforce_eager": model.enforce_eager,
-            "compilation_mode": _enum_name(getattr(compilation, "mode", None)),
-            "cudagraph_mode": _enum_name(cudagraph_mode),
-            "cuda_graphs": cuda_graphs,
-            "load_format": kwargs.get("load_format", "auto"),
-            "dtype": str(model.dtype),
-            "kv_sampling": "EngineCoreOutputs.scheduler_stats, read as each step() passes it",
-        }
-
-
-def _enum_name(value) -> str | None:
-    return None if value is None else str(getattr(value, "name", value))
-
-
-def kv_bytes_per_block(vllm_config) -> int | None:
-    """Bytes one KV block takes: 2 (K and V) * layers * block_size * kv_heads * head_dim * dtype bytes.
-
-    From the model's config as vLLM sees it; None where vLLM's config does not give the pieces.
-    """
-    import torch
-
-    model, cache = vllm_config.model_config, vllm_config.cache_config
-    try:
-        layers = model.get_num_layers(vllm_config.parallel_config)
-        kv_heads = model.get_num_kv_heads(vllm_config.parallel_config)
-        head_dim = model.get_head_size()
-    except (AttributeError, TypeError, ValueError):
-        return None
-    cache_dtype = str(cache.cache_dtype)
-    if cache_dtype == "auto":
-        dtype_bytes = torch.empty((), dtype=model.dtype).element_size()
-    elif cache_dtype.startswith("fp8"):
-        dtype_bytes = 1
-    else:
-        dtype_bytes = torch.empty((), dtype=getattr(torch, cache_dtype)).element_size()
-    return 2 * layers * cache.block_size * kv_heads * head_dim * dtype_bytes
-
-
-def check_cpu_block_size(block_size: int) -> None:
-    """LabInputError when vLLM's CPU attention cannot use `block_size` (0.32: multiples of 32 only).
-
-    The engine would fail later with only "Engine core initialization failed" on screen. Asks the
-    CPU attention backend itself; versions without that query are not checked.
-    """
-    try:
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-        supported = list(CPUAttentionBackend.get_supported_kernel_block_sizes())
-    except (ImportError, AttributeError, TypeError):
-        return
-    if not supported:
-        return
-    for size in supported:
-        base = getattr(size, "base", None)
-        if (base is not None and block_size % base == 0) or size == block_size:
-            return
-    allowed = ", ".join(f"multiples of {s.base}" if hasattr(s, "base") else str(s) for s in supported)
-    raise LabInputError(
-        f"vLLM's CPU attention cannot use --block-size {block_size}: it takes {allowed} "
-        f"(e.g. --block-size 32)"
-    )
-
-
-def model_has_weights(model_path: str) -> bool:
-    """Whether the model folder holds weight files (else vLLM gets load_format='dummy').
-
-    Anything but a local folder (a hub id) is left to vLLM's own loading.
-    """
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return True
-    try:
-        from lab.models import model_info
-    except ImportError:
-        model_info = None
-    if model_info is not None:
-        try:
-            return bool(model_info(model_path)["has_weights"])
-        except (KeyError, OSError, ValueError, LabInputError):
-            pass
-    return any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
 
 
 BACKEND = VllmBackend

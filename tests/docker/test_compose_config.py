@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import docker as labdocker
+from lab.launchers import compose, images
 
 pytestmark = pytest.mark.docker
 
-DOCKERFILES = sorted(labdocker.DOCKER_DIR.glob("*/Dockerfile"))
+DOCKERFILES = sorted(images.DOCKER_DIR.glob("*/Dockerfile"))
 BASE = "example/base:1"
 
 
@@ -30,20 +30,25 @@ def compose_cli() -> None:
 
 
 def compose_config(tmp_path: Path, variant: str, gpu: bool) -> tuple[dict, dict]:
-    tags = labdocker.image_tags(variant, base_image=BASE)
-    env = labdocker.compose_env(variant, tmp_path / "results", tmp_path / "cache", gpus="0,1", tags=tags)
-    files = [arg for path in labdocker.compose_files(gpu) for arg in ("-f", str(path))]
-    out = subprocess.run(["docker", "compose", *files, "config", "--format", "json"],
-                         env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    tags = images.image_tags(variant, base_image=BASE)
+    env = compose.compose_env(variant, tmp_path / "results", tmp_path / "cache", gpus="0,1", tags=tags)
+    files = [arg for path in compose.compose_files(gpu) for arg in ("-f", str(path))]
+    out = subprocess.run(
+        ["docker", "compose", *files, "config", "--format", "json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout), env
 
 
-@pytest.mark.parametrize("variant", labdocker.VARIANTS)
+@pytest.mark.parametrize("variant", images.VARIANTS)
 def test_services_run_as_host_user_with_host_pids_and_same_path_mounts(compose_cli, tmp_path, variant):
     config, env = compose_config(tmp_path, variant, gpu=False)
     services = config["services"]
-    assert set(services) == set(labdocker.SERVICES)
+    assert set(services) == set(images.SERVICES)
     for name, service in services.items():
         assert service["user"] == f"{os.getuid()}:{os.getgid()}", name
         assert service["pid"] == "host", name
@@ -73,8 +78,13 @@ def test_gpu_override_reserves_the_chosen_gpus_with_nvml(compose_cli, tmp_path):
 
 def test_compose_refuses_to_run_without_the_lab_variables(compose_cli, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
-    out = subprocess.run(["docker", "compose", "-f", str(labdocker.REPO_ROOT / "compose.yaml"), "config"],
-                         env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["docker", "compose", "-f", str(images.REPO_ROOT / "compose.yaml"), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode != 0
     assert "set by lab.docker.compose_env" in out.stderr
 
@@ -89,15 +99,20 @@ def test_dockerfile_passes_hadolint(dockerfile):
     binary = hadolint()
     if binary is None:
         pytest.skip("hadolint is not installed (pip install -r requirements/test.txt)")
-    out = subprocess.run([binary, "--config", str(labdocker.REPO_ROOT / ".hadolint.yaml"), "--no-color",
-                          str(dockerfile)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [binary, "--config", str(images.REPO_ROOT / ".hadolint.yaml"), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_engine_images_share_their_instructions_up_to_the_lab_package():
     """hf and vllm share the engine layer in the build cache only if these lines are identical."""
+
     def engine_part(name: str) -> list[str]:
-        lines = (labdocker.DOCKER_DIR / name / "Dockerfile").read_text().splitlines()
+        lines = (images.DOCKER_DIR / name / "Dockerfile").read_text().splitlines()
         body = [line for line in lines if line and not line.startswith("#")]
         return body[: body.index("COPY pyproject.toml /opt/lab/pyproject.toml")]
 
@@ -105,23 +120,23 @@ def test_engine_images_share_their_instructions_up_to_the_lab_package():
 
 
 def test_image_tags_name_version_variant_and_content():
-    cpu = labdocker.image_tags("cpu", base_image=BASE)
-    assert set(cpu) == {"base", *labdocker.SERVICES}
-    assert cpu == labdocker.image_tags("cpu", base_image=BASE)  # deterministic
+    cpu = images.image_tags("cpu", base_image=BASE)
+    assert set(cpu) == {"base", *images.SERVICES}
+    assert cpu == images.image_tags("cpu", base_image=BASE)  # deterministic
     for name, tag in cpu.items():
         repo, _, version = tag.partition(":")
         assert repo == f"paged-attention-lab/{name}"
-        assert version.startswith(f"{labdocker.__version__}-cpu-")
-    cuda = labdocker.image_tags("cuda", base_image=BASE)
+        assert version.startswith(f"{images.__version__}-cpu-")
+    cuda = images.image_tags("cuda", base_image=BASE)
     assert all(cpu[name] != cuda[name] for name in cpu)
-    other_base = labdocker.image_tags("cpu", base_image="example/base:2")
+    other_base = images.image_tags("cpu", base_image="example/base:2")
     assert all(cpu[name] != other_base[name] for name in cpu)  # a new base rebuilds everything
 
 
 def test_compose_run_command_runs_lab_in_the_service(tmp_path):
-    cmd = labdocker.compose_run_command("vllm", ["run", "--spec", "/r/spec.json"], gpu=True)
+    cmd = compose.compose_run_command("vllm", ["run", "--spec", "/r/spec.json"], gpu=True)
     assert cmd[:2] == ["docker", "compose"]
-    assert cmd[cmd.index("run"):] == ["run", "--rm", "-T", "vllm", "lab", "run", "--spec", "/r/spec.json"]
-    assert str(labdocker.REPO_ROOT / "compose.gpu.yaml") in cmd
+    assert cmd[cmd.index("run") :] == ["run", "--rm", "-T", "vllm", "lab", "run", "--spec", "/r/spec.json"]
+    assert str(images.REPO_ROOT / "compose.gpu.yaml") in cmd
     with pytest.raises(ValueError):
-        labdocker.compose_run_command("vllm", ["lab", "run"], gpu=False)
+        compose.compose_run_command("vllm", ["lab", "run"], gpu=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import docker as labdocker
 from lab.config import BACKEND_MODES
+from lab.launchers import docker_engine, images
 
 pytestmark = [pytest.mark.docker, pytest.mark.engine]
 
@@ -23,12 +23,14 @@ TIMEOUT_S = 3600
 
 @pytest.fixture(scope="module")
 def engine() -> None:
-    ok, reason = labdocker.engine_status()
+    ok, reason = docker_engine.engine_status()
     if not ok:
         pytest.skip(f"no usable Docker engine: {reason}")
-    if not os.environ.get("LAB_BASE_IMAGE") and not labdocker.image_exists(labdocker.OFFLINE_BASE):
-        pytest.skip(f"no {labdocker.OFFLINE_BASE} and no LAB_BASE_IMAGE: run `make base-image-offline` "
-                    "(or scripts/ci-docker-setup.sh) on hosts that cannot pull")
+    if not os.environ.get("LAB_BASE_IMAGE") and not images.image_exists(images.OFFLINE_BASE):
+        pytest.skip(
+            f"no {images.OFFLINE_BASE} and no LAB_BASE_IMAGE: run `make base-image-offline` "
+            "(or scripts/ci-docker-setup.sh) on hosts that cannot pull"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,27 @@ def experiment(engine, tmp_path_factory) -> tuple[subprocess.CompletedProcess, P
     results = tmp_path_factory.mktemp("results")
     cache = tmp_path_factory.mktemp("cache")
     out = subprocess.run(
-        [sys.executable, "-m", "lab", "experiment", "--runtime", "docker", "--model", "synthetic:tiny",
-         "--workload", "seed", "--results", str(results), "--cache-dir", str(cache)],
-        capture_output=True, text=True, timeout=TIMEOUT_S, cwd=labdocker.REPO_ROOT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "experiment",
+            "--runtime",
+            "docker",
+            "--model",
+            "synthetic:tiny",
+            "--workload",
+            "seed",
+            "--results",
+            str(results),
+            "--cache-dir",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=images.REPO_ROOT,
+        check=False,
     )
     return out, results
 
@@ -66,7 +86,7 @@ def test_manifest_records_docker_runtime_and_every_image_id(experiment):
     manifest = json.loads((run_dir_of(experiment[0]) / "manifest.json").read_text())
     assert manifest["runtime"] == "docker"
     images = manifest["launcher"]["images"]
-    for service in labdocker.SERVICES:
+    for service in images.SERVICES:
         assert images[service]["tag"].startswith(f"paged-attention-lab/{service}:")
         assert (images[service]["id"] or "").startswith("sha256:"), service
 

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lab import records as rec
+from lab import run_folder as rf
+from lab.hardware.nvml import gpu_count
 
 pytestmark = pytest.mark.gpu
 
 
 def _require_gpu():
-    from lab.env import nvml_gpu_count
-
-    count, reason = nvml_gpu_count()
+    count, reason = gpu_count()
     if not count:
         pytest.skip(f"no NVIDIA GPU visible to NVML: {reason}")
 
@@ -26,13 +25,31 @@ def cuda_run(tiny_model, tmp_path_factory):
     _require_gpu()
     results = tmp_path_factory.mktemp("results")
     proc = subprocess.run(
-        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cuda",
-         "--output-tokens", "16", "--batch-size", "2", "--kv-cache-memory", "1GiB", "--results", str(results)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "experiment",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cuda",
+            "--output-tokens",
+            "16",
+            "--batch-size",
+            "2",
+            "--kv-cache-memory",
+            "1GiB",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    return run_dir, {f"{r['backend']}/{r['mode']}": r for r in rec.read_json(run_dir / rec.SUMMARY)["runs"]}
+    return run_dir, {f"{r['backend']}/{r['mode']}": r for r in rf.read_json(run_dir / rf.SUMMARY)["runs"]}
 
 
 def test_every_mode_runs_on_cuda(cuda_run):
@@ -44,9 +61,9 @@ def test_every_mode_runs_on_cuda(cuda_run):
 def test_nvml_sees_the_vllm_engine_core_child_process(cuda_run):
     """vLLM's engine core is a child process: its GPU memory must be attributed to the run's tree."""
     run_dir, runs = cuda_run
-    samples = [s for s in rec.read_jsonl(run_dir / rec.TIMELINE) if s["run"] == "vllm-offline"]
+    samples = [s for s in rf.read_jsonl(run_dir / rf.TIMELINE) if s["run"] == "vllm-offline"]
     assert samples and {s["source"] for s in samples} == {"nvml"}
-    root_pid = int((run_dir / rec.RUNS / "vllm-offline" / "pid").read_text())
+    root_pid = int((run_dir / rf.RUNS / "vllm-offline" / "pid").read_text())
     using_gpu = {int(pid) for s in samples for pid, mib in (s.get("proc_gpu_mib") or {}).items() if mib}
     assert using_gpu and using_gpu != {root_pid}, "the GPU memory should sit in a child process of the run"
     # the pool it was given (1 GiB) is in the tree's NVML figure

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from lab import records as rec
-from lab.capacity import CAPACITY_JSON, CAPACITY_MD, CapacitySpec, run_capacity
-from lab.config import EngineSettings
-from lab.launchers import NativeLauncher
+from lab import run_folder as rf
+from lab.config import CapacitySpec, EngineSettings
+from lab.experiments.capacity import run_capacity
+from lab.launchers.native import NativeLauncher
 
 pytestmark = pytest.mark.engine
 
@@ -28,22 +28,23 @@ def capacity_run(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("capacity")
     workload = folder / "work.jsonl"
     workload.write_text("".join(json.dumps({"prompt_tokens": p, "output_tokens": o}) + "\n" for p, o in LENGTHS))
-    engine = EngineSettings(model=str(tiny_model), workload=f"file:{workload}", device="cpu", block_size=32,
-                            max_model_len=256)
+    engine = EngineSettings(
+        model=str(tiny_model), workload=f"file:{workload}", device="cpu", block_size=32, max_model_len=256
+    )
     spec = CapacitySpec(engine, BUDGET_BYTES, max_len=128, curve=False, collect=False)
     results = folder / "results"
     run_dir = run_capacity(spec, results, NativeLauncher(tiny_model.parent.parent), lambda _: None)
-    return results, run_dir, rec.read_json(run_dir / CAPACITY_JSON)
+    return results, run_dir, rf.read_json(run_dir / rf.CAPACITY_JSON)
 
 
 def test_the_run_folder_is_complete_and_final(capacity_run):
     results, run_dir, _ = capacity_run
-    assert run_dir.parent == results and not run_dir.name.startswith(rec.TMP_PREFIX)
-    assert not [p for p in results.iterdir() if p.name.startswith(rec.TMP_PREFIX)]
-    for name in (rec.MANIFEST, CAPACITY_JSON, CAPACITY_MD):
+    assert run_dir.parent == results and not run_dir.name.startswith(rf.TMP_PREFIX)
+    assert not [p for p in results.iterdir() if p.name.startswith(rf.TMP_PREFIX)]
+    for name in (rf.MANIFEST, rf.CAPACITY_JSON, rf.CAPACITY_MD):
         assert (run_dir / name).is_file()
-    assert rec.read_json(run_dir / rec.MANIFEST)["kind"] == "capacity"
-    assert "Orca (Max) 7.00" in (run_dir / CAPACITY_MD).read_text()
+    assert rf.read_json(run_dir / rf.MANIFEST)["kind"] == "capacity"
+    assert "Orca (Max) 7.00" in (run_dir / rf.CAPACITY_MD).read_text()
 
 
 def test_arithmetic_by_hand(capacity_run):
@@ -71,6 +72,8 @@ def test_vllm_runs_more_requests_at_once_and_the_simulation_predicts_it(capacity
     data = capacity_run[2]
     vllm = next(p for p in data["measured"] if p["point"] == "vllm-offline-budget")
     simulated = data["arithmetic"]["paged_engine_limits"]
-    assert vllm["max_running"] > data["arithmetic"]["padded"]["concurrency"] > data["arithmetic"]["static"]["concurrency"]
+    assert (
+        vllm["max_running"] > data["arithmetic"]["padded"]["concurrency"] > data["arithmetic"]["static"]["concurrency"]
+    )
     assert abs(vllm["max_running"] - simulated["concurrency"]) <= 1
     assert vllm["mean_running"] == pytest.approx(simulated["mean_running"], rel=0.15)

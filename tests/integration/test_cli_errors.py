@@ -9,8 +9,9 @@ import pytest
 
 
 def lab(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 @pytest.fixture
@@ -24,17 +25,20 @@ def assert_refused(proc, fragment, results):
     assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--backends", "tgi"], "unknown backend 'tgi'"),
-    (["--backends", "hf/paged"], "unknown mode 'paged' for backend 'hf'"),
-    (["--model", "synthetic:huge"], "synthetic:huge"),
-    (["--model", "/no/such/model"], "/no/such/model"),
-    (["--workload", "sharegpt"], "choose seed, sharegpt-like or file:PATH.jsonl"),
-    (["--workload", "file:/no/such.jsonl"], "workload file not found"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--repeats", "0"], "--repeats must be 1-100"),
-    (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--backends", "tgi"], "unknown backend 'tgi'"),
+        (["--backends", "hf/paged"], "unknown mode 'paged' for backend 'hf'"),
+        (["--model", "synthetic:huge"], "synthetic:huge"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+        (["--workload", "sharegpt"], "choose seed, sharegpt-like or file:PATH.jsonl"),
+        (["--workload", "file:/no/such.jsonl"], "workload file not found"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--repeats", "0"], "--repeats must be 1-100"),
+        (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
+    ],
+)
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):
     proc = lab("experiment", "--device", "cpu", "--results", str(results), *args)
     assert_refused(proc, fragment, results)
@@ -49,8 +53,17 @@ def test_malformed_jsonl_line_is_named(tmp_path, results):
 
 @pytest.mark.engine
 def test_output_beyond_the_context_is_refused(tiny_model, results):
-    proc = lab("experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model),
-               "--output-tokens", "100000")
+    proc = lab(
+        "experiment",
+        "--device",
+        "cpu",
+        "--results",
+        str(results),
+        "--model",
+        str(tiny_model),
+        "--output-tokens",
+        "100000",
+    )
     assert_refused(proc, "exceed the model's context", results)
 
 

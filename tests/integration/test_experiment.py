@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from lab import records as rec
+from lab import run_folder as rf
 from lab.config import BACKEND_MODES
 
 pytestmark = pytest.mark.engine
@@ -20,9 +19,27 @@ ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
 def finished_run(tiny_model, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     proc = subprocess.run(
-        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--workload", "seed",
-         "--device", "cpu", "--batch-size", "2", "--output-tokens", "8", "--results", str(results)],
-        capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "experiment",
+            "--model",
+            str(tiny_model),
+            "--workload",
+            "seed",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--output-tokens",
+            "8",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, results
@@ -32,7 +49,7 @@ def test_last_line_of_stdout_is_the_run_folder(finished_run):
     proc, results = finished_run
     run_dir = proc.stdout.strip().splitlines()[-1]
     assert run_dir.startswith(str(results))
-    assert not [p for p in results.iterdir() if p.name.startswith(rec.TMP_PREFIX)]
+    assert not [p for p in results.iterdir() if p.name.startswith(rf.TMP_PREFIX)]
 
 
 def run_dir_of(finished_run):
@@ -44,17 +61,17 @@ def run_dir_of(finished_run):
 
 def test_every_backend_mode_ran_and_is_reported(finished_run):
     run_dir = run_dir_of(finished_run)
-    summary = rec.read_json(run_dir / rec.SUMMARY)["runs"]
+    summary = rf.read_json(run_dir / rf.SUMMARY)["runs"]
     assert [f"{r['backend']}/{r['mode']}" for r in summary] == ALL_RUNS
     assert all(r["status"] == "ok" for r in summary), [r["error"] for r in summary]
-    report = (run_dir / rec.REPORT).read_text()
+    report = (run_dir / rf.REPORT).read_text()
     for name in ALL_RUNS:
         assert f"| {name}" in report
     assert "## Observations" in report
 
 
 def test_records_have_fixed_output_lengths_and_times(finished_run):
-    rows = rec.read_jsonl(run_dir_of(finished_run) / rec.RECORDS)
+    rows = rf.read_jsonl(run_dir_of(finished_run) / rf.RECORDS)
     assert len(rows) == 4 * len(ALL_RUNS)
     for row in rows:
         assert row["status"] == "ok" and row["output_tokens"] == 8
@@ -63,7 +80,7 @@ def test_records_have_fixed_output_lengths_and_times(finished_run):
 
 
 def test_collector_timeline_covers_every_run_and_names_its_source(finished_run):
-    timeline = rec.read_jsonl(run_dir_of(finished_run) / rec.TIMELINE)
+    timeline = rf.read_jsonl(run_dir_of(finished_run) / rf.TIMELINE)
     runs = {s["run"] for s in timeline}
     assert runs == {name.replace("/", "-") for name in ALL_RUNS}
     assert {s["source"] for s in timeline} <= {"nvml", "psutil"}
@@ -71,12 +88,12 @@ def test_collector_timeline_covers_every_run_and_names_its_source(finished_run):
 
 
 def test_vllm_kv_usage_was_sampled_during_the_run(finished_run):
-    kv = rec.read_jsonl(run_dir_of(finished_run) / rec.KV_SAMPLES)
+    kv = rf.read_jsonl(run_dir_of(finished_run) / rf.KV_SAMPLES)
     assert kv and max(s["kv_usage"] or 0 for s in kv) > 0
 
 
 def test_manifest_records_versions_config_and_seed(finished_run):
-    manifest = rec.read_json(run_dir_of(finished_run) / rec.MANIFEST)
+    manifest = rf.read_json(run_dir_of(finished_run) / rf.MANIFEST)
     assert manifest["runtime"] == "native"
     assert manifest["config"]["engine"]["seed"] == 0
     assert manifest["config"]["engine"]["enable_prefix_caching"] is False
@@ -87,25 +104,44 @@ def test_manifest_records_versions_config_and_seed(finished_run):
 
 def test_report_regenerates_identically(finished_run):
     run_dir = run_dir_of(finished_run)
-    before = (run_dir / rec.REPORT).read_text()
+    before = (run_dir / rf.REPORT).read_text()
     proc = subprocess.run([sys.executable, "-m", "lab", "report", str(run_dir)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (run_dir / rec.REPORT).read_text() == before
+    assert (run_dir / rf.REPORT).read_text() == before
 
 
 def test_failing_backend_is_recorded_and_the_others_still_run(tiny_model, tmp_path):
     """A KV pool too small for one sequence makes the real vLLM engine refuse to start."""
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cpu",
-         "--backends", "vllm,hf/sequential", "--kv-cache-memory", "4KiB", "--output-tokens", "4",
-         "--num-requests", "2", "--results", str(results)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "experiment",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+            "--backends",
+            "vllm,hf/sequential",
+            "--kv-cache-memory",
+            "4KiB",
+            "--output-tokens",
+            "4",
+            "--num-requests",
+            "2",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from pathlib import Path
 
-    summary = rec.read_json(Path(proc.stdout.strip().splitlines()[-1]) / rec.SUMMARY)["runs"]
+    summary = rf.read_json(Path(proc.stdout.strip().splitlines()[-1]) / rf.SUMMARY)["runs"]
     by_name = {f"{r['backend']}/{r['mode']}": r for r in summary}
     assert by_name["vllm/offline"]["status"] == "error" and by_name["vllm/offline"]["error"]
     assert by_name["hf/sequential"]["status"] == "ok"
@@ -116,21 +152,44 @@ def test_repeated_timed_passes_are_each_timed_and_reported(tiny_model, tmp_path)
     """--repeats 3 with the real engines: three timed passes per backend, the records the last one's."""
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cpu",
-         "--backends", "hf/batched,vllm", "--batch-size", "2", "--output-tokens", "4", "--num-requests", "2",
-         "--repeats", "3", "--no-collector", "--results", str(results)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "experiment",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+            "--backends",
+            "hf/batched,vllm",
+            "--batch-size",
+            "2",
+            "--output-tokens",
+            "4",
+            "--num-requests",
+            "2",
+            "--repeats",
+            "3",
+            "--no-collector",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from pathlib import Path
 
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    for run in rec.read_json(run_dir / rec.SUMMARY)["runs"]:
+    for run in rf.read_json(run_dir / rf.SUMMARY)["runs"]:
         assert run["status"] == "ok", run["error"]
         assert len(run["passes_s"]) == 3 and all(s > 0 for s in run["passes_s"])
         assert run["passes_s"][-1] == run["generate_s"]
-        phases = [p["phase"] for p in rec.read_json(run_dir / "runs" / f"{run['backend']}-{run['mode']}" / "phases.json")]
+        result = rf.read_json(rf.RunFolder(run_dir).part(f"{run['backend']}-{run['mode']}").result)
+        phases = [p["phase"] for p in result["phases"]]
         assert phases == ["load", "warmup", "repeat", "repeat", "generate"]
-    assert len(rec.read_jsonl(run_dir / rec.RECORDS)) == 2 * 2  # one pass of 2 requests per backend
-    report = (run_dir / rec.REPORT).read_text()
+    assert len(rf.read_jsonl(run_dir / rf.RECORDS)) == 2 * 2  # one pass of 2 requests per backend
+    report = (run_dir / rf.REPORT).read_text()
     assert "## Repeated timed passes" in report and "Timed passes per backend/mode: 3" in report

@@ -21,14 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from lab.html_report import write_html
-from lab.plots import write_plots
+from lab import run_folder as rf
+from lab.report.writer import write_report
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # ENVIRONMENT.md: without the background-networking flags chromium keeps trying to reach outside hosts.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install -y chromium")
 
@@ -40,8 +48,12 @@ class WebSocket:
         host, port, path = re.match(r"ws://([^:/]+):(\d+)(/.*)", url).groups()
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         response = b""
         while b"\r\n\r\n" not in response:
             response += self.sock.recv(4096)
@@ -51,9 +63,13 @@ class WebSocket:
     def send(self, text: str) -> None:
         payload, mask = text.encode(), os.urandom(4)
         n = len(payload)
-        header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
-                                  bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else
-                                  bytes([0x80 | 127]) + struct.pack(">Q", n))
+        header = bytes([0x81]) + (
+            bytes([0x80 | n])
+            if n < 126
+            else bytes([0x80 | 126]) + struct.pack(">H", n)
+            if n < 65536
+            else bytes([0x80 | 127]) + struct.pack(">Q", n)
+        )
         self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
     def recv(self) -> str:
@@ -61,7 +77,13 @@ class WebSocket:
         while True:
             first, second = self._read(2)
             n = second & 0x7F
-            n = struct.unpack(">H", self._read(2))[0] if n == 126 else struct.unpack(">Q", self._read(8))[0] if n == 127 else n
+            n = (
+                struct.unpack(">H", self._read(2))[0]
+                if n == 126
+                else struct.unpack(">Q", self._read(8))[0]
+                if n == 127
+                else n
+            )
             payload = self._read(n)
             if first & 0x0F == 0x8:
                 raise ConnectionError("the browser closed the DevTools connection")
@@ -81,8 +103,12 @@ class WebSocket:
 
 def load_in_chromium(page: Path, tmp_path: Path) -> dict:
     """Open `page` in headless chromium; return its console errors, outside requests and image states."""
-    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = _devtools_port(proc)
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
@@ -113,10 +139,16 @@ def load_in_chromium(page: Path, tmp_path: Path) -> dict:
             elif method == "Network.loadingFailed":
                 errors.append(f"loading failed: {params.get('errorText')}")
             elif method == "Page.loadEventFired":
-                check_id = call("Runtime.evaluate", returnByValue=True, expression=(
-                    "JSON.stringify({images: [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0]),"
-                    " tables: document.querySelectorAll('table').length, details: document.querySelectorAll('details').length,"
-                    " title: document.title})"))
+                check_id = call(
+                    "Runtime.evaluate",
+                    returnByValue=True,
+                    expression=(
+                        "JSON.stringify({images: [...document.images]"
+                        ".map(i => [i.alt, i.complete && i.naturalWidth > 0]),"
+                        " tables: document.querySelectorAll('table').length,"
+                        " details: document.querySelectorAll('details').length, title: document.title})"
+                    ),
+                )
             elif check_id is not None and event.get("id") == check_id:
                 page_state = json.loads(event["result"]["result"]["value"])
                 return {"errors": errors, "requests": requests, **page_state}
@@ -138,8 +170,8 @@ def _devtools_port(proc: subprocess.Popen) -> int:
 def report_page(tmp_path: Path) -> Path:
     run_dir = tmp_path / FIXTURE.name
     shutil.copytree(FIXTURE, run_dir)
-    write_plots(run_dir)
-    return write_html(run_dir)
+    write_report(run_dir)
+    return rf.RunFolder(run_dir).html_report
 
 
 def test_report_html_loads_without_console_errors(report_page: Path, tmp_path: Path):
@@ -155,8 +187,10 @@ def test_report_html_loads_without_console_errors(report_page: Path, tmp_path: P
 def test_the_browser_check_sees_a_script_error(tmp_path: Path):
     """The harness itself: a page that throws and links a missing image must be reported, not pass."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><title>x</title><img alt="gone" src="missing.png">'
-                    "<script>undefinedFunction()</script>", encoding="utf-8")
+    page.write_text(
+        '<!DOCTYPE html><title>x</title><img alt="gone" src="missing.png"><script>undefinedFunction()</script>',
+        encoding="utf-8",
+    )
     state = load_in_chromium(page, tmp_path)
     assert any("undefinedFunction" in (e or "") for e in state["errors"])
     assert any("ERR_FILE_NOT_FOUND" in (e or "") for e in state["errors"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lab import models
-from lab.models import BUILD_MARKER, build_model, model_info, resolve_model
+from lab.models import build
+from lab.models.build import BUILD_MARKER, build_model
+from lab.models.resolve import model_info, resolve_model
 
 pytestmark = pytest.mark.engine
 
@@ -55,7 +56,7 @@ def test_failed_build_leaves_no_temp_folder(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(models, "_write_weights", fail)
+    monkeypatch.setattr(build, "_write_weights", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         build_model("synthetic:tiny", tmp_path)
     assert list((tmp_path / "models").iterdir()) == []
@@ -75,6 +76,6 @@ def test_stale_temp_folder_of_a_dead_build_is_removed(tmp_path, monkeypatch):
     models_dir = tmp_path / "models"
     stale = models_dir / ".synthetic-tiny.tmp-999999999-abc"
     stale.mkdir(parents=True)
-    monkeypatch.setattr(models, "_pid_alive", lambda pid: False)
+    monkeypatch.setattr(build, "_pid_alive", lambda pid: False)
     build_model("synthetic:tiny", tmp_path, weights=False)
     assert not stale.exists()

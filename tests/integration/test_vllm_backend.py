@@ -12,7 +12,8 @@ import random
 import pytest
 
 from lab.backends.base import Clock
-from lab.backends.vllm import DEFAULT_CPU_KV_CACHE_BYTES, VllmBackend, check_cpu_block_size
+from lab.backends.vllm import DEFAULT_CPU_KV_CACHE_BYTES, VllmBackend
+from lab.backends.vllm_config import check_cpu_block_size
 from lab.config import EngineSettings, RunSpec
 from lab.errors import LabInputError
 from lab.workloads import Request
@@ -71,33 +72,33 @@ def test_times_are_on_the_runner_clock(timed_run):
     for record in records:
         assert record.start_s == 0.0  # all submitted at t=0; vLLM queues them
         assert 0 < record.first_token_s <= record.end_s
-    assert max(r.end_s for r in records) <= samples[-1]["t_s"]
+    assert max(r.end_s for r in records) <= samples[-1].t_s
 
 
 @pytest.mark.engine
 def test_kv_samples_cover_only_the_timed_pass(timed_run):
     requests, _, samples = timed_run
     assert samples, "no kv samples were taken"
-    steps = [s["step"] for s in samples]
+    steps = [s.step for s in samples]
     assert steps == sorted(set(steps))  # one pass, no warm-up samples mixed in
-    assert all(0.0 <= s["kv_usage"] <= 1.0 for s in samples)
-    assert max(s["kv_usage"] for s in samples) > 0
-    assert max(s["running"] for s in samples) > len(requests) // 2  # the batch really ran together
-    assert samples[-1]["kv_usage"] == 0.0 and samples[-1]["running"] == 0  # all blocks freed at the end
+    assert all(0.0 <= s.kv_usage <= 1.0 for s in samples)
+    assert max(s.kv_usage for s in samples) > 0
+    assert max(s.running for s in samples) > len(requests) // 2  # the batch really ran together
+    assert samples[-1].kv_usage == 0.0 and samples[-1].running == 0  # all blocks freed at the end
 
 
 @pytest.mark.engine
 def test_tokens_stored_fit_the_used_blocks(timed_run):
     _, _, samples = timed_run
-    assert all(s["tokens_stored_exact"] for s in samples)  # the pool fits: no preemption, no queue
+    assert all(s.tokens_stored_exact for s in samples)  # the pool fits: no preemption, no queue
     for s in samples:
-        assert s["blocks_used"] is not None
-        assert s["blocks_used"] <= s["num_blocks"] - 1  # block 0 is the null block
-        assert s["tokens_stored"] <= s["blocks_used"] * BLOCK_SIZE
-        if s["tokens_stored_exact"]:
+        assert s.blocks_used is not None
+        assert s.blocks_used <= s.num_blocks - 1  # block 0 is the null block
+        assert s.tokens_stored <= s.blocks_used * BLOCK_SIZE
+        if s.tokens_stored_exact:
             # Paged allocation wastes less than one block per running request.
-            assert s["blocks_used"] * BLOCK_SIZE - s["tokens_stored"] <= s["running"] * BLOCK_SIZE
-    assert any(s["tokens_stored"] > 0 for s in samples)
+            assert s.blocks_used * BLOCK_SIZE - s.tokens_stored <= s.running * BLOCK_SIZE
+    assert any(s.tokens_stored > 0 for s in samples)
 
 
 @pytest.mark.engine
@@ -107,8 +108,8 @@ def test_kv_usage_source_agrees_with_get_metrics(backend, timed_run):
 
     _, _, samples = timed_run
     gauges = {m.name: m.value for m in backend._llm.get_metrics() if isinstance(m, Gauge)}
-    assert gauges["vllm:kv_cache_usage_perc"] == samples[-1]["kv_usage"]
-    assert gauges["vllm:num_requests_running"] == samples[-1]["running"]
+    assert gauges["vllm:kv_cache_usage_perc"] == samples[-1].kv_usage
+    assert gauges["vllm:num_requests_running"] == samples[-1].running
 
 
 @pytest.mark.engine

@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from lab import bandwidth, records as rec
+from lab import run_folder as rf
+from lab.accounting import bandwidth
+from lab.records import HfBatch, KvSample, RequestRecord
+from lab.report.analyses import analyse
+from lab.report.kv_markdown import bandwidth_section
+from lab.report.run_view import RunView
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-cpu-tiny"
-MODEL = {"weights_bytes": 1000, "vocab_size": 10, "hidden_size": 4, "dtype_bytes": 2, "tie_word_embeddings": False,
-         "kv_bytes_per_token": 8}
+MODEL = {
+    "weights_bytes": 1000,
+    "vocab_size": 10,
+    "hidden_size": 4,
+    "dtype_bytes": 2,
+    "tie_word_embeddings": False,
+    "kv_bytes_per_token": 8,
+}
 
 
 def test_an_untied_embedding_table_is_not_read_by_a_decode_step():
@@ -20,29 +31,29 @@ def test_an_untied_embedding_table_is_not_read_by_a_decode_step():
 
 
 def test_hf_dynamic_steps_attend_the_padded_prompt_plus_the_tokens_so_far():
-    batch = {"batch_size": 3, "padded_prompt_tokens": 10, "step_s": [0.5, 0.6, 0.8], "cache_slots_per_sequence": 12}
+    batch = HfBatch(batch_size=3, padded_prompt_tokens=10, step_s=[0.5, 0.6, 0.8], cache_slots_per_sequence=12)
     steps = bandwidth.hf_decode_steps(batch, static=False)
     # step 1 is the prefill; step k attends W + k - 1 slots per sequence
     assert steps == [(pytest.approx(0.1), 3 * 11), (pytest.approx(0.2), 3 * 12)]
 
 
 def test_hf_static_steps_attend_every_slot_of_the_cache():
-    batch = {"batch_size": 2, "padded_prompt_tokens": 10, "step_s": [0.5, 0.6, 0.8], "cache_slots_per_sequence": 40}
+    batch = HfBatch(batch_size=2, padded_prompt_tokens=10, step_s=[0.5, 0.6, 0.8], cache_slots_per_sequence=40)
     assert [slots for _, slots in bandwidth.hf_decode_steps(batch, static=True)] == [80, 80]
 
 
 def test_hf_batches_without_step_times_give_no_steps():
-    assert bandwidth.hf_decode_steps({"batch_size": 2, "padded_prompt_tokens": 4}, static=False) == []
+    assert bandwidth.hf_decode_steps(HfBatch(batch_size=2, padded_prompt_tokens=4), static=False) == []
 
 
 def test_vllm_steps_skip_prefills_and_count_the_fed_token():
     samples = [
-        {"step": 0, "t_s": 0.10, "tokens_stored": 20, "running": 2, "tokens_stored_exact": True},  # prefill
-        {"step": 1, "t_s": 0.12, "tokens_stored": 22, "running": 2, "tokens_stored_exact": True},
-        {"step": 2, "t_s": 0.15, "tokens_stored": 30, "running": 3, "tokens_stored_exact": True},  # a new prefill
-        {"step": 3, "t_s": 0.16, "tokens_stored": 0, "running": 0, "tokens_stored_exact": True},  # all finish
+        KvSample(step=0, t_s=0.10, tokens_stored=20, running=2, tokens_stored_exact=True),  # prefill
+        KvSample(step=1, t_s=0.12, tokens_stored=22, running=2, tokens_stored_exact=True),
+        KvSample(step=2, t_s=0.15, tokens_stored=30, running=3, tokens_stored_exact=True),  # a new prefill
+        KvSample(step=3, t_s=0.16, tokens_stored=0, running=0, tokens_stored_exact=True),  # all finish
     ]
-    records = [{"first_token_s": 0.10}, {"first_token_s": 0.10}, {"first_token_s": 0.15}]
+    records = [RequestRecord(i, 1, 1, 0.0, first, 1.0) for i, first in enumerate((0.10, 0.10, 0.15))]
     steps = bandwidth.vllm_decode_steps(samples, records)
     assert steps == [(pytest.approx(0.02), 22), (pytest.approx(0.01), 33)]
 
@@ -57,10 +68,13 @@ def test_decode_traffic_is_bytes_over_seconds():
 def test_peak_comes_from_the_manifest_and_a_cpu_run_has_no_share(tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURE, run_dir)
-    manifest = rec.read_json(run_dir / rec.MANIFEST)
+    manifest = rf.read_json(run_dir / rf.MANIFEST)
     manifest["host"]["nvml"] = {"available": True, "gpus": [{"name": "GPU X", "peak_memory_bandwidth_gb_s": 3352.0}]}
+    rf.write_json(run_dir / rf.MANIFEST, manifest)
     assert bandwidth.peak_gb_s(manifest) == (3352.0, "GPU X")
-    lines = bandwidth.bandwidth_section(run_dir, rec.read_json(run_dir / rec.SUMMARY)["runs"])
+    found = analyse(RunView(run_dir))
+    assert (found.peak_gb_s, found.peak_source) == (3352.0, "GPU X")
+    lines = bandwidth_section(found.bandwidth, found.peak_gb_s, found.peak_source)
     assert lines[0] == "## Decode bandwidth"
     vllm_row = next(line for line in "\n".join(lines).splitlines() if line.startswith("| vllm/offline"))
     assert vllm_row.rstrip(" |").endswith("-")  # the fixture ran on the CPU: no GPU peak applies

@@ -17,19 +17,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from lab.collector import (
-    NvmlSource,
-    ProcessTree,
-    PsutilSource,
-    attribute_to_tree,
-    gpu_process_bytes,
-    open_source,
-    read_timeline,
-    run_collector,
-    sample,
-    summarize_timeline,
-)
 from lab.errors import LabInputError
+from lab.hardware.collector import ProcessTree, run_collector, sample
+from lab.hardware.sources import NvmlSource, PsutilSource, attribute_to_tree, gpu_process_bytes, open_source
+from lab.hardware.timeline import read_timeline, summarize_timeline
 
 MIB = 1024 * 1024
 
@@ -80,7 +71,7 @@ def wait_for_header(out: Path, timeout_s: float = 30) -> None:
 
 def test_fallback_samples_the_whole_tree_until_the_root_exits(tmp_path):
     out, pid_file, gc_file = tmp_path / "timeline.jsonl", tmp_path / "backend.pid", tmp_path / "gc.pid"
-    collector = collector_process(out, pid_file=pid_file, interval_ms=15, label="hf/batched", max_seconds=30)
+    collector = collector_process(out, pid_file=pid_file, interval_ms=15, run_name="hf-batched", max_seconds=30)
     wait_for_header(out)  # the collector starts first and waits for the pid file, as in a real run
     backend = subprocess.Popen([sys.executable, "-c", BACKEND, str(pid_file), str(gc_file)])
     backend.wait(timeout=30)
@@ -91,7 +82,7 @@ def test_fallback_samples_the_whole_tree_until_the_root_exits(tmp_path):
     records = [json.loads(line) for line in lines]  # every line is complete JSON
     header, samples, summary = records[0], records[1:-1], records[-1]
     assert header["kind"] == "header" and summary["kind"] == "summary"
-    assert all(s["kind"] == "sample" and s["run"] == "hf/batched" for s in samples)
+    assert all(s["kind"] == "sample" and s["run"] == "hf-batched" for s in samples)
 
     if nvml_starts():
         assert summary["source"] == "nvml"
@@ -260,15 +251,17 @@ def test_a_process_in_both_compute_and_graphics_lists_is_counted_once():
 
 def test_nvml_sample_attributes_memory_to_the_tree():
     me = os.getpid()
-    nvml = FakeNvml([
-        fake_gpu(compute={me: 3000 * MIB, 4242424: 700 * MIB}),
-        fake_gpu(used=2000 * MIB, util=30, power_mw=None, compute={me: 1000 * MIB}),
-    ])
+    nvml = FakeNvml(
+        [
+            fake_gpu(compute={me: 3000 * MIB, 4242424: 700 * MIB}),
+            fake_gpu(used=2000 * MIB, util=30, power_mw=None, compute={me: 1000 * MIB}),
+        ]
+    )
     source = open_source(None, nvml=nvml)
     assert isinstance(source, NvmlSource) and source.fallback_reason is None
     assert source.devices()[0] == {"gpu": 0, "name": "Fake GPU", "uuid": "GPU-fake"}
-    s = sample(source, ProcessTree(me), label="vllm/offline")
-    assert s["source"] == "nvml" and s["run"] == "vllm/offline" and s["pids"] == [me]
+    s = sample(source, ProcessTree(me), run_name="vllm-offline")
+    assert s["source"] == "nvml" and s["run"] == "vllm-offline" and s["pids"] == [me]
     assert s["gpus"][0]["tree_gpu_mib"] == 3000.0 and s["gpus"][1]["tree_gpu_mib"] == 1000.0
     assert s["tree_gpu_mib"] == 4000.0
     assert s["proc_gpu_mib"] == {str(me): 4000.0}
@@ -301,14 +294,45 @@ def test_an_nvml_that_does_not_start_falls_back_to_psutil_with_the_reason():
 def test_summary_peaks_means_and_energy_are_hand_computed():
     samples = [
         {"kind": "header"},
-        {"kind": "sample", "t": 10.0, "source": "nvml", "pids": [1], "tree_rss_mib": 100.0, "tree_gpu_mib": 0.0,
-         "proc_gpu_mib": {}, "device_used_mib": 500.0, "device_total_mib": 80000.0, "gpu_util_pct": 0, "power_w": 100.0},
-        {"kind": "sample", "t": 11.0, "source": "nvml", "pids": [1, 2], "tree_rss_mib": 300.0, "tree_gpu_mib": 4000.0,
-         "proc_gpu_mib": {"2": 4000.0}, "device_used_mib": 4500.0, "device_total_mib": 80000.0, "gpu_util_pct": 90,
-         "power_w": 200.0},
-        {"kind": "sample", "t": 13.0, "source": "nvml", "pids": [1, 2], "tree_rss_mib": 250.0, "tree_gpu_mib": 3000.0,
-         "proc_gpu_mib": {"2": 3000.0}, "device_used_mib": 3500.0, "device_total_mib": 80000.0, "gpu_util_pct": 60,
-         "power_w": 200.0},
+        {
+            "kind": "sample",
+            "t": 10.0,
+            "source": "nvml",
+            "pids": [1],
+            "tree_rss_mib": 100.0,
+            "tree_gpu_mib": 0.0,
+            "proc_gpu_mib": {},
+            "device_used_mib": 500.0,
+            "device_total_mib": 80000.0,
+            "gpu_util_pct": 0,
+            "power_w": 100.0,
+        },
+        {
+            "kind": "sample",
+            "t": 11.0,
+            "source": "nvml",
+            "pids": [1, 2],
+            "tree_rss_mib": 300.0,
+            "tree_gpu_mib": 4000.0,
+            "proc_gpu_mib": {"2": 4000.0},
+            "device_used_mib": 4500.0,
+            "device_total_mib": 80000.0,
+            "gpu_util_pct": 90,
+            "power_w": 200.0,
+        },
+        {
+            "kind": "sample",
+            "t": 13.0,
+            "source": "nvml",
+            "pids": [1, 2],
+            "tree_rss_mib": 250.0,
+            "tree_gpu_mib": 3000.0,
+            "proc_gpu_mib": {"2": 3000.0},
+            "device_used_mib": 3500.0,
+            "device_total_mib": 80000.0,
+            "gpu_util_pct": 60,
+            "power_w": 200.0,
+        },
     ]
     s = summarize_timeline(samples)
     assert s["samples"] == 3
@@ -323,7 +347,20 @@ def test_summary_peaks_means_and_energy_are_hand_computed():
 
 def test_summary_of_an_empty_or_psutil_timeline_has_no_gpu_figures():
     assert summarize_timeline([])["samples"] == 0
-    s = summarize_timeline([{"kind": "sample", "t": 1.0, "source": "psutil", "pids": [1], "tree_rss_mib": 5.0,
-                             "tree_gpu_mib": None, "proc_gpu_mib": None, "power_w": None, "gpu_util_pct": None}])
+    s = summarize_timeline(
+        [
+            {
+                "kind": "sample",
+                "t": 1.0,
+                "source": "psutil",
+                "pids": [1],
+                "tree_rss_mib": 5.0,
+                "tree_gpu_mib": None,
+                "proc_gpu_mib": None,
+                "power_w": None,
+                "gpu_util_pct": None,
+            }
+        ]
+    )
     assert s["peak_tree_rss_mib"] == 5.0 and s["peak_tree_gpu_mib"] is None
     assert s["energy_j"] is None and s["mean_gpu_util_pct"] is None and s["mean_interval_ms"] is None

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import records as rec
-from lab.compare import check_comparable, identity, load_run, ratio, render_comparison
+from lab import run_folder as rf
 from lab.errors import LabInputError
+from lab.report.compare import check_comparable, identity, ratio_text, render_comparison
+from lab.report.run_view import RunView
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
 
@@ -17,12 +18,12 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
 def copy_run(tmp_path: Path, name: str, edit=None) -> Path:
     """A copy of the fixture run; `edit(manifest, summary)` changes it in place."""
     run_dir = Path(shutil.copytree(FIXTURE, tmp_path / name))
-    manifest, summary = rec.read_json(run_dir / rec.MANIFEST), rec.read_json(run_dir / rec.SUMMARY)
+    manifest, summary = rf.read_json(run_dir / rf.MANIFEST), rf.read_json(run_dir / rf.SUMMARY)
     if edit:
         edit(manifest, summary)
     manifest["run_id"] = name
-    rec.write_json(run_dir / rec.MANIFEST, manifest)
-    rec.write_json(run_dir / rec.SUMMARY, summary)
+    rf.write_json(run_dir / rf.MANIFEST, manifest)
+    rf.write_json(run_dir / rf.SUMMARY, summary)
     return run_dir
 
 
@@ -64,7 +65,7 @@ def test_a_different_model_is_not_comparable(tmp_path: Path):
     def other_model(manifest, summary):
         manifest["config"]["engine"]["model"] = "synthetic:llama-1b"
 
-    runs = [load_run(copy_run(tmp_path, "run-a")), load_run(copy_run(tmp_path, "run-b", other_model))]
+    runs = [RunView(copy_run(tmp_path, "run-a")), RunView(copy_run(tmp_path, "run-b", other_model))]
     with pytest.raises(LabInputError, match="model: synthetic:tiny vs synthetic:llama-1b"):
         check_comparable(runs)
     assert identity(runs[0])["requests"] == 4
@@ -88,5 +89,5 @@ def test_one_run_or_a_folder_that_is_not_a_run_is_bad_input(tmp_path: Path):
 
 
 def test_ratio_of_missing_or_zero_is_a_dash():
-    assert ratio(3.0, 1.5) == "2.00x"
-    assert ratio(None, 1.0) == ratio(1.0, 0) == ratio(1.0, None) == "-"
+    assert ratio_text(3.0, 1.5) == "2.00x"
+    assert ratio_text(None, 1.0) == ratio_text(1.0, 0) == ratio_text(1.0, None) == "-"

@@ -7,7 +7,7 @@ import sys
 from types import SimpleNamespace
 
 import lab
-from lab import env
+from lab.hardware import env, nvml
 
 KEYS = {"lab_version", "git", "python", "platform", "cpu", "memory", "torch", "transformers", "vllm", "nvml"}
 
@@ -86,8 +86,17 @@ def test_every_broken_part_becomes_an_error_entry(monkeypatch):
     def boom():
         raise RuntimeError("broken on purpose")
 
-    for name in ("git_facts", "python_facts", "platform_facts", "cpu_facts", "memory_facts", "torch_part",
-                 "vllm_facts", "nvml_facts", "distribution_facts"):
+    for name in (
+        "git_facts",
+        "python_facts",
+        "platform_facts",
+        "cpu_facts",
+        "memory_facts",
+        "torch_part",
+        "vllm_facts",
+        "nvml_facts",
+        "distribution_facts",
+    ):
         monkeypatch.setattr(env, name, lambda *a, **k: boom())
     e = env.collect_environment()
     assert set(e) == KEYS
@@ -101,7 +110,11 @@ def test_nvml_facts_read_driver_and_gpus():
     assert facts["cuda_driver_version"] == "13.0"
     gpu = facts["gpus"][0]
     assert {k: gpu[k] for k in ("index", "name", "uuid", "memory_total_mib")} == {
-        "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-0000", "memory_total_mib": 81559}
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": "GPU-0000",
+        "memory_total_mib": 81559,
+    }
     # 2 x 2,619 MHz x 5,120 bits / 8: the H100 SXM data sheet's 3.35 TB/s
     assert gpu["memory_bus_width_bits"] == 5120 and gpu["max_memory_clock_mhz"] == 2619
     assert round(gpu["peak_memory_bandwidth_gb_s"]) == 3352
@@ -126,8 +139,11 @@ def test_nvml_that_does_not_start_gives_the_reason():
 
 
 def test_format_environment_is_a_two_column_table():
-    e = {"lab_version": "0.1.0", "torch": {"installed": True, "version": "2.13.0+cpu", "gpus": []},
-         "nvml": env.nvml_facts(FakeNvml())}
+    e = {
+        "lab_version": "0.1.0",
+        "torch": {"installed": True, "version": "2.13.0+cpu", "gpus": []},
+        "nvml": env.nvml_facts(FakeNvml()),
+    }
     table = env.format_environment(e)
     lines = table.splitlines()
     assert lines[0].split() == ["item", "value"]
@@ -141,6 +157,6 @@ def test_gpu_count_says_why_there_is_none():
         def nvmlInit(self):
             raise OSError("Driver Not Loaded")
 
-    assert env.nvml_gpu_count(FakeNvml()) == (1, None)
-    count, reason = env.nvml_gpu_count(NoDriver())
+    assert nvml.gpu_count(FakeNvml()) == (1, None)
+    count, reason = nvml.gpu_count(NoDriver())
     assert count == 0 and "Driver Not Loaded" in reason

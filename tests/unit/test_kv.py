@@ -1,22 +1,24 @@
-"""KV-cache accounting (lab.kv, lab.breakdown's pure parts): exact expectations computed by hand.
+"""KV-cache accounting (lab.accounting: kv, breakdown, capacity): exact expectations computed by hand.
 
-Conventions (lab/kv.py): a request of P prompt tokens that has generated g tokens stores P + g - 1;
+Conventions (lab/accounting/kv.py): a request of P prompt tokens that has generated g tokens stores P + g - 1;
 hf step k produces token k, and after it a dynamic cache holds W + k - 1 slots per sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from lab import kv
-from lab.breakdown import hf_batch_steps, vllm_block_check, vllm_running_per_sample
-from lab.models import kv_bytes_per_token
+from lab.accounting import capacity, kv
+from lab.accounting.breakdown import hf_batch_steps, step_durations_s, vllm_block_check, vllm_running_per_sample
+from lab.models import resolve
+from lab.records import HfBatch, KvSample, RequestRecord
 
 
 def test_bytes_per_token_is_the_models_formula():
-    assert kv.kv_bytes_per_token is kv_bytes_per_token  # one formula, not a copy
+    assert resolve.kv_bytes_per_token is kv.kv_bytes_per_token  # one formula: model_info uses it, not a copy
     assert kv.kv_bytes_per_token(22, 4, 64, 2) == 22_528  # TinyLlama in bf16
     assert kv.token_state_bytes(17, 22_528) == 382_976
 
@@ -96,8 +98,8 @@ def test_static_cache_reserving_2048_for_a_20_token_request():
     total = kv.integrate((1.0, s) for s in steps)
     assert (total.token_states, total.reservation, total.internal_fragmentation) == (145, 45, 20290)
     assert total.shares()["token_states"] == pytest.approx(145 / 20480)
-    assert kv.static_capacity(4 << 20, 1024, 2048) == 2  # 4 MiB / (2048 slots x 1 KiB)
-    assert kv.static_capacity(1 << 20, 1024, 2048) == 0
+    assert capacity.static_capacity(4 << 20, 1024, 2048) == 2  # 4 MiB / (2048 slots x 1 KiB)
+    assert capacity.static_capacity(1 << 20, 1024, 2048) == 0
 
 
 def test_paged_request_splits_its_last_block():
@@ -119,69 +121,79 @@ def test_paged_step_other_is_what_the_engine_holds_beyond_the_arithmetic():
 
 def test_padded_batch_capacity_by_hand():
     requests = [(3, 2), (10, 5), (4, 4), (4, 4)]
-    assert kv.padded_batch_kv_bytes([3, 10], [2, 5], 1) == 28
-    assert kv.padded_batch_capacity(28, 1, requests) == 2  # batches of 3: 3 x 14 = 42 > 28
-    assert kv.padded_batch_capacity(13, 1, requests) == 0  # (10, 5) alone needs 14
+    assert capacity.padded_batch_kv_bytes([3, 10], [2, 5], 1) == 28
+    assert capacity.padded_batch_capacity(28, 1, requests) == 2  # batches of 3: 3 x 14 = 42 > 28
+    assert capacity.padded_batch_capacity(13, 1, requests) == 0  # (10, 5) alone needs 14
 
 
 def test_paged_simulation_without_pressure_runs_everything_together():
     # 10 usable blocks of 16; each request ends at 17 + 4 - 1 = 20 tokens: 2 blocks each.
-    sim = kv.simulate_paged([(17, 4)] * 3, num_blocks=11, block_size=16)
+    sim = capacity.simulate_paged([(17, 4)] * 3, num_blocks=11, block_size=16)
     assert sim.running_per_step == (3, 3, 3, 3)
     assert (sim.max_running, sim.mean_running, sim.preemptions) == (3, 3.0, 0)
-    assert kv.simulate_paged([(17, 4)] * 3, 11, 16, max_num_seqs=2).running_per_step == (2, 2, 2, 2, 1, 1, 1, 1)
+    assert capacity.simulate_paged([(17, 4)] * 3, 11, 16, max_num_seqs=2).running_per_step == (2, 2, 2, 2, 1, 1, 1, 1)
 
 
 def test_paged_simulation_preempts_the_newest_request_when_blocks_run_out():
     # 3 usable blocks of 4; prompts of 4 take 1 block each, the 5th token needs a second block.
     # Step 1: all three admitted. Step 2: r0 needs a block: r2, then r1 itself, are preempted.
     # Steps 3 and 4: r1 and r2 recompute 5 tokens (2 blocks) one at a time.
-    sim = kv.simulate_paged([(4, 2)] * 3, num_blocks=4, block_size=4)
+    sim = capacity.simulate_paged([(4, 2)] * 3, num_blocks=4, block_size=4)
     assert sim.running_per_step == (3, 1, 1, 1)
     assert (sim.preemptions, sim.mean_running) == (2, 1.5)
     with pytest.raises(ValueError):
-        kv.simulate_paged([(16, 2)], num_blocks=4, block_size=4)  # 17 tokens: 5 blocks > 3
+        capacity.simulate_paged([(16, 2)], num_blocks=4, block_size=4)  # 17 tokens: 5 blocks > 3
 
 
 def test_paged_capacity_sizes_the_pool_as_vllm_does():
     # 11 blocks x 16 tokens x 1 B: the first is the null block.
-    assert kv.paged_capacity(11 * 16, 1, 16, [(17, 4)] * 3).max_running == 3
+    assert capacity.paged_capacity(11 * 16, 1, 16, [(17, 4)] * 3).max_running == 3
 
 
 def test_hf_batch_steps_from_a_fake_batch_record():
-    fake_batch = {"batch_size": 2, "padded_prompt_tokens": 10, "generated_tokens": 5, "prompt_tokens": PROMPTS,
-                  "output_tokens": OUTPUTS, "start_s": 0.0, "end_s": 1.0, "cache_bytes": 28 * 8,
-                  "cache_slots_per_sequence": 14}
+    fake_batch = HfBatch(
+        batch_size=2,
+        padded_prompt_tokens=10,
+        generated_tokens=5,
+        prompt_tokens=PROMPTS,
+        output_tokens=OUTPUTS,
+        start_s=0.0,
+        end_s=1.0,
+        cache_bytes=28 * 8,
+        cache_slots_per_sequence=14,
+    )
     steps = hf_batch_steps(fake_batch, static=False, bytes_per_token=8)
     assert [w for w, _ in steps] == [0.2] * 5
     total = kv.integrate(steps)
     assert total.token_states == pytest.approx(79 * 0.2) and total.other == 0
     assert total.external_fragmentation is None  # CPU record: no allocator figures
-    cuda_batch = dict(fake_batch, peak_reserved_bytes=1000, peak_allocated_bytes=840)
+    cuda_batch = dataclasses.replace(fake_batch, peak_reserved_bytes=1000, peak_allocated_bytes=840)
     cuda = kv.integrate(hf_batch_steps(cuda_batch, static=False, bytes_per_token=8))
     assert cuda.external_fragmentation == pytest.approx(20.0)  # (1000 - 840) / 8 slots for 5 x 0.2 s
 
 
 def test_vllm_running_requests_rebuilt_from_fake_records():
-    fake_samples = [{"step": i, "t_s": float(i + 1), "blocks_used": b, "running": r, "tokens_stored": t,
-                     "tokens_stored_exact": True} for i, (b, r, t) in enumerate([(0, 0, 0), (2, 1, 17), (2, 1, 18), (0, 0, 0)])]
+    fake_samples = [
+        KvSample(step=i, t_s=float(i + 1), blocks_used=b, running=r, tokens_stored=t, tokens_stored_exact=True)
+        for i, (b, r, t) in enumerate([(0, 0, 0), (2, 1, 17), (2, 1, 18), (0, 0, 0)])
+    ]
     fake_records = [
-        {"status": "ok", "prompt_tokens": 17, "output_tokens": 3, "first_token_s": 2.0, "end_s": 4.0},
-        {"status": "ok", "prompt_tokens": 5, "output_tokens": 1, "first_token_s": 2.0, "end_s": 2.0},  # freed at once
+        RequestRecord(0, prompt_tokens=17, output_tokens=3, start_s=0.0, first_token_s=2.0, end_s=4.0),
+        RequestRecord(1, prompt_tokens=5, output_tokens=1, start_s=0.0, first_token_s=2.0, end_s=2.0),  # freed at once
     ]
     running = vllm_running_per_sample(fake_samples, fake_records)
     assert running == [[], [(17, 19)], [(18, 19)], []]
     check = vllm_block_check(fake_samples, running, 16, {})
     assert (check["agree"], check["total"], check["tokens_stored_match"], check["reasons"]) == (4, 4, True, [])
-    off = [dict(s, blocks_used=3) if s["step"] == 1 else s for s in fake_samples]
+    off = [dataclasses.replace(s, blocks_used=3) if s.step == 1 else s for s in fake_samples]
     check = vllm_block_check(off, running, 16, {"async_scheduling": True})
     assert check["agree"] == 3 and check["max_off"] == pytest.approx(1 / 3)
     assert any("async scheduling" in reason for reason in check["reasons"])
 
 
 def test_hf_step_durations_come_from_the_step_clock_where_recorded():
-    from lab.breakdown import step_durations_s
-
-    fake_batch = {"generated_tokens": 3, "start_s": 1.0, "end_s": 2.0}
+    fake_batch = HfBatch(batch_size=1, padded_prompt_tokens=4, generated_tokens=3, start_s=1.0, end_s=2.0)
     assert step_durations_s(fake_batch) == pytest.approx([1 / 3] * 3)
-    assert step_durations_s(dict(fake_batch, step_s=[1.5, 1.75, 2.0])) == pytest.approx([0.5, 0.25, 0.25])
+    assert step_durations_s(dataclasses.replace(fake_batch, step_s=[1.5, 1.75, 2.0])) == pytest.approx(
+        [0.5, 0.25, 0.25]
+    )

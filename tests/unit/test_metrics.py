@@ -3,11 +3,11 @@
 import pytest
 
 from lab.metrics import percentile, ratio, summarize_records, tpot_s
+from lab.records import RequestRecord
 
 
 def rec(rid, prompt, out, start, first, end, status="ok"):
-    return {"request_id": rid, "prompt_tokens": prompt, "output_tokens": out, "start_s": start,
-            "first_token_s": first, "end_s": end, "ttft_s": first - start, "e2e_s": end - start, "status": status}
+    return RequestRecord(rid, prompt, out, start, first, end, status=status)
 
 
 def test_percentile_interpolates_like_numpy():
@@ -23,8 +23,11 @@ def test_tpot_is_time_after_the_first_token_per_remaining_token():
 
 
 def test_summary_rates_use_the_last_token_of_the_timed_pass():
-    records = [rec(0, 10, 20, 0.0, 0.1, 1.0), rec(1, 30, 20, 1.0, 1.1, 2.0),
-               rec(2, 5, 5, 0.0, 0.1, 9.0, status="error")]
+    records = [
+        rec(0, 10, 20, 0.0, 0.1, 1.0),
+        rec(1, 30, 20, 1.0, 1.1, 2.0),
+        rec(2, 5, 5, 0.0, 0.1, 9.0, status="error"),
+    ]
     s = summarize_records(records)
     assert s["requests"] == 3 and s["requests_ok"] == 2
     assert s["duration_s"] == 2.0

@@ -1,4 +1,4 @@
-"""lab.models: shapes, accounting with hand-computed numbers, name validation (no model is built)."""
+"""lab.models: shapes, what a model costs with hand-computed numbers, name validation (no model is built)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import models
+from lab.accounting.kv import kv_bytes_per_token
 from lab.errors import LabInputError
-from lab.models import SYNTHETIC, kv_bytes_per_token, llama_num_parameters, model_info, resolve_model
+from lab.models import build, resolve
+from lab.models.resolve import model_info, resolve_model
+from lab.models.shapes import SYNTHETIC, llama_num_parameters
 
 
 def test_synthetic_shapes_are_the_real_models_shapes():
@@ -39,12 +41,27 @@ def test_kv_bytes_per_token_hand_computed():
 
 
 def test_param_count_matches_published_sizes():
-    tinyllama = llama_num_parameters(num_layers=22, hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
-                                     intermediate_size=5632, vocab_size=32000)
-    llama3_8b = llama_num_parameters(num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
-                                     intermediate_size=14336, vocab_size=128256)
+    tinyllama = llama_num_parameters(
+        num_layers=22,
+        hidden_size=2048,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=64,
+        intermediate_size=5632,
+        vocab_size=32000,
+    )
+    llama3_8b = llama_num_parameters(
+        num_layers=32,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=128256,
+    )
     assert tinyllama == 1_100_048_384
     assert llama3_8b == 8_030_261_248
+    assert SYNTHETIC["synthetic:llama-1b"].num_parameters() == tinyllama
 
 
 def test_model_info_of_unbuilt_synthetic_uses_its_shape(tmp_path):
@@ -73,7 +90,7 @@ def test_model_info_rejects_unknown_dtype(tmp_path):
 def test_tiny_param_count_matches_the_real_model(tmp_path):
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(models.llama_config(SYNTHETIC["synthetic:tiny"]))
+    model = LlamaForCausalLM(build.llama_config(SYNTHETIC["synthetic:tiny"]))
     assert model_info("synthetic:tiny", cache_dir=tmp_path)["num_parameters"] == model.num_parameters()
 
 
@@ -118,28 +135,36 @@ def test_unreachable_hub_is_reported_without_retrying(monkeypatch):
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # the discard port: refused at once
-    assert "unreachable" in models._hub_unreachable_reason()
+    assert "unreachable" in resolve._hub_unreachable_reason()
 
 
 def test_safe_name_and_default_cache(monkeypatch, tmp_path):
-    assert models.safe_name("synthetic:llama-1b") == "synthetic-llama-1b"
+    assert build.safe_name("synthetic:llama-1b") == "synthetic-llama-1b"
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
-    assert models.default_cache_dir() == tmp_path
-    assert models.model_dir("synthetic:tiny") == tmp_path / "models" / "synthetic-tiny"
+    assert build.default_cache_dir() == tmp_path
+    assert build.model_dir("synthetic:tiny") == tmp_path / "models" / "synthetic-tiny"
     monkeypatch.delenv("LAB_CACHE_DIR")
-    assert models.default_cache_dir() == Path.home() / ".cache" / "paged-attention-lab"
+    assert build.default_cache_dir() == Path.home() / ".cache" / "paged-attention-lab"
 
 
 def test_prompt_vocab_ids_exclude_special_tokens():
-    tokenizer = models.train_tokenizer(400)
-    ids = models.prompt_vocab_ids(tokenizer)
+    tokenizer = build.train_tokenizer(400)
+    ids = build.prompt_vocab_ids(tokenizer)
     assert set(tokenizer.all_special_ids).isdisjoint(ids)
-    assert ids == sorted(ids) and len(ids) == len(tokenizer) - len(models.SPECIAL_TOKENS)
+    assert ids == sorted(ids) and len(ids) == len(tokenizer) - len(build.SPECIAL_TOKENS)
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
 
 
 def test_importing_models_does_not_import_torch():
-    code = "import sys, lab.models; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, lab.models.build, lab.models.resolve, lab.models.shapes; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.stdout.split() == ["False", "False"]

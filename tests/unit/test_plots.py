@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from lab import plots
-from lab import records as rec
-from lab.html_report import table_to_html, write_html
+from lab import paper
+from lab import run_folder as rf
+from lab.records import BackendResult, BreakdownEntry, RunSummary
+from lab.report import memory_plot, plots
+from lab.report.analyses import analyse
+from lab.report.html import table_to_html
+from lab.report.markdown import plots_section
+from lab.report.run_view import RunView
+from lab.report.writer import write_report
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -26,16 +32,17 @@ def run_dir(tmp_path: Path) -> Path:
 
 def fail_vllm(run_dir: Path) -> None:
     """Make the copy look like a run whose vLLM process failed after loading began (as experiment.py records it)."""
-    summary = rec.read_json(run_dir / rec.SUMMARY)
+    summary = rf.read_json(run_dir / rf.SUMMARY)
     for run in summary["runs"]:
         if run["backend"] == "vllm":
             run.update(status="error", error="RuntimeError: engine core died\nmore lines", metrics=None)
-    rec.write_json(run_dir / rec.SUMMARY, summary)
-    (run_dir / rec.KV_SAMPLES).write_text("", encoding="utf-8")
-    result = run_dir / rec.RUNS / "vllm-offline" / "result.json"
-    data = rec.read_json(result)
+    rf.write_json(run_dir / rf.SUMMARY, summary)
+    part = rf.RunFolder(run_dir).part("vllm-offline")
+    for path in (run_dir / rf.KV_SAMPLES, part.kv_samples):
+        path.write_text("", encoding="utf-8")
+    data = rf.read_json(part.result)
     data["phases"] = [p for p in data["phases"] if p["phase"] == "load"]
-    rec.write_json(result, data)
+    rf.write_json(part.result, data)
 
 
 def assert_png(path: Path) -> None:
@@ -44,19 +51,25 @@ def assert_png(path: Path) -> None:
     assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200
 
 
+def write_plots(run_dir: Path) -> list[dict]:
+    view = RunView(run_dir)
+    return plots.write_plots(view, analyse(view).breakdown)
+
+
 def test_write_plots_draws_valid_pngs_and_says_what_it_skipped(run_dir: Path):
-    entries = {e["name"]: e for e in plots.write_plots(run_dir)}
-    for name in ("memory", "performance"):
+    entries = {e["name"]: e for e in write_plots(run_dir)}
+    for name in ("memory", "performance", "kv_breakdown"):
         assert entries[name]["file"] == f"{name}.png"
         assert_png(run_dir / f"{name}.png")
-    assert "capacity.json" in entries["capacity"]["skipped"]
-    assert not (run_dir / "capacity.png").exists()
-    assert rec.read_json(run_dir / plots.INDEX)["plots"] == list(entries.values())
+    assert rf.read_json(run_dir / rf.PLOTS_INDEX)["plots"] == list(entries.values())
+    skipped = {e["name"]: e for e in plots.write_plots(RunView(run_dir), breakdown=[])}
+    assert skipped["kv_breakdown"]["skipped"] == "the KV breakdown found no data in this run"
+    assert not (run_dir / "kv_breakdown.png").exists()  # a regenerated report shows no stale plot
 
 
 def test_memory_figure_has_one_series_per_source(run_dir: Path):
-    parts = plots.load_parts(run_dir)
-    fig = plots.memory_figure(parts)
+    parts = memory_plot.plot_parts(RunView(run_dir))
+    fig = memory_plot.memory_figure(parts)
     axes = fig.axes
     # 4 backend/modes x (whole process, timed pass) + vLLM's right-hand KV axis
     assert len(axes) == 4 * 2 + 1
@@ -67,53 +80,98 @@ def test_memory_figure_has_one_series_per_source(run_dir: Path):
     kv_axis = [ax for ax in axes if ax.get_ylabel() == "vLLM KV in use, MiB"]
     assert len(kv_axis) == 1 and len(kv_axis[0].get_lines()) == 1
     kv_line = kv_axis[0].get_lines()[0]
-    blocks = [r["blocks_used"] for r in rec.read_jsonl(run_dir / rec.KV_SAMPLES)]
+    blocks = [r["blocks_used"] for r in rf.read_jsonl(run_dir / rf.KV_SAMPLES)]
     block_mib = 1073741824 / 32768 / 2**20  # the fixture's pool bytes / blocks
     assert list(kv_line.get_ydata()) == pytest.approx([b * block_mib for b in blocks])
 
 
 def test_memory_series_reads_nvml_and_the_allocator_where_recorded():
-    samples = [{"t": 10.0 + i, "source": "nvml", "tree_gpu_mib": 100.0 + i, "device_used_mib": 500.0 + i} for i in range(3)]
+    samples = [
+        {"t": 10.0 + i, "source": "nvml", "tree_gpu_mib": 100.0 + i, "device_used_mib": 500.0 + i} for i in range(3)
+    ]
     result = {
+        "backend": "hf",
+        "mode": "batched",
         "clock_wall_t0": 11.0,
         "phases": [{"phase": "load", "start": 10.0, "end": 10.5}, {"phase": "generate", "start": 11.0, "end": 12.0}],
         "memory": {"weights_allocated_bytes": 64 * 2**20},
-        "engine": {"batches": [{"start_s": 0.0, "end_s": 0.5, "peak_allocated_bytes": 80 * 2**20},
-                               {"start_s": 0.5, "end_s": 1.0, "peak_allocated_bytes": 96 * 2**20}]},
+        "engine": {
+            "batches": [
+                {
+                    "batch_size": 2,
+                    "padded_prompt_tokens": 8,
+                    "start_s": 0.0,
+                    "end_s": 0.5,
+                    "peak_allocated_bytes": 80 * 2**20,
+                },
+                {
+                    "batch_size": 2,
+                    "padded_prompt_tokens": 8,
+                    "start_s": 0.5,
+                    "end_s": 1.0,
+                    "peak_allocated_bytes": 96 * 2**20,
+                },
+            ]
+        },
     }
-    series = plots.memory_series({"samples": samples, "result": result, "kv": []})
-    assert [s.label for s in series] == ["NVML: process tree GPU memory", "NVML: whole GPU used",
-                                         "torch allocator: weights", "torch allocator: peak allocated per batch"]
+    part = memory_plot.PlotPart(RunSummary("hf", "batched"), BackendResult.from_dict(result), samples)
+    series = memory_plot.memory_series(part)
+    assert [s.label for s in series] == [
+        "NVML: process tree GPU memory",
+        "NVML: whole GPU used",
+        "torch allocator: weights",
+        "torch allocator: peak allocated per batch",
+    ]
     assert series[3].t == [11.0, 11.5, 11.5, 12.0] and series[3].mib == [80, 80, 96, 96]
     assert series[2].mib == [64, 64]
 
 
 def test_performance_figure_has_a_bar_per_backend_mode_and_six_latency_series(run_dir: Path):
-    runs = rec.read_json(run_dir / rec.SUMMARY)["runs"]
+    runs = RunView(run_dir).runs
     throughput, latency = plots.performance_figure(runs).axes
     assert len(throughput.containers) == 1 and len(throughput.containers[0]) == 4
     assert len(latency.containers) == 6  # TTFT, TPOT, E2E x p50, p99
     heights = [bar.get_height() for bar in throughput.containers[0]]
-    assert heights == pytest.approx([r["metrics"]["output_tokens_per_s"] for r in runs])
+    assert heights == pytest.approx([r.metrics["output_tokens_per_s"] for r in runs])
 
 
 def test_a_failed_backend_is_drawn_as_failed_not_dropped(run_dir: Path):
     fail_vllm(run_dir)
-    plots.write_plots(run_dir)
+    write_plots(run_dir)
     assert_png(run_dir / "memory.png")
-    fig = plots.memory_figure(plots.load_parts(run_dir))
+    fig = memory_plot.memory_figure(memory_plot.plot_parts(RunView(run_dir)))
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert "vllm/offline: FAILED (RuntimeError: engine core died)" in titles
     assert "no timed pass" in [t.get_text() for ax in fig.axes for t in ax.texts]
-    runs = rec.read_json(run_dir / rec.SUMMARY)["runs"]
-    throughput = plots.performance_figure(runs).axes[0]
+    throughput = plots.performance_figure(RunView(run_dir).runs).axes[0]
     assert [t.get_text() for t in throughput.get_xticklabels()][-1] == "vllm/offline\n(failed)"
 
 
+def test_a_breakdown_entry_maps_onto_the_papers_categories_in_percent():
+    shares = {
+        "token_states": 0.25,
+        "reservation": 0.5,
+        "internal_fragmentation": 0.125,
+        "external_fragmentation": None,
+        "other": 0.125,
+    }  # external not measured: left out
+    entry = BreakdownEntry(
+        "hf/static-cache", "hf", "static-cache", "", shares, {}, False, None, {}, 1.0, None, None, None, None, "", {}
+    )
+    assert plots.paper_categories_pct(entry) == {
+        "token states": 25.0,
+        "reservation": 50.0,
+        "internal fragmentation": 12.5,
+        "external fragmentation & other": 12.5,
+    }
+
+
 def test_kv_breakdown_puts_the_papers_bars_beside_ours():
-    rows = [{"backend": "hf", "mode": "static-cache", "shares": {"token_states": 0.25, "reservation": 0.75}},
-            {"label": "vllm/offline", "token_states_pct": 95.0, "internal_fragmentation_pct": 5.0}]
-    fig = plots.kv_breakdown_figure(rows)
+    ours = {
+        "hf/static-cache": {"token states": 25.0, "reservation": 75.0},
+        "vllm/offline": {"token states": 95.0, "internal fragmentation": 5.0},
+    }
+    fig = plots.kv_breakdown_figure(ours)
     ax = fig.axes[0]
     names = [t.get_text() for t in ax.get_xticklabels()]
     assert names[:4] == ["paper:\nOrca (Max)", "paper:\nOrca (Pow2)", "paper:\nOrca (Oracle)", "paper:\nvLLM"]
@@ -122,38 +180,28 @@ def test_kv_breakdown_puts_the_papers_bars_beside_ours():
     assert [b.get_height() for b in token_states] == pytest.approx([20.4, 26.8, 38.2, 96.3, 25.0, 95.0])
     rest = next(c for c in ax.containers if c.get_label() == "not broken down")
     assert rest[3].get_height() == pytest.approx(3.7)  # the paper gives vLLM's token states only
-    assert plots.kv_breakdown_figure([]) is None
+    assert plots.kv_breakdown_figure({}) is None
 
 
 def test_the_papers_orca_bars_add_up_to_the_whole():
     for name in ("Orca (Max)", "Orca (Pow2)", "Orca (Oracle)"):
-        assert sum(plots.PAPER_FIG2[name].values()) == pytest.approx(100, abs=0.15)  # rounded in the paper
-    assert plots.PAPER_FIG2["vLLM"] == {"token states": 96.3}
+        assert sum(paper.FIG2_SHARES_PCT[name].values()) == pytest.approx(100, abs=0.15)  # rounded in the paper
+    assert paper.FIG2_SHARES_PCT["vLLM"] == {"token states": 96.3}
+    assert paper.FIG2_TOKEN_STATES_PCT == {"Orca (Max)": 20.4, "Orca (Pow2)": 26.8, "Orca (Oracle)": 38.2, "vLLM": 96.3}
 
 
-def test_capacity_curve_is_drawn_from_capacity_json(run_dir: Path):
-    points = [{"approach": "static", "concurrency": c, "output_tokens_per_s": 10.0 * c} for c in (1, 2, 4)]
-    points += [{"approach": "paged", "concurrency": c, "output_tokens_per_s": 12.0 * c} for c in (1, 2, 4, 8)]
-    rec.write_json(run_dir / plots.CAPACITY, {"points": points})
-    entries = {e["name"]: e for e in plots.write_plots(run_dir)}
-    assert entries["capacity"]["file"] == "capacity.png"
-    assert_png(run_dir / "capacity.png")
-    ax = plots.capacity_figure({"points": points}).axes[0]
-    assert [len(line.get_xdata()) for line in ax.get_lines()] == [3, 4]
-
-
-def test_plots_markdown_links_each_drawn_plot_and_names_each_skipped_one(run_dir: Path):
-    plots.write_plots(run_dir)
-    text = "\n".join(plots.plots_markdown(run_dir))
+def test_plots_section_links_each_drawn_plot_and_names_each_skipped_one(run_dir: Path):
+    entries = plots.write_plots(RunView(run_dir), breakdown=[])
+    text = "\n".join(plots_section(entries))
     assert "![Memory over time](memory.png)" in text
-    assert "Capacity curve: not drawn: no capacity run" in text
+    assert "- KV-cache memory breakdown beside the paper's Figure 2: not drawn: the KV breakdown found no data" in text
 
 
 def test_report_html_is_self_contained(run_dir: Path):
-    plots.write_plots(run_dir)
-    page = write_html(run_dir).read_text(encoding="utf-8")
+    write_report(run_dir)
+    page = (run_dir / rf.HTML_REPORT).read_text(encoding="utf-8")
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 3  # memory, performance, kv_breakdown (no capacity run in the fixture)
+    assert len(images) == 3  # memory, performance, kv_breakdown
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resource"
     assert "<script" not in page

@@ -1,4 +1,4 @@
-"""lab.repeats: per-pass throughput, median and spread (pure arithmetic on fake summaries)."""
+"""lab.report.repeats: per-pass throughput, median and spread (pure arithmetic on fake summaries)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,34 @@ import pytest
 
 from lab.config import EngineSettings
 from lab.errors import LabInputError
-from lab.repeats import pass_stats, repeats_section
+from lab.records import RunSummary
+from lab.report.markdown import repeats_section
+from lab.report.repeats import pass_stats, repeated_passes
 
 
 def test_pass_stats_rates_median_and_spread():
     stats = pass_stats([1.0, 2.0, 4.0], output_tokens=400)
-    assert stats["output_tokens_per_s"] == [400.0, 200.0, 100.0]
-    assert stats["median"] == 200.0 and stats["min"] == 100.0 and stats["max"] == 400.0
-    assert stats["spread_pct"] == pytest.approx(150.0)
+    assert stats.output_tokens_per_s == [400.0, 200.0, 100.0]
+    assert stats.median == 200.0 and stats.min == 100.0 and stats.max == 400.0
+    assert stats.spread_pct == pytest.approx(150.0)
 
 
 def test_pass_stats_even_count_interpolates_the_median():
-    assert pass_stats([1.0, 2.0], output_tokens=100)["median"] == pytest.approx(75.0)
+    assert pass_stats([1.0, 2.0], output_tokens=100).median == pytest.approx(75.0)
 
 
 def fake_run(passes, output_tokens=100, mode="batched"):
-    return {"backend": "hf", "mode": mode, "passes_s": passes, "metrics": {"output_tokens": output_tokens}}
+    return RunSummary("hf", mode, passes_s=passes, metrics={"output_tokens": output_tokens})
 
 
 def test_no_section_when_every_run_made_one_pass():
-    assert repeats_section([fake_run([1.0]), fake_run(None, mode="sequential")]) == []
+    assert repeated_passes([fake_run([1.0]), fake_run(None, mode="sequential")]) == []
+    assert repeats_section([]) == []
 
 
 def test_section_lists_each_pass_and_the_median():
-    text = "\n".join(repeats_section([fake_run([0.5, 1.0, 0.25]), fake_run([2.0], mode="sequential")]))
+    stats = repeated_passes([fake_run([0.5, 1.0, 0.25]), fake_run([2.0], mode="sequential")])
+    text = "\n".join(repeats_section(stats))
     assert "## Repeated timed passes" in text
     assert "| hf/batched" in text and "200, 100, 400" in text and "200.0" in text
     assert "hf/sequential" not in text  # one pass: nothing to repeat

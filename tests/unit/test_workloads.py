@@ -5,8 +5,14 @@ import json
 import pytest
 
 from lab.errors import LabInputError
-from lab.workloads import (SEED_OUTPUT_TOKENS, SEED_PROMPTS, SHAREGPT_INPUT_MEAN, SHAREGPT_OUTPUT_MEAN,
-                           build_workload, check_workload_name)
+from lab.workloads import (
+    SEED_OUTPUT_TOKENS,
+    SEED_PROMPTS,
+    SHAREGPT_INPUT_MEAN,
+    SHAREGPT_OUTPUT_MEAN,
+    build_workload,
+    check_workload_name,
+)
 
 
 class FakeTokenizer:
@@ -62,12 +68,15 @@ def test_file_workload_text_and_token_counts(tmp_path):
     assert [(r.prompt_tokens, r.output_tokens) for r in requests] == [(3, 4), (10, 2)]
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ("not json", "line 2: not valid JSON"),
-    ('{"prompt": "x"}', "line 2: needs a positive integer output_tokens"),
-    ('{"output_tokens": 3}', "line 2: needs a non-empty prompt or a positive prompt_tokens"),
-    ('{"prompt_tokens": -1, "output_tokens": 3}', "line 2"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("not json", "line 2: not valid JSON"),
+        ('{"prompt": "x"}', "line 2: needs a positive integer output_tokens"),
+        ('{"output_tokens": 3}', "line 2: needs a non-empty prompt or a positive prompt_tokens"),
+        ('{"prompt_tokens": -1, "output_tokens": 3}', "line 2"),
+    ],
+)
 def test_malformed_line_is_named(tmp_path, line, fragment):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "ok", "output_tokens": 1}\n' + line + "\n")

@@ -1,0 +1,140 @@
+"""Decode-phase memory bandwidth of each backend/mode, as a share of the GPU's peak.
+
+Decoding is memory-bound: each step reads every weight once, and its attention reads the K/V of
+every slot each sequence attends to. So a decode step moves at least
+
+    bytes = weight bytes read + attended slots x kv_bytes_per_token
+
+and the decode phase achieves sum(bytes) / sum(step seconds) over its steps. The share of peak
+divides that by the GPU's theoretical peak, which NVML gives (`lab.hardware.env.memory_bandwidth_facts`).
+It is a lower bound of the traffic (activations, logits and any second read of the same bytes are
+not counted), so the share says how close a backend comes to the physical limit, not how busy the
+memory was.
+
+- Weight bytes read per step: all parameters, less the input embedding table when it is not tied to
+  the output layer (a step looks up one row per sequence, not the table).
+- hf: steps 2..N of each batch (step 1 is the prefill), each timed by the batch's `step_s` clock
+  readings. Attended slots per sequence at step k: dynamic cache, W + k - 1 (W the padded prompt:
+  the padding is masked, not skipped); static cache, every slot of the cache (transformers attends
+  over the whole static tensor, masked).
+- vLLM: the engine steps in which no request got its first token (prefill-free as far as this
+  process sees; a chunk of a longer prompt still being prefilled is invisible), timed
+  `t_s[i] - t_s[i-1]`. Attended slots: the previous sample's `tokens_stored` (prompt + generated - 1
+  per running request) plus one per running request (the token the step feeds in); steps after a
+  sample without an exact count are left out.
+
+From one backend/mode's typed records and the run's manifest (no torch, no vllm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.records import BackendResult, HfBatch, KvSample, RequestRecord
+
+
+@dataclass(frozen=True)
+class DecodeBandwidth:
+    """One backend/mode's decode traffic: bytes a decode step must read, and how fast it read them."""
+
+    run: str  # label, 'hf/batched'
+    device: str | None
+    decode_steps: int
+    decode_s: float
+    steps_per_s: float | None
+    weight_bytes_per_step: int
+    kv_bytes_per_step_mean: float | None
+    achieved_gb_s: float | None  # 10^9 bytes per second
+    peak_gb_s: float | None  # the GPU's theoretical peak; None off CUDA
+    share_of_peak: float | None
+
+
+def weight_bytes_read_per_step(model: dict) -> int | None:
+    """Parameter bytes, less the input embedding table unless it is tied to the output layer."""
+    if model.get("weights_bytes") is None:
+        return None
+    if model.get("tie_word_embeddings"):
+        return model["weights_bytes"]
+    return model["weights_bytes"] - model["vocab_size"] * model["hidden_size"] * model["dtype_bytes"]
+
+
+def hf_decode_steps(batch: HfBatch, static: bool) -> list[tuple[float, int]]:
+    """(seconds, attended slots) of each decode step (2..N) of one hf batch; [] without `step_s`."""
+    times = batch.step_s or []
+    if len(times) < 2:
+        return []
+    size, width = batch.batch_size, batch.padded_prompt_tokens
+    per_sequence = batch.cache_slots_per_sequence if static else None
+    steps = []
+    for k in range(2, len(times) + 1):
+        slots = per_sequence if per_sequence else width + k - 1
+        steps.append((times[k - 1] - times[k - 2], size * slots))
+    return steps
+
+
+def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[float, int]]:
+    """(seconds, attended slots) of each prefill-free engine step with an exact token count."""
+    first_tokens = {r.first_token_s for r in records if r.first_token_s is not None}
+    samples = sorted(samples, key=lambda s: s.step)
+    steps = []
+    for previous, sample in zip(samples, samples[1:]):
+        if sample.t_s in first_tokens or previous.tokens_stored is None:
+            continue
+        if previous.tokens_stored_exact is False:  # not recorded (older runs): taken as exact
+            continue
+        # Each request in flight before the step attends its stored tokens and the one it feeds in.
+        steps.append((sample.t_s - previous.t_s, previous.tokens_stored + previous.running))
+    return steps
+
+
+def decode_traffic(steps: list[tuple[float, int]], weight_bytes: int, kv_bytes_per_token: int) -> dict:
+    """Totals over decode steps: count, seconds, bytes per step, achieved bytes per second."""
+    seconds = sum(s for s, _ in steps)
+    kv_bytes = sum(slots for _, slots in steps) * kv_bytes_per_token
+    total = len(steps) * weight_bytes + kv_bytes
+    return {
+        "decode_steps": len(steps),
+        "decode_s": seconds,
+        "steps_per_s": len(steps) / seconds if seconds else None,
+        "weight_bytes_per_step": weight_bytes,
+        "kv_bytes_per_step_mean": kv_bytes / len(steps) if steps else None,
+        "achieved_gb_s": total / seconds / 1e9 if seconds else None,
+    }
+
+
+def peak_gb_s(manifest: dict) -> tuple[float | None, str]:
+    """The first GPU's theoretical peak (GB/s) from the manifest's NVML facts, and its name or why not."""
+    nvml = (manifest.get("host") or {}).get("nvml") or {}
+    gpus = nvml.get("gpus") or []
+    if not gpus:
+        return None, "no GPU seen by NVML"
+    gpu = gpus[0]
+    peak = gpu.get("peak_memory_bandwidth_gb_s")
+    return peak, gpu.get("name") if peak else gpu.get("peak_memory_bandwidth_error", "peak not recorded")
+
+
+def run_bandwidth(
+    result: BackendResult, samples: list[KvSample], records: list[RequestRecord], peak: float | None
+) -> DecodeBandwidth | None:
+    """One finished backend/mode's decode traffic and share of `peak`, or None when it has no decode steps."""
+    model, engine = result.model or {}, result.engine or {}
+    weights, kv_per_token = weight_bytes_read_per_step(model), model.get("kv_bytes_per_token")
+    if weights is None or not kv_per_token:
+        return None
+    if result.backend == "vllm":
+        steps = vllm_decode_steps(samples, records)
+    else:
+        static = engine.get("cache_implementation") == "static"
+        steps = [s for b in result.hf_batches for s in hf_decode_steps(b, static)]
+    if not steps:
+        return None
+    found = decode_traffic(steps, weights, kv_per_token)
+    achieved = found["achieved_gb_s"]
+    peak_here = peak if result.device == "cuda" else None
+    return DecodeBandwidth(
+        run=result.label,
+        device=result.device,
+        **found,
+        peak_gb_s=peak_here,
+        share_of_peak=achieved / peak_here if achieved and peak_here else None,
+    )

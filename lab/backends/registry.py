@@ -1,0 +1,38 @@
+"""Which class runs each backend/mode. A new mode adds its module and one line here.
+
+The engine modules import their engine (torch, transformers, vllm) at their top, so each is imported
+only when its backend/mode runs: in that backend's own process, never in the orchestrator or the
+report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lab.backends.base import Backend
+from lab.config import run_label
+
+
+def _hf() -> type[Backend]:
+    from lab.backends.hf import HfBackend  # noqa: PLC0415 - heavy: torch and transformers, in an hf process only
+
+    return HfBackend
+
+
+def _vllm() -> type[Backend]:
+    from lab.backends.vllm import VllmBackend  # noqa: PLC0415 - heavy: vllm and torch, in a vllm process only
+
+    return VllmBackend
+
+
+# backend/mode -> the class that runs it (lab.config.BACKEND_MODES lists the same pairs).
+BACKENDS: dict[str, Callable[[], type[Backend]]] = {
+    "hf/sequential": _hf,
+    "hf/batched": _hf,
+    "hf/static-cache": _hf,
+    "vllm/offline": _vllm,
+}
+
+
+def backend_class(backend: str, mode: str) -> type[Backend]:
+    return BACKENDS[run_label(backend, mode)]()

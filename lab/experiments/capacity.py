@@ -1,0 +1,267 @@
+"""`lab capacity`: how many requests each approach runs at once under one fixed KV-cache budget.
+
+The question of the PagedAttention paper's Figure 13a (`lab.paper`), asked of this lab's engines.
+The arithmetic is `lab.accounting.capacity`'s; this module measures the same points, each in its
+own process through `lab.experiments.steps.execute_run`, as every experiment run is:
+- vLLM with `kv_cache_memory_bytes` = B: the requests per step it actually ran (from its KV samples);
+- hf/batched at the batch size the arithmetic allows (and hf/static-cache at the static capacity):
+  the cache tensors' bytes, checked against B, and the throughput at that point;
+- the curve: throughput against concurrency, hf/batched at batch sizes 1, 2, 4, ... up to its
+  capacity and vLLM with `max_num_seqs` 1, 2, 4, ... up to its own (where the engine settings
+  carry `max_num_seqs`).
+The budget bounds the KV cache only: weights, activations and the CUDA context are outside it. The
+workload's lengths and the model's bytes per token come from `lab resolve` through the launcher,
+so nothing is tokenized in this process.
+
+Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md and runs/<point>/ for each
+measured point; written as `.tmp-<run-id>` and renamed when complete, never overwriting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from lab import paper
+from lab import run_folder as rf
+from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
+from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
+from lab.experiments.steps import execute_run, manifest, model_build, resolve_once
+from lab.launchers.base import Echo, Launcher
+from lab.metrics import summarize_records
+from lab.records import BackendResult, KvSample, RequestRecord
+from lab.report.capacity import render_capacity
+
+COLLECTOR_INTERVAL_MS = 15  # the experiment's default
+
+
+def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "capacity") -> Path:
+    """Arithmetic for all three approaches, then the measured points; returns the finished run folder."""
+    with rf.creating(results_dir, rf.new_run_id(tag)) as folder:
+        started = time.time()
+        launcher.setup(echo)
+        base = RunSpec("vllm", "offline", dataclasses.replace(spec.engine, kv_cache_memory_bytes=spec.kv_budget_bytes))
+        resolved = resolve_once(base, folder, launcher, echo)
+        facts = workload_facts(resolved, base, spec)
+        arithmetic = capacity_arithmetic(
+            facts["lengths"],
+            spec.kv_budget_bytes,
+            facts["kv_bytes_per_token"],
+            spec.engine.block_size,
+            facts["max_len"],
+        )
+        echo("arithmetic: " + ", ".join(f"{k} {v['concurrency']}" for k, v in arithmetic.items()))
+        measured = measure_all(spec, base, arithmetic, folder, launcher, echo) if spec.measure else []
+        data = capacity_data(spec, facts, arithmetic, [p for p, _ in measured])
+        rf.write_json(folder.capacity_json, data)
+        rf.atomic_write(folder.capacity_md, render_capacity(data))
+        experiment = ExperimentSpec(base.engine, (("hf", "batched"), ("vllm", "offline")), collect=spec.collect)
+        info = manifest(
+            experiment.to_dict(),
+            launcher,
+            [r for _, r in measured],
+            model_build(spec.engine.model, resolved),
+            started,
+            folder,
+        )
+        rf.write_json(folder.manifest, dict(info, kind="capacity", capacity=spec.to_dict()))
+    return results_dir / folder.run_id
+
+
+def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
+    """The workload's (prompt, output) lengths and the model's KV bytes per token, as `lab resolve` found them."""
+    model = resolved["model"]
+    max_len = spec.max_len or run.engine.max_model_len or model["max_position_embeddings"]
+    return {
+        "lengths": [tuple(pair) for pair in resolved["lengths"]],
+        "kv_bytes_per_token": model["kv_bytes_per_token"],
+        "max_len": max_len,
+        "dtype": resolved["dtype"],
+    }
+
+
+# ----------------------------------------------------------------------------- the measured points
+
+
+def measure_all(
+    spec: CapacitySpec, base: RunSpec, arithmetic: dict, folder: rf.RunFolder, launcher: Launcher, echo: Echo
+) -> list[tuple[dict, BackendResult]]:
+    """The measured points: vLLM at the budget, hf at its capacities, then the curve."""
+    engine = base.engine
+
+    def measure(name: str, run: RunSpec, **extra) -> dict:
+        point, result = measure_point(name, run, folder, launcher, spec.collect, echo)
+        points.append((dict(point, **extra), result))
+        return points[-1][0]
+
+    points: list[tuple[dict, BackendResult]] = []
+    budget_point = measure("vllm-offline-budget", base)
+    hf_sizes = set(concurrency_levels(arithmetic["padded"]["concurrency"], spec.concurrency) if spec.curve else [])
+    hf_sizes.add(arithmetic["padded"]["concurrency"])
+    for size in sorted(s for s in hf_sizes if s >= 1):
+        measure(
+            f"hf-batched-b{size}", RunSpec("hf", "batched", dataclasses.replace(engine, batch_size=size)), role="curve"
+        )
+    static = arithmetic["static"]["concurrency"]
+    if static >= 1:
+        measure(
+            f"hf-static-cache-b{static}", RunSpec("hf", "static-cache", dataclasses.replace(engine, batch_size=static))
+        )
+    if spec.curve and supports_max_num_seqs():
+        limit = budget_point.get("max_running") or arithmetic["paged"]["concurrency"]
+        for seqs in concurrency_levels(limit, spec.concurrency):
+            run = RunSpec("vllm", "offline", dataclasses.replace(engine, max_num_seqs=seqs))
+            measure(f"vllm-offline-c{seqs}", run, role="curve", max_num_seqs_requested=seqs)
+    return points
+
+
+def measure_point(
+    name: str, run: RunSpec, folder: rf.RunFolder, launcher: Launcher, collect: bool, echo: Echo
+) -> tuple[dict, BackendResult]:
+    """Run one point in its own process (`execute_run`) and read back what it measured."""
+    echo(f"{name}: starting its own process")
+    part = folder.part(name)
+    result = execute_run(run, part, launcher, echo, COLLECTOR_INTERVAL_MS if collect else None)
+    records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
+    samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(part.kv_samples)]
+    figures = point_figures(result, records, samples)
+    echo(
+        f"{name}: {result.status}"
+        + (f", {figures['output_tokens_per_s']:,.1f} output tokens/s" if figures.get("output_tokens_per_s") else "")
+    )
+    point = dict(
+        figures,
+        point=name,
+        backend=run.backend,
+        mode=run.mode,
+        batch_size=run.engine.batch_size,
+        status=result.status,
+        error=result.error,
+    )
+    return point, result
+
+
+def point_figures(result: BackendResult, records: list[RequestRecord], samples: list[KvSample]) -> dict:
+    """Throughput, requests per step and cache bytes of one finished point."""
+    metrics = summarize_records(records) if records else {}
+    engine = result.engine or {}
+    out = {
+        "output_tokens_per_s": metrics.get("output_tokens_per_s"),
+        "requests_per_s": metrics.get("requests_per_s"),
+        "duration_s": metrics.get("duration_s"),
+        "requests": len(records),
+    }
+    if result.backend == "vllm":
+        out.update(vllm_batched_requests(samples, records))
+        out.update(
+            max_num_seqs=engine.get("max_num_seqs"),
+            max_num_batched_tokens=engine.get("max_num_batched_tokens"),
+            kv_pool_bytes=engine.get("kv_pool_bytes"),
+            num_blocks=engine.get("num_blocks"),
+        )
+    else:
+        batches = result.hf_batches
+        out["max_cache_bytes"] = max((b.cache_bytes or 0 for b in batches), default=None)
+        out["max_batch"] = max((b.batch_size for b in batches), default=None)
+        durations = [(b.end_s - b.start_s, b.batch_size) for b in batches]
+        total = sum(d for d, _ in durations)
+        out["mean_running"] = sum(d * s for d, s in durations) / total if total else None
+        out["max_running"] = out["max_batch"]
+        out["cache_slots_per_sequence"] = max((b.cache_slots_per_sequence or 0 for b in batches), default=None)
+    return out
+
+
+def vllm_batched_requests(samples: list[KvSample], records: list[RequestRecord]) -> dict:
+    """Requests each engine step ran: `running` after the step plus those that finished in it.
+
+    vLLM's `num_running_reqs` is read after the step has removed its finished requests; adding them
+    back gives the step's batch, the paper's "batched requests". Steps that ran nothing are left out;
+    the mean is weighted by step duration.
+    """
+    ends: dict[float, int] = {}
+    for r in records:
+        if r.ok:
+            ends[r.end_s] = ends.get(r.end_s, 0) + 1
+    previous, weighted, total, batches = 0.0, 0.0, 0.0, []
+    for s in sorted(samples, key=lambda s: s.step):
+        weight, previous = s.t_s - previous, s.t_s
+        batch = (s.running or 0) + ends.get(s.t_s, 0)
+        if batch:
+            batches.append(batch)
+            weighted += batch * weight
+            total += weight
+    return {
+        "max_running": max(batches, default=0),
+        "mean_running": weighted / total if total else None,
+        "max_waiting": max((s.waiting or 0 for s in samples), default=0),
+    }
+
+
+def supports_max_num_seqs() -> bool:
+    """Whether the engine settings carry vLLM's `max_num_seqs` (needed for the vLLM curve)."""
+    return "max_num_seqs" in {f.name for f in dataclasses.fields(EngineSettings)}
+
+
+# ----------------------------------------------------------------------------- capacity.json
+
+
+def capacity_data(spec: CapacitySpec, facts: dict, arithmetic: dict, measured: list[dict]) -> dict:
+    """capacity.json: conditions, arithmetic, measured points, the curve and the paper's figures."""
+    lengths = facts["lengths"]
+    vllm = next((p for p in measured if p["point"] == "vllm-offline-budget"), None)
+    if vllm and vllm.get("max_num_seqs"):  # the simulation again, with the limits the engine reported
+        arithmetic = dict(
+            arithmetic,
+            paged_engine_limits=capacity_arithmetic(
+                lengths,
+                spec.kv_budget_bytes,
+                facts["kv_bytes_per_token"],
+                spec.engine.block_size,
+                facts["max_len"],
+                vllm["max_num_seqs"],
+                vllm.get("max_num_batched_tokens"),
+            )["paged"],
+        )
+    return {
+        "conditions": {
+            "model": spec.engine.model,
+            "dtype": facts["dtype"],
+            "device": spec.engine.device,
+            "kv_bytes_per_token": facts["kv_bytes_per_token"],
+            "kv_budget_bytes": spec.kv_budget_bytes,
+            "block_size": spec.engine.block_size,
+            "max_len": facts["max_len"],
+            "workload": spec.engine.workload,
+            "requests": len(lengths),
+            "mean_prompt_tokens": sum(p for p, _ in lengths) / len(lengths),
+            "mean_output_tokens": sum(o for _, o in lengths) / len(lengths),
+            "budget_covers": "the KV cache only (weights, activations and the CUDA context are outside it)",
+        },
+        "arithmetic": arithmetic,
+        "measured": measured,
+        "curve": curve_rows(measured),
+        "vllm_curve_note": None
+        if supports_max_num_seqs() or not (spec.measure and spec.curve)
+        else "vLLM curve skipped: EngineSettings has no max_num_seqs field to limit concurrency with",
+        "paper_fig13a_mean_batched_requests": dict(paper.FIG13A_MEAN_BATCHED),
+    }
+
+
+def curve_rows(measured: list[dict]) -> list[dict]:
+    """Throughput against concurrency: one row per curve point, hf batch size or vLLM max_num_seqs."""
+    rows = []
+    for p in measured:
+        if p.get("role") != "curve":
+            continue
+        level = p["batch_size"] if p["backend"] == "hf" else p["max_num_seqs_requested"]
+        rows.append(
+            {
+                "approach": run_label(p["backend"], p["mode"]),
+                "concurrency": level,
+                "status": p["status"],
+                "mean_running": p.get("mean_running"),
+                "output_tokens_per_s": p.get("output_tokens_per_s"),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["approach"], r["concurrency"]))

@@ -1,0 +1,102 @@
+"""Gather what the backend processes wrote (runs/<name>/) into the run folder's records.jsonl, kv.jsonl,
+timeline.jsonl and summary.json.
+
+A backend/mode's summary: throughput and latency from its records, memory from its timeline. Memory
+figures keep their source in their name and beside them:
+- nvml_*: NVML, read by the collector process: `tree_gpu_mib` is the GPU memory of the backend's
+  whole process tree (vLLM's engine core is a child process), `device_used_mib` the whole GPU's;
+- rss_*: psutil, resident memory of the same process tree (host RAM; the figure on a CPU run);
+- allocator: the torch allocator inside the backend process (transformers on CUDA only).
+"""
+
+from __future__ import annotations
+
+from lab import run_folder as rf
+from lab.hardware.timeline import read_timeline, summarize_timeline
+from lab.metrics import summarize_records
+from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
+
+# The summary's name of each memory peak, and the collector's (lab.hardware.timeline.TimelineStats).
+PEAKS = {
+    "nvml_tree_peak_mib": "peak_tree_gpu_mib",
+    "nvml_device_peak_mib": "peak_device_used_mib",
+    "rss_tree_peak_mib": "peak_tree_rss_mib",
+}
+COLLECTOR_FACTS = (
+    "source",
+    "fallback_reason",
+    "interval_ms",
+    "mean_interval_ms",
+    "max_gap_ms",
+    "skipped_ticks",
+    "stop_reason",
+    "collector_cpu_pct",
+    "samples",
+)
+
+
+def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
+    """Gather the runs' files (each read once) into the run folder's records, kv, timeline and summary."""
+    records, kv, timeline, summaries = [], [], [], []
+    for name in names:
+        part = folder.part(name)
+        part_records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
+        records.extend(part_records)
+        kv.extend(KvSample.from_dict(dict(row, run=name)) for row in rf.iter_jsonl(part.kv_samples))
+        # header, samples, summary of the collector (absent: it was off)
+        collected = read_timeline(part.timeline) if rf.existing(part.timeline) else {"samples": []}
+        timeline.extend(collected["samples"])
+        result = BackendResult.from_dict(rf.read_json(part.result))
+        summary = summarize_run(result, part_records, collected["samples"])
+        summary.collector = collector_facts(collected)
+        summaries.append(summary)
+    rf.write_jsonl(folder.records, (r.to_dict() for r in records))
+    rf.write_jsonl(folder.kv_samples, (s.to_dict() for s in kv))
+    rf.write_jsonl(folder.timeline, timeline)
+    rf.write_json(folder.summary, {"runs": [s.to_dict() for s in summaries]})
+
+
+def summarize_run(result: BackendResult, records: list[RequestRecord], samples: list[dict]) -> RunSummary:
+    engine = dict(result.engine or {})
+    engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
+    return RunSummary(
+        backend=result.backend,
+        mode=result.mode,
+        status=result.status,
+        error=result.error,
+        device=result.device,
+        dtype=result.dtype,
+        model=result.model,
+        workload=result.workload,
+        load_s=result.load_s,
+        warmup=result.warmup,
+        generate_s=result.generate_s,
+        passes_s=result.passes_s,
+        metrics=summarize_records(records) if records else None,
+        memory={
+            "whole_process": timeline_peaks(samples),
+            "generate_phase": timeline_peaks(samples, result.phase("generate")),
+            "allocator": result.memory,
+        },
+        engine=engine,
+    )
+
+
+def timeline_peaks(samples: list[dict], window: tuple[float, float] | None = None) -> dict:
+    """Peak of each memory figure over the samples (within `window`, epoch seconds, if given), the
+    collector's own fold (`summarize_timeline`) under the summary's names."""
+    if window is not None:
+        samples = [s for s in samples if window[0] <= s["t"] <= window[1]]
+    stats = summarize_timeline(samples)
+    peaks: dict = {"samples": stats["samples"]}
+    peaks.update({name: stats[key] for name, key in PEAKS.items()})
+    peaks["source"] = ",".join(stats["sources"]) or None
+    return peaks
+
+
+def collector_facts(collected: dict) -> dict:
+    """How the timeline was taken: its source, why NVML was not used, and the collector's own cost."""
+    header, summary = collected.get("header") or {}, collected.get("summary") or {}
+    facts = {k: summary.get(k, header.get(k)) for k in COLLECTOR_FACTS}
+    facts["complete"] = collected.get("complete")
+    return facts

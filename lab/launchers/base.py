@@ -1,0 +1,30 @@
+"""What a launcher is: how the experiment starts a `lab` command for a service in a process of its own.
+
+A service is `hf`, `vllm` (the backends) or `collector`. Whatever the launcher, every backend/mode
+gets a process of its own, so its memory is attributable, and the same `lab` CLI does the work:
+`lab.launchers.native` runs `python -m lab ...` as a child of this Python, `lab.launchers.docker`
+runs it in the service's container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+Echo = Callable[[str], None]
+
+
+class Launcher(Protocol):
+    runtime: str  # "native" or "docker": the manifest's `runtime`
+
+    def setup(self, echo: Echo) -> None:
+        """Make every service runnable before the first command (Docker: build the missing images)."""
+
+    def command(self, service: str, args: list[str]) -> list[str]:
+        """The argv that runs `lab <args>` for `service`."""
+
+    def env(self) -> dict[str, str]:
+        """The environment of that process."""
+
+    def describe(self) -> dict:
+        """What the manifest records about how the processes were started."""

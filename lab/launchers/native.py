@@ -1,0 +1,33 @@
+"""The native launcher: each `lab` command runs as `python -m lab ...`, a child process of this Python."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lab.launchers.base import Echo
+
+
+class NativeLauncher:
+    """A `lab.launchers.base.Launcher` for engines installed in this Python's environment."""
+
+    runtime = "native"
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
+
+    def setup(self, echo: Echo) -> None:
+        """Nothing to build: the engines are installed in this Python's environment."""
+
+    def command(self, service: str, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "lab", *args]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.cache_dir is not None:
+            env["LAB_CACHE_DIR"] = str(self.cache_dir)
+        return env
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "python": sys.executable}

@@ -1,0 +1,225 @@
+"""report.md: the run's conditions, tables (tabulate) and observations, from the analyses' data.
+
+Every number printed here is read from the run folder (`RunView`) or computed by an analysis
+(`lab.report.analyses.Analyses`); nothing is typed in and nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from lab.records import RunSummary
+from lab.report.analyses import Analyses
+from lab.report.format import fmt, mib, version
+from lab.report.kv_markdown import bandwidth_section, breakdown_section
+from lab.report.repeats import PassStats
+from lab.report.run_view import RunView
+
+
+def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str:
+    """The whole report.md text; `plots`: the plots index (`lab.report.plots.write_plots`)."""
+    runs = view.runs
+    lines = [f"# PagedAttention Lab run `{view.manifest['run_id']}`", "", "## Conditions", ""]
+    lines += conditions(view)
+    lines += ["", "## Throughput", "", "Timed pass only (warm-up and loading excluded).", "", throughput_table(runs)]
+    if analyses.repeats:
+        lines += [""] + repeats_section(analyses.repeats)
+    lines += [
+        "",
+        "## Latency",
+        "",
+        "TTFT: first token - start of work on the request (for hf, its batch's start; for vLLM, t=0: "
+        "it queues requests itself). TPOT: (E2E - TTFT) / (output tokens - 1).",
+        "",
+        latency_table(runs),
+    ]
+    lines += [
+        "",
+        "## Memory",
+        "",
+        "Each column names its source: NVML (read by the collector process, per process and for the whole GPU), "
+        "psutil RSS (host memory), the torch allocator (inside the transformers process, CUDA only) and "
+        "the KV pool vLLM reports.",
+        "",
+        memory_table(runs),
+    ]
+    lines += [""] + breakdown_section(view.engine, analyses.breakdown)
+    if analyses.bandwidth:
+        lines += [""] + bandwidth_section(analyses.bandwidth, analyses.peak_gb_s, analyses.peak_source)
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        lines += ["", "## Failures", ""] + [f"- {r.label}: {r.error}" for r in failed]
+    lines += [""] + plots_section(plots)
+    lines += ["", "## Observations", "", "The tutorial's conclusions, each checked against this run's numbers.", ""]
+    lines += [f"- **{o.claim}** {o.verdict}: {o.evidence}" for o in analyses.observations]
+    lines += ["", "Field definitions: docs/results.md.", ""]
+    return "\n".join(lines)
+
+
+def conditions(view: RunView) -> list[str]:
+    manifest, config, runs = view.manifest, view.engine, view.runs
+    host = manifest.get("host") or {}
+    first = next((r for r in runs if r.model), None)
+    model = (first.model if first else None) or {}
+    workload = (first.workload if first else None) or {}
+    device, dtype = (first.device, first.dtype) if first else ("-", "-")
+    gpus = host.get("nvml", {}).get("gpus") if isinstance(host.get("nvml"), dict) else None
+    machine = (
+        ", ".join(f"{g.get('name')} ({fmt(g.get('memory_total_mib'), 0)} MiB)" for g in gpus) if gpus else "no GPU"
+    )
+    cpu = host.get("cpu", {}).get("model", "-") if isinstance(host.get("cpu"), dict) else "-"
+    env = next((r for r in (manifest.get("backend_environments") or {}).values() if r), {}) or {}
+    versions = ", ".join(f"{k} {version(env.get(k))}" for k in ("torch", "transformers", "vllm"))
+    pool = (
+        f"kv_cache_memory_bytes={fmt(config.kv_cache_memory_bytes)}"
+        if config.kv_cache_memory_bytes
+        else f"gpu_memory_utilization={config.gpu_memory_utilization or 'engine default'}"
+    )
+    return [
+        f"- Run `{manifest['run_id']}`, {manifest['started']} to {manifest['finished']}, "
+        f"runtime: {manifest['runtime']}",
+        f"- Machine: {machine}; CPU: {cpu}; device used: {device}",
+        f"- Versions: {versions}; lab {host.get('lab_version', '-')}",
+        f"- Model: `{config.model}` ({fmt(model.get('num_layers'))} layers, {fmt(model.get('num_kv_heads'))} KV heads, "
+        f"head_dim {fmt(model.get('head_dim'))}, {dtype}, {fmt(model.get('kv_bytes_per_token'))} KV bytes per token, "
+        f"{'saved' if model.get('has_weights') else 'random-init'} weights)",
+        f"- Workload: `{config.workload}`, {fmt(workload.get('requests'))} requests, "
+        f"{fmt(workload.get('prompt_tokens'))} prompt tokens, {fmt(workload.get('output_tokens'))} output tokens "
+        f"(fixed: EOS ignored), seed {config.seed}",
+        f"- Warm-up: {config.warmup} (excluded from every timing); hf batch size {config.batch_size}; "
+        f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; vLLM KV pool: " + pool,
+        passes_line(config.repeats, config.sample_kv_every_step),
+        "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
+        "t=0 when every request is available",
+    ]
+
+
+def passes_line(repeats: int, sample_kv_every_step: bool) -> str:
+    """Timed passes per backend/mode and whether vLLM sampled its KV usage (older manifests: 1 and on)."""
+    passes = f'{repeats} (the tables give the last; "Repeated timed passes" gives all)' if repeats > 1 else "1"
+    samples = "on" if sample_kv_every_step else "off (engine stats disabled, as in `vllm bench`)"
+    return f"- Timed passes per backend/mode: {passes}; vLLM per-step KV samples: {samples}"
+
+
+def throughput_table(runs: list[RunSummary]) -> str:
+    rows = []
+    for run in runs:
+        m = run.metrics or {}
+        rows.append(
+            [
+                run.label,
+                run.status,
+                fmt(m.get("requests_ok")),
+                fmt(m.get("output_tokens")),
+                fmt(m.get("duration_s"), 3),
+                fmt(m.get("requests_per_s")),
+                fmt(m.get("output_tokens_per_s"), 1),
+                fmt(m.get("total_tokens_per_s"), 1),
+                fmt(run.load_s, 1),
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=[
+            "backend/mode",
+            "status",
+            "requests",
+            "output tokens",
+            "duration s",
+            "requests/s",
+            "output tokens/s",
+            "total tokens/s",
+            "load s",
+        ],
+        tablefmt="github",
+    )
+
+
+def latency_table(runs: list[RunSummary]) -> str:
+    keys = ("ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99", "e2e_s_p50", "e2e_s_p99")
+    rows = [[run.label] + [fmt(run.metric(k), 4) for k in keys] for run in runs]
+    return tabulate(
+        rows,
+        headers=["backend/mode", "TTFT p50 s", "TTFT p99 s", "TPOT p50 s", "TPOT p99 s", "E2E p50 s", "E2E p99 s"],
+        tablefmt="github",
+    )
+
+
+def memory_table(runs: list[RunSummary]) -> str:
+    rows = []
+    for run in runs:
+        whole, gen = run.memory["whole_process"], run.memory["generate_phase"]
+        alloc, pool = run.memory.get("allocator") or {}, run.engine or {}
+        rows.append(
+            [
+                run.label,
+                whole.get("source") or "-",
+                fmt(whole.get("nvml_tree_peak_mib"), 0),
+                fmt(gen.get("nvml_tree_peak_mib"), 0),
+                fmt(whole.get("nvml_device_peak_mib"), 0),
+                fmt(whole.get("rss_tree_peak_mib"), 0),
+                fmt(mib(alloc.get("peak_allocated_bytes")), 0),
+                fmt(mib(alloc.get("peak_reserved_bytes")), 0),
+                fmt(mib(pool.get("kv_pool_bytes")), 0),
+                fmt(pool.get("kv_tokens_capacity")),
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=[
+            "backend/mode",
+            "sampled by",
+            "NVML process tree peak MiB",
+            "NVML tree peak in timed pass MiB",
+            "NVML whole GPU peak MiB",
+            "RSS tree peak MiB (psutil)",
+            "allocator peak allocated MiB (torch)",
+            "allocator peak reserved MiB (torch)",
+            "vLLM KV pool MiB (engine)",
+            "vLLM KV pool tokens (engine)",
+        ],
+        tablefmt="github",
+    )
+
+
+def repeats_section(stats: list[PassStats]) -> list[str]:
+    """The 'Repeated timed passes' section; none where every run made one pass."""
+    if not stats:
+        return []
+    rows = [
+        [
+            s.run,
+            s.passes,
+            ", ".join(fmt(r, 0) for r in s.output_tokens_per_s),
+            fmt(s.median, 1),
+            fmt(s.min, 1),
+            fmt(s.max, 1),
+            f"{s.spread_pct:.1f}",
+        ]
+        for s in stats
+    ]
+    return [
+        "## Repeated timed passes",
+        "",
+        "The whole workload timed several times in the same process after the warm-up (`--repeats`). "
+        "Output tokens/s of each pass in order; the other tables are the last pass's. Spread: "
+        "(max - min) / median.",
+        "",
+        tabulate(
+            rows,
+            headers=["backend/mode", "passes", "output tokens/s of each pass", "median", "min", "max", "spread %"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+    ]
+
+
+def plots_section(plots: list[dict]) -> list[str]:
+    """An image link per drawn plot, a line per skipped one (`plots`: the plots index's entries)."""
+    lines = ["## Plots", ""]
+    for entry in plots:
+        if entry.get("file"):
+            lines += [f"![{entry['title']}]({entry['file']})", ""]
+        else:
+            lines += [f"- {entry['title']}: not drawn: {entry['skipped']}.", ""]
+    return lines

@@ -1,0 +1,178 @@
+"""The run folder's plots (matplotlib Figure objects, PNG), drawn from the loaded run and the analyses.
+
+- memory.png: memory over time per backend/mode, every line labelled with its source (lab.report.memory_plot).
+- kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
+  Figure 2, the paper's own bars (lab.paper) beside this run's (lab.accounting.breakdown).
+- performance.png: output tokens/s, and TTFT / TPOT / E2E p50 and p99, per backend/mode.
+
+`write_plots` draws what the data allows and returns the plots index (also written as plots.json):
+for each plot, its file or the reason it was skipped, so the reports can say so. Each `*_figure`
+function returns the Figure (tests count its series) or None with nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from lab import paper
+from lab import run_folder as rf
+from lab.records import BreakdownEntry, RunSummary
+from lab.report.figure import new_figure
+from lab.report.memory_plot import memory_figure, plot_parts
+from lab.report.run_view import RunView
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CATEGORY_COLORS = {
+    "token states": "#2a9d8f",
+    "reservation": "#e9c46a",
+    "internal fragmentation": "#f4a261",
+    "external fragmentation & other": "#e76f51",
+    "not broken down": "#bdbdbd",
+}
+# This lab's five categories (lab.accounting.kv) onto the paper's four.
+PAPER_CATEGORY = {
+    "token_states": "token states",
+    "reservation": "reservation",
+    "internal_fragmentation": "internal fragmentation",
+    "external_fragmentation": "external fragmentation & other",
+    "other": "external fragmentation & other",
+}
+
+
+def performance_figure(runs: list[RunSummary]) -> Figure | None:
+    """Left: output tokens/s per backend/mode. Right: TTFT, TPOT, E2E p50 and p99 (log scale)."""
+    if not runs:
+        return None
+    labels = [r.label + ("" if r.ok else "\n(failed)") for r in runs]
+    metrics = [r.metrics or {} for r in runs]
+    fig = new_figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1, 2])
+    x = list(range(len(runs)))
+    bars = left.bar(x, [m.get("output_tokens_per_s") or 0 for m in metrics], color="#457b9d")
+    left.bar_label(bars, fmt="%.0f", fontsize=8)
+    left.set_xticks(x, labels, fontsize=8)
+    left.set_ylabel("output tokens/s (timed pass)")
+    left.set_title("Throughput", loc="left")
+    keys = [f"{name}_s_{p}" for name in ("ttft", "tpot", "e2e") for p in ("p50", "p99")]
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        values = [m.get(key) or 0 for m in metrics]
+        right.bar(
+            [xi - 0.4 + width * (i + 0.5) for xi in x],
+            values,
+            width,
+            label=key.replace("_s_", " ").upper().replace("P50", "p50").replace("P99", "p99"),
+            color=("#1d3557", "#a8dadc", "#e63946")[i // 2],
+            alpha=1.0 if i % 2 == 0 else 0.55,
+        )
+    right.set_xticks(x, labels, fontsize=8)
+    if any(m.get(k) for m in metrics for k in keys):
+        right.set_yscale("log")
+    right.set_ylabel("seconds (log scale)")
+    right.set_title("Latency: TTFT, TPOT, E2E (p50 solid, p99 light)", loc="left")
+    right.legend(fontsize=7, ncols=3)
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def paper_categories_pct(entry: BreakdownEntry) -> dict[str, float]:
+    """A breakdown entry's shares on the paper's four categories, in percent (unmeasured shares left out)."""
+    out: dict[str, float] = {}
+    for key, share in entry.shares.items():
+        if share is not None:
+            category = PAPER_CATEGORY[key]
+            out[category] = out.get(category, 0.0) + float(share)
+    return {category: share * 100 for category, share in out.items()}
+
+
+def kv_breakdown_figure(ours: dict[str, dict[str, float]]) -> Figure | None:
+    """Stacked bars, percent of KV memory per category: the paper's Figure 2 bars, then this run's
+    (`ours`: backend/mode -> percent by the paper's category)."""
+    ours = {k: v for k, v in ours.items() if v}
+    if not ours:
+        return None
+    bars = {f"paper: {k}": v for k, v in paper.FIG2_SHARES_PCT.items()} | {f"this run: {k}": v for k, v in ours.items()}
+    fig = new_figure(figsize=(max(7, 1.1 * len(bars) + 2), 4.8), layout="constrained")
+    ax = fig.subplots()
+    x = list(range(len(bars)))
+    bottom = [0.0] * len(bars)
+    for category in paper.FIG2_CATEGORIES + ("not broken down",):
+        values = [
+            v.get(category, 0.0) if category != "not broken down" else max(0.0, 100 - sum(v.values()))
+            for v in bars.values()
+        ]
+        if category == "not broken down" and max(values) < 0.5:
+            continue
+        drawn = ax.bar(
+            x,
+            values,
+            0.7,
+            bottom=bottom,
+            label=category,
+            color=CATEGORY_COLORS[category],
+            hatch="//" if category == "not broken down" else None,
+        )
+        ax.bar_label(drawn, labels=[f"{v:.1f}" if v >= 4 else "" for v in values], label_type="center", fontsize=7)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.axvline(len(paper.FIG2_SHARES_PCT) - 0.5, color="black", lw=0.8)
+    ax.set_xticks(x, [k.replace(": ", ":\n") for k in bars], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of KV-cache memory")
+    ax.set_title(
+        "Where the KV-cache memory goes (paper: Kwon et al. 2023, Figure 2; vLLM's 3.7% rest not broken down there)",
+        loc="left",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
+    """Draw every plot the run's data allows; write plots.json; return its entries.
+
+    Entry: {"name", "title", "file"} for a drawn plot, {"name", "title", "skipped": reason} otherwise.
+    """
+    ours = {entry.run: paper_categories_pct(entry) for entry in breakdown}
+    entries = [
+        _save(
+            view.folder,
+            "memory",
+            "Memory over time",
+            memory_figure(plot_parts(view)),
+            "no collector samples in this run",
+        ),
+        _save(
+            view.folder,
+            "performance",
+            "Throughput and latency",
+            performance_figure(view.runs),
+            "no backend/mode in this run",
+        ),
+        _save(
+            view.folder,
+            "kv_breakdown",
+            "KV-cache memory breakdown beside the paper's Figure 2",
+            kv_breakdown_figure(ours),
+            "no shares in the KV breakdown" if breakdown else "the KV breakdown found no data in this run",
+        ),
+    ]
+    rf.write_json(view.folder.plots_index, {"plots": entries})
+    return entries
+
+
+def _save(folder: rf.RunFolder, name: str, title: str, fig: Figure | None, reason: str) -> dict:
+    path = folder.plot(name)
+    if fig is None:
+        path.unlink(missing_ok=True)  # a regenerated report must not show a stale plot
+        return {"name": name, "title": title, "skipped": reason}
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    rf.atomic_write(path, png.getvalue())
+    return {"name": name, "title": title, "file": path.name}

@@ -1,0 +1,81 @@
+"""A finished run folder, loaded once: every analysis and renderer of the report reads it from here.
+
+Each file is read the first time something asks for it, and never again: the manifest and the
+summary for the tables, each backend/mode's own files (`runs/<name>/`) for the KV breakdown, the
+bandwidth and the observations, the collector's timeline for the memory plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from lab import run_folder as rf
+from lab.config import EngineSettings
+from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
+
+
+@dataclass(frozen=True)
+class RunPart:
+    """One backend/mode's own files: its result (None where it wrote none), request records and KV samples."""
+
+    summary: RunSummary
+    result: BackendResult | None
+    records: list[RequestRecord]
+    kv_samples: list[KvSample]
+
+
+class RunView:
+    """Read-only access to one finished run folder (`run_folder.check_run_dir` says what finished means)."""
+
+    def __init__(self, path: Path) -> None:
+        self.folder = rf.RunFolder(rf.check_run_dir(Path(path)))
+        self._parts: dict[str, RunPart] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @cached_property
+    def manifest(self) -> dict:
+        return rf.read_json(self.folder.manifest)
+
+    @cached_property
+    def summary_file(self) -> dict:
+        """summary.json as it is on disk (the HTML report shows it whole)."""
+        return rf.read_json(self.folder.summary)
+
+    @cached_property
+    def runs(self) -> list[RunSummary]:
+        """One entry per backend/mode, in the order they ran."""
+        return [RunSummary.from_dict(run) for run in self.summary_file["runs"]]
+
+    @cached_property
+    def engine(self) -> EngineSettings:
+        """The settings every backend/mode shared (a setting an older run lacks takes its default)."""
+        return EngineSettings.from_dict(self.manifest["config"]["engine"])
+
+    @cached_property
+    def timeline(self) -> dict[str, list[dict]]:
+        """The collector's samples by backend/mode name ('hf-batched')."""
+        grouped: dict[str, list[dict]] = {}
+        for row in rf.iter_jsonl(self.folder.timeline):
+            if row.get("kind", "sample") == "sample":
+                grouped.setdefault(row.get("run"), []).append(row)
+        return grouped
+
+    def part(self, run: RunSummary) -> RunPart:
+        """`run`'s own files under runs/<name>/, read on first use."""
+        if run.name not in self._parts:
+            files = self.folder.part(run.name)
+            result = BackendResult.from_dict(rf.read_json(files.result)) if files.result.exists() else None
+            records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(files.records)]
+            samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_samples)]
+            self._parts[run.name] = RunPart(run, result, records, samples)
+        return self._parts[run.name]
+
+    def ok_parts(self) -> list[RunPart]:
+        """The parts of the backend/modes that succeeded and wrote a result."""
+        parts = (self.part(run) for run in self.runs if run.ok)
+        return [p for p in parts if p.result is not None]

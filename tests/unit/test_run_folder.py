@@ -1,0 +1,85 @@
+"""Run folders: atomic, never overwritten, torn lines skipped; typed records round-trip."""
+
+import pytest
+
+from lab import run_folder as rf
+from lab.errors import LabInputError
+from lab.records import BackendResult, KvSample, RequestRecord
+
+
+def test_run_folder_is_renamed_only_when_finished(tmp_path):
+    with rf.creating(tmp_path, "run-1") as folder:
+        assert folder.path.name == ".tmp-run-1" and not (tmp_path / "run-1").exists()
+        assert folder.run_id == "run-1"
+        rf.write_json(folder.manifest, {"a": 1})
+    final = tmp_path / "run-1"
+    assert not folder.path.exists()
+    assert rf.read_json(final / rf.MANIFEST) == {"a": 1}
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    (tmp_path / "run-1").mkdir()
+    with pytest.raises(LabInputError, match="never overwritten"):
+        with rf.creating(tmp_path, "run-1"):
+            pass
+
+
+def test_a_run_created_meanwhile_under_the_same_name_is_not_overwritten(tmp_path):
+    with pytest.raises(LabInputError, match="never overwritten"):
+        with rf.creating(tmp_path, "run-2"):
+            (tmp_path / "run-2").mkdir()
+    assert not (tmp_path / ".tmp-run-2").exists()
+
+
+def test_a_failed_run_leaves_no_temporary_folder(tmp_path):
+    with pytest.raises(RuntimeError):
+        with rf.creating(tmp_path, "run-3") as folder:
+            (folder.path / "half-written").write_text("x")
+            raise RuntimeError("a step failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jsonl_round_trip_and_torn_last_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    rf.write_jsonl(path, [{"a": 1}, {"a": 2}])
+    with path.open("a") as f:
+        f.write('{"a": 3')  # a writer killed mid-line
+    assert rf.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert rf.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_atomic_write_replaces_the_whole_file_and_leaves_no_part_file(tmp_path):
+    path = tmp_path / "report.md"
+    rf.atomic_write(path, "old")
+    rf.atomic_write(path, "new")
+    rf.atomic_write(tmp_path / "plot.png", b"\x89PNG")
+    assert path.read_text() == "new" and (tmp_path / "plot.png").read_bytes() == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "report.md"]
+
+
+def test_run_ids_are_unique():
+    assert len({rf.new_run_id("x") for _ in range(50)}) == 50
+
+
+def test_a_part_folder_names_every_file_of_one_backend_process(tmp_path):
+    part = rf.RunFolder(tmp_path / ".tmp-run-4").part("hf-batched")
+    assert part.path == tmp_path / ".tmp-run-4" / "runs" / "hf-batched"
+    assert (part.result.name, part.records.name, part.kv_samples.name, part.timeline.name) == (
+        "result.json",
+        "records.jsonl",
+        "kv.jsonl",
+        "timeline.jsonl",
+    )
+
+
+def test_records_round_trip_and_read_older_runs():
+    record = RequestRecord(3, 10, 5, 0.5, 0.75, 2.0, batch=1, backend="hf", mode="batched")
+    data = record.to_dict()
+    assert data["ttft_s"] == 0.25 and data["e2e_s"] == 1.5
+    assert RequestRecord.from_dict(data) == record
+    old = {"t_s": 0.1, "step": 0, "kv_usage": 0.5, "future_field": 1}  # no tokens_stored_exact, an unknown key
+    assert KvSample.from_dict(old) == KvSample(t_s=0.1, step=0, kv_usage=0.5)
+    result = BackendResult("vllm", "offline", status="ok", phases=[{"phase": "generate", "start": 1.0, "end": 2.0}])
+    assert BackendResult.from_dict(result.to_dict()) == result
+    assert result.phase("generate") == (1.0, 2.0) and result.phase("load") is None
+    assert "traceback" not in result.to_dict() and result.to_dict()["error"] is None
