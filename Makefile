@@ -5,6 +5,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 ARGS ?=
 PYTEST_ARGS ?=
+# LAB_PYTHON=python3: run the tests with an interpreter that already has the engines, without the
+# set-up (a machine that cannot install, such as a GPU machine without a registry, vLLM from a bundle).
+LAB_PYTHON ?=
+TEST_PYTHON = $(if $(LAB_PYTHON),$(LAB_PYTHON),$(VENV)/bin/python)
+TEST_SETUP = $(if $(LAB_PYTHON),true,scripts/setup-venv.sh $(VENV) full)
 # Where a Docker engine answers, the container tests need compose v2, the build inputs and a base
 # image: the script provides them (a no-op once done). If it cannot, the container tests fail and say why.
 DOCKER_READY = { ! docker info >/dev/null 2>&1 || scripts/docker-host-setup.sh $(VENV) \
@@ -20,10 +25,10 @@ experiment: ## Run every backend on the default model and workload (containers i
 	@scripts/experiment.sh $(ARGS)
 
 test: ## Run the tests with the real engines (GPU tests where NVML sees a GPU, containers where Docker answers)
-	@scripts/setup-venv.sh $(VENV) full && $(DOCKER_READY) && $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@$(TEST_SETUP) && $(DOCKER_READY) && $(TEST_PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-gpu: ## Run only the GPU tests; fails on a host where NVML sees no GPU
-	@scripts/setup-venv.sh $(VENV) full && $(DOCKER_READY) && $(VENV)/bin/python -m pytest -m gpu --require-gpu $(PYTEST_ARGS)
+	@$(TEST_SETUP) && $(DOCKER_READY) && $(TEST_PYTHON) -m pytest -m gpu --require-gpu $(PYTEST_ARGS)
 
 capacity: ## Concurrent requests each approach fits in one KV budget: make capacity ARGS="--kv-budget 4GiB"
 	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/lab capacity $(ARGS)
