@@ -136,3 +136,17 @@ def test_host_setup_leaves_what_the_builds_need(docker_host):
     links = os.environ.get("PIP_FIND_LINKS") or ""
     if links and list(Path(links).glob("torch-*+cpu-*.whl")):
         assert list((labdocker.DOCKER_DIR / "wheels").glob("torch-*+cpu-*.whl"))
+
+
+def test_auto_runtime_without_the_nvidia_toolkit_runs_natively_after_one_line(docker_host, tmp_path, capsys):
+    """`make experiment`'s choice on an NVIDIA host whose Docker lacks the toolkit: the native runtime,
+    after one line that names the fix (CUDA images asked of this engine, which has no toolkit)."""
+    from lab.cli import make_launcher
+
+    if labdocker.nvidia_runtime_status()[0]:
+        pytest.skip("this host's Docker has the NVIDIA runtime: the missing-toolkit path cannot be seen here")
+    launcher = make_launcher("auto", tmp_path / "cache", tmp_path / "results", device="cuda")
+    assert launcher.runtime == "native"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "running natively" in lines[0] and "nvidia-ctk" in lines[0]
+    assert make_launcher("auto", tmp_path / "cache", tmp_path / "results", device="cpu").runtime == "docker"
