@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes a base image without a container registry: debootstrap a minimal Debian from the
 # distribution mirror, then `docker import` it. Hosts that cannot pull (air-gapped, or the CI
-# machines here) build the lab's images on it: lab.docker picks it up as BASE_IMAGE when present.
+# machines here) build the lab's images on it: lab.launchers.images picks it up as BASE_IMAGE when present.
 #
 #   docker/base-offline.sh [TAG]     default TAG: paged-attention-lab/base-offline:bookworm
 #
@@ -22,8 +22,16 @@ if [ -z "$mirror" ]; then
 fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
-command -v debootstrap >/dev/null || {
-  echo "base-offline: debootstrap is missing; fix: sudo apt-get install -y debootstrap" >&2; exit 2; }
+# debootstrap comes from the distribution when missing (a fresh docker.io host has none), where
+# this user may install packages: root, or sudo without a password.
+if ! command -v debootstrap >/dev/null; then
+  if [ -z "$SUDO" ] || sudo -n true 2>/dev/null; then
+    echo "base-offline: installing debootstrap with apt" >&2
+    $SUDO apt-get update -q >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 || true
+  fi
+  command -v debootstrap >/dev/null || {
+    echo "base-offline: debootstrap is missing and could not be installed; fix: sudo apt-get install -y debootstrap" >&2; exit 2; }
+fi
 
 root=$(mktemp -d /tmp/lab-rootfs.XXXXXX)
 trap '$SUDO rm -rf "$root"' EXIT

@@ -27,6 +27,7 @@ from lab.cli_options import (
     parse_bytes,
     progress,
     results_option,
+    variant_option,
 )
 from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
 from lab.errors import LabInputError
@@ -37,6 +38,7 @@ from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
 from lab.launchers.choose import choose_launcher
 from lab.launchers.docker_engine import default_variant, require_engine
+from lab.launchers.image_check import check_images
 from lab.launchers.images import build_images, pull_images, push_images
 from lab.launchers.native import NativeLauncher
 from lab.models.build import build_model
@@ -185,8 +187,8 @@ def experiment(
 ) -> None:
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
     runs = parse_backends(backends)
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
     device = resolve_device(kw["device"], progress)
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, device)
     model = model or default_model(device)
     if isinstance(launcher, NativeLauncher):
         check_engine_inputs(model, kw["workload"])
@@ -280,11 +282,37 @@ def images() -> None:
 
 @images.command("build")
 @click.option("--force", is_flag=True, help="Rebuild images whose tags exist.")
+@variant_option
 @handle_errors
-def images_build(force: bool) -> None:
-    variant = default_variant()
-    require_engine(variant == "cuda")
-    build_images(variant, progress=progress, force=force)
+def images_build(force: bool, variant: str | None) -> None:
+    """Build the base, hf, vllm and collector images; skip tags that exist."""
+    # Running CUDA images needs the NVIDIA runtime; building them does not (CI builds them without a GPU).
+    require_engine(gpu=variant is None and default_variant() == "cuda")
+    build_images(variant or default_variant(), progress=progress, force=force)
+
+
+@images.command("check")
+@variant_option
+@handle_errors
+def images_check(variant: str | None) -> None:
+    """Run `lab env` in each built image, check its engines against requirements/, print the sizes."""
+    rows = check_images(variant or default_variant())
+    table = [
+        [row["image"], row["tag"], f"{row['size_bytes'] / 1e9:.2f} GB"]
+        + [row.get(key) for key in ("torch", "cuda", "transformers", "vllm")]
+        for row in rows
+    ]
+    headers = ["image", "tag", "size", "torch", "CUDA", "transformers", "vLLM"]
+    click.echo(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+
+
+@images.command("preflight")
+@variant_option
+@handle_errors
+def images_preflight(variant: str | None) -> None:
+    """Whether this host can run the containers: engine, compose v2, NVIDIA runtime for cuda (exit 2: the fix)."""
+    variant = variant or default_variant()
+    click.echo(f"{require_engine(gpu=variant == 'cuda')}; {variant} images")
 
 
 @images.command("push")

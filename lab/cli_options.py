@@ -66,6 +66,16 @@ def cache_dir_option(func):
     )(func)
 
 
+def variant_option(func):
+    """--variant of the container images; None: the host's (`lab.launchers.docker_engine.default_variant`)."""
+    return click.option(
+        "--variant",
+        type=click.Choice(["cpu", "cuda"]),
+        default=None,
+        help="Image variant (default: cuda on a host whose NVML sees a GPU, else cpu). Building cuda needs no GPU.",
+    )(func)
+
+
 def engine_options(func):
     """The options every backend/mode of an experiment shares."""
     options = [

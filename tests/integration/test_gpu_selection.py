@@ -1,0 +1,62 @@
+"""Which tests `make test` and `make test-gpu` run: the GPU tests wherever NVML sees a GPU, each
+skipped with its reason elsewhere; `make test-gpu` fails, not passes, on a host without a GPU.
+pytest runs in a subprocess on tests/gpu; NVML is the real one of this host."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.hardware.nvml import gpu_count
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_TESTS = REPO / "tests" / "gpu"
+
+
+def pytest_in_subprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def no_gpu() -> str:
+    count, reason = gpu_count()
+    if count:
+        pytest.skip(f"NVML sees {count} GPU(s) here: the GPU tests run, so their no-GPU skip cannot be seen")
+    return reason
+
+
+def test_gpu_tests_are_collected_not_deselected():
+    """`make test` selects the GPU tests everywhere (no `-m 'not gpu'`): NVML decides, not the options."""
+    out = pytest_in_subprocess("--collect-only", "-q", str(GPU_TESTS))
+    assert out.returncode == 0, out.stdout[-2000:]
+    collected = [line for line in out.stdout.splitlines() if "::" in line]
+    assert collected and "deselected" not in out.stdout
+
+
+def test_without_a_gpu_each_gpu_test_is_skipped_with_its_name_and_why(no_gpu):
+    out = pytest_in_subprocess("-q", str(GPU_TESTS))
+    assert out.returncode == 0, out.stdout[-2000:]
+    names = re.findall(r"^def (test_\w+)", (GPU_TESTS / "test_cuda_path.py").read_text(), re.MULTILINE)
+    skipped = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
+    for name in names:
+        assert any(name in line and "NVML sees no GPU" in line for line in skipped), (name, out.stdout[-2000:])
+
+
+def test_make_test_gpu_fails_with_a_message_without_a_gpu(no_gpu):
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntest-gpu:", 1)[1].split("\n\n", 1)[0]
+    assert "-m gpu --require-gpu" in recipe, "make test-gpu must not pass with every test skipped"
+    out = pytest_in_subprocess("-m", "gpu", "--require-gpu", str(GPU_TESTS))
+    assert out.returncode != 0
+    assert "NVML sees no GPU" in out.stdout + out.stderr
