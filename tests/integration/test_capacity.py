@@ -16,7 +16,7 @@ from lab.config import CapacitySpec, EngineSettings
 from lab.experiments.capacity import run_capacity
 from lab.launchers.native import NativeLauncher
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]
 
 BUDGET_BYTES = 10 * 32 * 1024
 # Every request ends at 59 stored tokens (2 blocks); prompts of 20-50 tokens.

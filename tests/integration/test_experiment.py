@@ -10,7 +10,7 @@ import pytest
 from lab import run_folder as rf
 from lab.config import BACKEND_MODES
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]
 
 ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
 

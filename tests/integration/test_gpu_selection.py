@@ -1,9 +1,11 @@
 """Which tests `make test` and `make test-gpu` run: the GPU tests wherever NVML sees a GPU, each
-skipped with its reason elsewhere; `make test-gpu` fails, not passes, on a host without a GPU.
-pytest runs in a subprocess on tests/gpu; NVML is the real one of this host."""
+skipped with its reason elsewhere; `make test-gpu` fails, not passes, on a host without a GPU; the
+tests that start vLLM on the CPU are skipped, each with its reason, where vLLM is a CUDA build (a GPU
+runner), and only those. pytest runs in a subprocess; NVML is the real one of this host."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,10 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 GPU_TESTS = REPO / "tests" / "gpu"
 
 
-def pytest_in_subprocess(*args: str) -> subprocess.CompletedProcess:
+def pytest_in_subprocess(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -60,3 +63,31 @@ def test_make_test_gpu_fails_with_a_message_without_a_gpu(no_gpu):
     out = pytest_in_subprocess("-m", "gpu", "--require-gpu", str(GPU_TESTS))
     assert out.returncode != 0
     assert "NVML sees no GPU" in out.stdout + out.stderr
+
+
+def fake_cuda_vllm_metadata(folder: Path) -> dict[str, str]:
+    """FAKE distribution metadata of a CUDA vLLM (`vllm` 0.26.0, as on the GPU machine), first on the
+    path, so that the metadata says what a GPU runner's would; the `vllm` module stays the real one.
+    Returns the environment that puts it there."""
+    info = folder / "vllm-0.26.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.26.0\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_with_a_cuda_vllm_each_cpu_engine_test_is_skipped_with_why_and_the_rest_runs(tmp_path):
+    """`make test LAB_PYTHON=python3` on a GPU machine: vLLM's CUDA build cannot start on the CPU,
+    so each vllm_cpu test is listed as skipped with the reason, before any engine starts; the
+    module's tests that start no engine still run and pass."""
+    env = fake_cuda_vllm_metadata(tmp_path / "fake_cuda_vllm_metadata")
+    module = REPO / "tests" / "integration" / "test_vllm_backend.py"
+    out = pytest_in_subprocess("-rs", str(module), env=env)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "vLLM: vllm 0.26.0, not its CPU build" in out.stdout
+    marked = re.findall(r"@pytest.mark.vllm_cpu\ndef (test_\w+)", module.read_text())
+    skipped = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(marked) == len(skipped) >= 6
+    for name in marked:
+        assert any(name in line and "not its CPU build (vllm-cpu)" in line for line in skipped), name
+    total = len(re.findall(r"^def test_", module.read_text(), re.MULTILINE))
+    assert f"{total - len(marked)} passed, {len(marked)} skipped" in out.stdout

