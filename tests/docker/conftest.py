@@ -1,4 +1,5 @@
-"""What the container tests share: whether a Docker engine answers, and whether this host is ready."""
+"""What the container tests share: whether a Docker engine answers, whether this host is ready, and
+`python -m lab` run from the checkout."""
 
 from __future__ import annotations
 
@@ -50,3 +51,21 @@ def docker_host() -> str:
             "(make test runs it) builds the offline one where no registry answers"
         )
     return reason
+
+
+def _run_lab(*args: str, timeout_s: float) -> subprocess.CompletedProcess:
+    """`python -m lab ARGS` from the checkout, output captured; the caller checks the exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=images.REPO_ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_lab():
+    """`run_lab("experiment", ..., timeout_s=...)`: the lab CLI as a user runs it."""
+    return _run_lab

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,33 +29,13 @@ TIMEOUT_S = 3600
 
 
 @pytest.fixture(scope="module")
-def experiment(docker_host, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+def experiment(docker_host, run_lab, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     results = tmp_path_factory.mktemp("results")
     cache = tmp_path_factory.mktemp("cache")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "experiment",
-            "--runtime",
-            "docker",
-            "--device",
-            "cpu",
-            "--model",
-            "synthetic:tiny",
-            "--workload",
-            "seed",
-            "--results",
-            str(results),
-            "--cache-dir",
-            str(cache),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=images.REPO_ROOT,
-        check=False,
+    out = run_lab(
+        *("experiment", "--runtime", "docker", "--device", "cpu", "--model", "synthetic:tiny"),
+        *("--workload", "seed", "--results", str(results), "--cache-dir", str(cache)),
+        timeout_s=TIMEOUT_S,
     )
     return out, results
 
@@ -154,17 +133,10 @@ def test_every_result_file_belongs_to_the_host_user(experiment):
     assert not wrong, f"not owned by uid {os.getuid()}: {wrong[:5]}"
 
 
-def test_image_check_passes_on_the_built_images(experiment):
+def test_image_check_passes_on_the_built_images(experiment, run_lab):
     """`lab images check` (what `make build-cuda` runs on the CUDA images) on the CPU images just used."""
     run_dir_of(experiment[0])  # the images are built
-    out = subprocess.run(
-        [sys.executable, "-m", "lab", "images", "check", "--variant", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=images.REPO_ROOT,
-        check=False,
-    )
+    out = run_lab("images", "check", "--variant", "cpu", timeout_s=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines()[2:]}
     assert set(rows) == set(images.IMAGES)

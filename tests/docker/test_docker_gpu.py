@@ -5,8 +5,6 @@ where Docker cannot hand GPUs to containers. Not yet run: no machine here has a 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,41 +20,17 @@ OUTPUT_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def cuda_container_run(docker_host, tmp_path_factory):
+def cuda_container_run(docker_host, run_lab, tmp_path_factory):
     ok, reason = docker_engine.nvidia_runtime_status()
     if not ok:
         pytest.skip(reason)
     results = tmp_path_factory.mktemp("results")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "experiment",
-            "--runtime",
-            "docker",
-            "--device",
-            "cuda",
-            "--model",
-            "synthetic:tiny",
-            "--workload",
-            "seed",
-            "--output-tokens",
-            str(OUTPUT_TOKENS),
-            "--batch-size",
-            "2",
-            "--kv-cache-memory",
-            "1GiB",
-            "--results",
-            str(results),
-            "--cache-dir",
-            str(tmp_path_factory.mktemp("cache")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=5400,
-        cwd=images.REPO_ROOT,
-        check=False,
+    proc = run_lab(
+        *("experiment", "--runtime", "docker", "--device", "cuda", "--model", "synthetic:tiny"),
+        *("--workload", "seed", "--output-tokens", str(OUTPUT_TOKENS), "--batch-size", "2"),
+        *("--kv-cache-memory", "1GiB", "--results", str(results)),
+        *("--cache-dir", str(tmp_path_factory.mktemp("cache"))),
+        timeout_s=5400,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return Path(proc.stdout.strip().splitlines()[-1])

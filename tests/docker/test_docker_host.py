@@ -132,48 +132,23 @@ def test_make_experiment_falls_back_to_native_with_one_line_when_compose_cannot_
     assert [r["output_tokens"] for r in rf.read_jsonl(run_dir / rf.RECORDS)] == [3, 3]
 
 
-def test_explicit_docker_runtime_without_the_nvidia_toolkit_stops_before_any_build(docker_host, tmp_path):
+def test_explicit_docker_runtime_without_the_nvidia_toolkit_stops_before_any_build(docker_host, run_lab, tmp_path):
     """CUDA images on an engine without the NVIDIA Container Toolkit (this host's engine has none):
     `--runtime docker` stops with exit 2 and the fix, before any image is built or run folder made."""
     has_toolkit, _ = docker_engine.nvidia_runtime_status()
     if has_toolkit:
         pytest.skip("this host's Docker has the NVIDIA runtime: the missing-toolkit path cannot be seen here")
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "experiment",
-            "--runtime",
-            "docker",
-            "--device",
-            "cuda",
-            "--model",
-            "synthetic:tiny",
-            "--results",
-            str(results),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        check=False,
+    proc = run_lab(
+        *("experiment", "--runtime", "docker", "--device", "cuda", "--model", "synthetic:tiny"),
+        *("--results", str(results), "--cache-dir", str(tmp_path / "cache")),
+        timeout_s=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "NVIDIA Container Toolkit" in proc.stderr and "nvidia-ctk" in proc.stderr
     assert "building" not in proc.stderr and "Step " not in proc.stderr
     assert not results.exists() or not any(results.iterdir())
-    preflight = subprocess.run(
-        [sys.executable, "-m", "lab", "images", "preflight", "--variant", "cuda"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    preflight = run_lab("images", "preflight", "--variant", "cuda", timeout_s=120)
     assert preflight.returncode == 2 and "nvidia-ctk" in preflight.stderr
 
 
