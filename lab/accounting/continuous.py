@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lab.accounting import capacity
 from lab.accounting.kv import SlotBreakdown, blocks_needed, final_tokens, integrate
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from lab.errors import LabInputError
@@ -225,16 +226,4 @@ def decode_steps(samples: list[KvSample]) -> list[tuple[float, int]]:
 
 def batched_requests(samples: list[KvSample]) -> dict:
     """Requests each step ran (`batch_requests`), the paper's "batched requests": max, time-weighted mean."""
-    previous, weighted, total, batches = 0.0, 0.0, 0.0, []
-    for s in sorted(samples, key=lambda s: s.step):
-        weight, previous = s.t_s - previous, s.t_s
-        batch = s.batch_requests or 0
-        if batch:
-            batches.append(batch)
-            weighted += batch * weight
-            total += weight
-    return {
-        "max_running": max(batches, default=0),
-        "mean_running": weighted / total if total else None,
-        "max_waiting": max((s.waiting or 0 for s in samples), default=0),
-    }
+    return capacity.batched_requests(samples, lambda s: s.batch_requests or 0)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lab import paper
 from lab import run_folder as rf
+from lab.accounting.capacity import batched_requests as paged_batches
 from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
 from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
@@ -188,19 +189,7 @@ def vllm_batched_requests(samples: list[KvSample], records: list[RequestRecord])
     for r in records:
         if r.ok:
             ends[r.end_s] = ends.get(r.end_s, 0) + 1
-    previous, weighted, total, batches = 0.0, 0.0, 0.0, []
-    for s in sorted(samples, key=lambda s: s.step):
-        weight, previous = s.t_s - previous, s.t_s
-        batch = (s.running or 0) + ends.get(s.t_s, 0)
-        if batch:
-            batches.append(batch)
-            weighted += batch * weight
-            total += weight
-    return {
-        "max_running": max(batches, default=0),
-        "mean_running": weighted / total if total else None,
-        "max_waiting": max((s.waiting or 0 for s in samples), default=0),
-    }
+    return paged_batches(samples, lambda s: (s.running or 0) + ends.get(s.t_s, 0))
 
 
 def supports_max_num_seqs() -> bool:
