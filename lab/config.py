@@ -90,6 +90,8 @@ class EngineSettings:
     enable_prefix_caching: bool = False
     sample_kv_every_step: bool = True  # vLLM: read kv usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
+    # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -108,6 +110,8 @@ class EngineSettings:
             raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 1 <= self.tensor_parallel_size <= 64:
+            raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
         if self.block_size not in (8, 16, 32, 64, 128):
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 
