@@ -14,7 +14,7 @@
 #             with prefix caching off and on; hf with and without the warm-up
 #   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode
 #   llama-8b  the same on synthetic:llama-8b
-#   tp-smoke  pytest tests/gpu/test_tensor_parallel.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
+#   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
 #             modes that split over GPUs; BACKENDS=... to run fewer per call
 #   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
@@ -172,7 +172,7 @@ llama-1b|llama-8b)
   fi
   ;;
 tp-smoke)
-  "$python" -m pytest -m gpu tests/gpu/test_tensor_parallel.py -q -p no:cacheprovider
+  "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
   ;;
 tp-8b|tp-70b)
   # One TP size per call (each under 560 s). tp-70b: 141 GB of bf16 weights = 35 GB per GPU at TP=4, so

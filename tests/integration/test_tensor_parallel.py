@@ -1,6 +1,6 @@
 """`--tensor-parallel-size 2` end to end on the CPU with the real engines: transformers as two torchrun
 ranks (gloo), vLLM with two CPU workers, on synthetic:tiny-tp (4 KV heads: 2 per rank). The ranks
-and workers are processes here rather than GPUs; tests/gpu/test_tensor_parallel.py runs the same on
+and workers are processes here rather than GPUs; tests/gpu/test_two_gpus.py runs the same on
 two GPUs."""
 
 from __future__ import annotations

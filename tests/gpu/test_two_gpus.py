@@ -82,6 +82,19 @@ def test_each_backend_holds_memory_on_both_gpus(two_gpu_run):
         assert total >= max(per_gpu[g]["nvml_tree_peak_mib"] for g in ("0", "1")), label
 
 
+def test_vllm_workers_one_per_gpu_are_children_in_the_watched_tree(two_gpu_run):
+    run_dir, _ = two_gpu_run
+    root = int((run_dir / rf.RUNS / "vllm-offline" / rf.PID).read_text())
+    samples = [s for s in rf.read_jsonl(run_dir / rf.TIMELINE) if s["run"] == "vllm-offline"]
+    on_gpu: dict[int, set[int]] = {0: set(), 1: set()}
+    for s in samples:
+        for g in s["gpus"]:
+            if g["gpu"] in on_gpu:
+                on_gpu[g["gpu"]] |= {int(pid) for pid, mib in g["proc_gpu_mib"].items() if mib}
+    assert on_gpu.get(0) and on_gpu.get(1) and not on_gpu[0] & on_gpu[1], on_gpu  # a worker per GPU
+    assert root not in on_gpu[0] | on_gpu[1], "the workers are children of the engine core, not the root"
+
+
 def test_vllm_gives_each_gpu_the_pool_asked_for(two_gpu_run):
     _, runs = two_gpu_run
     engine = runs["vllm/offline"]["engine"]
