@@ -28,37 +28,11 @@ def two_gpu_run(tmp_path_factory):
         pytest.skip(f"needs 2 GPUs for tensor parallelism: NVML sees {count} ({reason or 'one GPU'})")
     model = build_model("synthetic:tiny-tp", tmp_path_factory.mktemp("cache"))
     results = tmp_path_factory.mktemp("results")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "experiment",
-            "--model",
-            str(model),
-            "--device",
-            "cuda",
-            "--tensor-parallel-size",
-            "2",
-            "--backends",
-            "hf/batched,vllm",
-            "--num-requests",
-            str(REQUESTS),
-            "--output-tokens",
-            str(OUTPUT_TOKENS),
-            "--batch-size",
-            "4",
-            "--kv-cache-memory",
-            "1GiB",
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={k: v for k, v in os.environ.items() if k not in ("LAB_GPUS", "CUDA_VISIBLE_DEVICES")}
-        | {"LAB_GPUS": "0,1"},
-    )
+    options = f"--device cuda --tensor-parallel-size 2 --num-requests {REQUESTS} --output-tokens {OUTPUT_TOKENS}"
+    argv = [sys.executable, "-m", "lab", "experiment", *options.split(), "--batch-size", "4", "--kv-cache-memory"]
+    argv += ["1GiB", "--model", str(model), "--backends", "hf/batched,vllm", "--results", str(results)]
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_GPUS", "CUDA_VISIBLE_DEVICES")}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env | {"LAB_GPUS": "0,1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     return run_dir, {f"{r['backend']}/{r['mode']}": r for r in rf.read_json(run_dir / rf.SUMMARY)["runs"]}

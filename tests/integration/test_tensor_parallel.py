@@ -23,33 +23,10 @@ REQUESTS = 4
 
 
 def experiment(model: Path, backends: str, results: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lab",
-            "experiment",
-            "--model",
-            str(model),
-            "--device",
-            "cpu",
-            "--tensor-parallel-size",
-            "2",
-            "--backends",
-            backends,
-            "--num-requests",
-            str(REQUESTS),
-            "--output-tokens",
-            str(OUTPUT_TOKENS),
-            "--batch-size",
-            "2",
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    options = f"--device cpu --tensor-parallel-size 2 --num-requests {REQUESTS} --output-tokens {OUTPUT_TOKENS}"
+    argv = [sys.executable, "-m", "lab", "experiment", *options.split(), "--batch-size", "2"]
+    argv += ["--model", str(model), "--backends", backends, "--results", str(results)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=1200)
 
 
 def summaries(run_dir: Path) -> dict[str, dict]:
