@@ -184,7 +184,7 @@ class CannotRunTensorParallel(Exception):
 
 def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
     gpus = spec.engine.tensor_parallel_size
-    problem = tensor_parallel_problem(spec.backend, model["num_heads"], model["num_kv_heads"], gpus)
+    problem = tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
     if problem:
         raise CannotRunTensorParallel(
             f"{spec.label} cannot split {spec.engine.model} over {gpus} GPUs: {problem}; "

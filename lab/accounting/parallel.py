@@ -21,6 +21,12 @@ from lab.accounting.kv import kv_bytes_per_token
 
 # Backends whose tensor parallelism cannot replicate KV heads (transformers' plan splits them).
 SPLIT_ONLY = ("hf",)
+# Modes the lab does not split over GPUs, and why (recorded as not run rather than run on one GPU).
+NOT_SPLIT = {
+    "hf/continuous": "the lab sizes transformers' paged pool and reads its block tables for one GPU; "
+    "transformers' continuous batching can split its cache over ranks, but this mode is not wired or "
+    "measured with several GPUs yet",
+}
 
 
 def kv_heads_per_gpu(num_kv_heads: int, gpus: int) -> int:
@@ -38,10 +44,12 @@ def kv_bytes_per_token_per_gpu(model: dict, gpus: int) -> int | None:
         return None
 
 
-def tensor_parallel_problem(backend: str, num_heads: int, num_kv_heads: int, gpus: int) -> str | None:
-    """Why `backend` cannot split a model of these heads over `gpus` GPUs, or None where it can."""
+def tensor_parallel_problem(backend: str, mode: str, num_heads: int, num_kv_heads: int, gpus: int) -> str | None:
+    """Why `backend`/`mode` cannot split a model of these heads over `gpus` GPUs, or None where it can."""
     if gpus == 1:
         return None
+    if f"{backend}/{mode}" in NOT_SPLIT:
+        return NOT_SPLIT[f"{backend}/{mode}"]
     if num_heads % gpus:
         return f"its {num_heads} attention heads do not split evenly over {gpus} GPUs"
     if backend in SPLIT_ONLY and num_kv_heads % gpus:

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from lab import run_folder as rf
+from lab.accounting.parallel import NOT_SPLIT
 from lab.config import RunSpec
 
 # Backends whose tensor parallelism runs as torchrun ranks (vLLM starts its own workers).
@@ -42,8 +43,9 @@ def rank() -> int | None:
 
 
 def needs_ranks(spec: RunSpec) -> bool:
-    """Whether `spec` runs as torchrun ranks: a ranked backend with more than one GPU."""
-    return spec.backend in RANKED_BACKENDS and spec.engine.tensor_parallel_size > 1
+    """Whether `spec` runs as torchrun ranks: a ranked backend with more than one GPU (a mode the lab
+    does not split stays one process, which records why it did not run)."""
+    return spec.backend in RANKED_BACKENDS and spec.engine.tensor_parallel_size > 1 and spec.label not in NOT_SPLIT
 
 
 def torchrun_argv(python: str, nproc: int, lab_args: list[str]) -> list[str]:

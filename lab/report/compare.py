@@ -35,11 +35,11 @@ METRICS = (
     ("NVML process tree peak MiB", ("memory", "whole_process", "nvml_tree_peak_mib")),
     ("RSS tree peak MiB (psutil)", ("memory", "whole_process", "rss_tree_peak_mib")),
     ("allocator peak allocated MiB (torch)", ("memory", "allocator", "peak_allocated_bytes")),
-    ("vLLM KV pool MiB per GPU", ("engine", "kv_pool_bytes")),
+    ("KV pool MiB (paged engines; vLLM: per GPU)", ("engine", "kv_pool_bytes")),
     ("J per output token", ("energy", "j_per_output_token")),
     ("mean power W (GPUs used)", ("energy", "mean_power_w")),
 )
-MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "vLLM KV pool MiB per GPU"}
+MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines; vLLM: per GPU)"}
 
 
 def identity(run: RunView) -> dict:

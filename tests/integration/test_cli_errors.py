@@ -38,6 +38,7 @@ def assert_refused(proc, fragment, results):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--repeats", "0"], "--repeats must be 1-100"),
         (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
+        (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
         (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be 1-64"),
     ],
 )

@@ -98,16 +98,17 @@ def test_kv_heads_split_or_replicate_over_gpus():
 
 
 @pytest.mark.parametrize(
-    "backend, heads, kv_heads, gpus, fragment",
+    "label, heads, kv_heads, gpus, fragment",
     [
-        ("hf", 2, 1, 2, "transformers splits the 1 KV heads over the 2 ranks"),
-        ("vllm", 2, 1, 2, None),  # vLLM replicates the one KV head
-        ("vllm", 6, 3, 2, "vLLM needs the 3 KV heads to divide by 2 GPUs"),
-        ("hf", 3, 3, 2, "its 3 attention heads do not split evenly over 2 GPUs"),
-        ("hf", 64, 8, 4, None),
-        ("hf", 32, 8, 1, None),
+        ("hf/batched", 2, 1, 2, "transformers splits the 1 KV heads over the 2 ranks"),
+        ("vllm/offline", 2, 1, 2, None),  # vLLM replicates the one KV head
+        ("vllm/offline", 6, 3, 2, "vLLM needs the 3 KV heads to divide by 2 GPUs"),
+        ("hf/static-cache", 3, 3, 2, "its 3 attention heads do not split evenly over 2 GPUs"),
+        ("hf/sequential", 64, 8, 4, None),
+        ("hf/continuous", 64, 8, 4, "not wired or measured with several GPUs"),
+        ("hf/continuous", 32, 8, 1, None),
     ],
 )
-def test_which_models_split_over_how_many_gpus(backend, heads, kv_heads, gpus, fragment):
-    problem = tensor_parallel_problem(backend, heads, kv_heads, gpus)
+def test_which_models_split_over_how_many_gpus(label, heads, kv_heads, gpus, fragment):
+    problem = tensor_parallel_problem(*label.split("/"), heads, kv_heads, gpus)
     assert problem is None if fragment is None else fragment in problem

@@ -54,6 +54,7 @@ def test_only_hf_with_several_gpus_runs_as_ranks():
     assert torchrun.needs_ranks(spec("hf", "batched", 2))
     assert not torchrun.needs_ranks(spec("hf", "batched", 1))
     assert not torchrun.needs_ranks(spec("vllm", "offline", 2))  # vLLM starts its own workers
+    assert not torchrun.needs_ranks(spec("hf", "continuous", 2))  # not split: one process says why
 
 
 def test_outside_torchrun_the_process_writes_its_folder_and_is_the_root(not_a_rank, tmp_path):
