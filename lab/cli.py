@@ -20,10 +20,12 @@ from lab.cli_options import (
     DEFAULT_CPU_MODEL,
     cache_dir_option,
     check_engine_inputs,
+    check_gpus,
     default_model,
     engine_options,
     engine_settings,
     handle_errors,
+    lab_gpus,
     parse_bytes,
     progress,
     results_option,
@@ -36,6 +38,8 @@ from lab.experiments.offline import run_experiment
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
+from lab.hardware.gpus import multicast_env
+from lab.launchers import torchrun
 from lab.launchers.choose import choose_launcher
 from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.image_check import check_images
@@ -155,9 +159,11 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
-    click.echo(f"lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
+    torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
+    out, say = torchrun.rank_out(out), torchrun.log_prefix()
+    click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir)
-    click.echo(f"lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
 
@@ -188,7 +194,10 @@ def experiment(
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
     runs = parse_backends(backends)
     device = resolve_device(kw["device"], progress)
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, device)
+    check_gpus(device, kw["tensor_parallel_size"])
+    launcher = choose_launcher(
+        runtime, cache_dir, results_dir, progress, device, lab_gpus(), kw["tensor_parallel_size"]
+    )
     model = model or default_model(device)
     if isinstance(launcher, NativeLauncher):
         check_engine_inputs(model, kw["workload"])
@@ -241,6 +250,7 @@ def capacity(
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_engine_inputs(model, kw["workload"])
     if max_len is not None and max_len < 1:
@@ -259,7 +269,7 @@ def capacity(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
         f"device {device} (runs natively)"
     )
-    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, tag)
+    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir, lab_gpus()), progress, tag)
     click.echo(rf.RunFolder(run_dir).capacity_md.read_text(encoding="utf-8"))
     click.echo(str(run_dir))
 
@@ -376,4 +386,6 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # NVLink multicast off in this process and every one it starts, unless set (lab.hardware.gpus).
+    os.environ.update(multicast_env(os.environ))
     cli(prog_name="lab")

@@ -9,7 +9,20 @@ from types import SimpleNamespace
 import lab
 from lab.hardware import env, nvml
 
-KEYS = {"lab_version", "git", "python", "platform", "cpu", "memory", "torch", "transformers", "vllm", "nvml"}
+KEYS = {
+    "lab_version",
+    "git",
+    "python",
+    "platform",
+    "cpu",
+    "memory",
+    "torch",
+    "transformers",
+    "accelerate",
+    "vllm",
+    "nvml",
+    "gpu_env",
+}
 
 
 class FakeNvml:
@@ -96,6 +109,7 @@ def test_every_broken_part_becomes_an_error_entry(monkeypatch):
         "vllm_facts",
         "nvml_facts",
         "distribution_facts",
+        "gpu_env_facts",
     ):
         monkeypatch.setattr(env, name, lambda *a, **k: boom())
     e = env.collect_environment()
@@ -169,3 +183,11 @@ def test_vllm_cpu_build_is_told_from_the_distribution_as_vllm_tells_it():
     assert not env.vllm_is_cpu_build({"installed": True, "distribution": "vllm", "version": "0.26.0+cu130"})
     assert env.vllm_is_cpu_build({"installed": False}) is None
     assert env.vllm_is_cpu_build({"installed": True, "distribution": None, "version": None}) is None
+
+
+def test_gpu_env_records_the_multicast_switches_and_gpu_choice(monkeypatch):
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("LAB_GPUS", "0,1")
+    monkeypatch.delenv("RANK", raising=False)
+    facts = env.gpu_env_facts()
+    assert facts["NCCL_NVLS_ENABLE"] == "0" and facts["LAB_GPUS"] == "0,1" and "RANK" not in facts
