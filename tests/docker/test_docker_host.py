@@ -20,6 +20,8 @@ import pytest
 
 from lab import run_folder as rf
 from lab.cli_options import progress
+from lab.errors import LabInputError
+from lab.hardware.nvml import gpu_count
 from lab.launchers import docker_engine, images
 from lab.launchers.choose import choose_launcher
 
@@ -134,19 +136,27 @@ def test_make_experiment_falls_back_to_native_with_one_line_when_compose_cannot_
 
 def test_explicit_docker_runtime_without_the_nvidia_toolkit_stops_before_any_build(docker_host, run_lab, tmp_path):
     """CUDA images on an engine without the NVIDIA Container Toolkit (this host's engine has none):
-    `--runtime docker` stops with exit 2 and the fix, before any image is built or run folder made."""
-    has_toolkit, _ = docker_engine.nvidia_runtime_status()
-    if has_toolkit:
+    `--runtime docker` stops with the fix, before any image is built or run folder made.
+
+    `lab experiment` checks the GPUs it is asked for before it chooses the launcher, so where NVML
+    sees no GPU (as here) it stops on that first; the launcher's choice is then asked directly, and
+    on an NVIDIA host the whole command is run as well."""
+    if docker_engine.nvidia_runtime_status()[0]:
         pytest.skip("this host's Docker has the NVIDIA runtime: the missing-toolkit path cannot be seen here")
     results = tmp_path / "results"
-    proc = run_lab(
-        *("experiment", "--runtime", "docker", "--device", "cuda", "--model", "synthetic:tiny"),
-        *("--results", str(results), "--cache-dir", str(tmp_path / "cache")),
-        timeout_s=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "NVIDIA Container Toolkit" in proc.stderr and "nvidia-ctk" in proc.stderr
-    assert "building" not in proc.stderr and "Step " not in proc.stderr
+    with pytest.raises(LabInputError) as refused:
+        choose_launcher("docker", tmp_path / "cache", results, progress, device="cuda")
+    message = str(refused.value)
+    assert "NVIDIA Container Toolkit" in message and "nvidia-ctk" in message and "--runtime native" in message
+    if gpu_count()[0]:
+        proc = run_lab(
+            *("experiment", "--runtime", "docker", "--device", "cuda", "--model", "synthetic:tiny"),
+            *("--results", str(results), "--cache-dir", str(tmp_path / "cache")),
+            timeout_s=300,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "NVIDIA Container Toolkit" in proc.stderr and "nvidia-ctk" in proc.stderr
+        assert "building" not in proc.stderr and "Step " not in proc.stderr
     assert not results.exists() or not any(results.iterdir())
     preflight = run_lab("images", "preflight", "--variant", "cuda", timeout_s=120)
     assert preflight.returncode == 2 and "nvidia-ctk" in preflight.stderr
