@@ -20,10 +20,12 @@ from lab.cli_options import (
     DEFAULT_CPU_MODEL,
     cache_dir_option,
     check_engine_inputs,
+    check_gpus,
     default_model,
     engine_options,
     engine_settings,
     handle_errors,
+    lab_gpus,
     parse_bytes,
     progress,
     results_option,
@@ -36,6 +38,8 @@ from lab.experiments.offline import run_experiment
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
+from lab.hardware.gpus import multicast_env
+from lab.launchers import torchrun
 from lab.launchers.choose import choose_launcher
 from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.images import build_images, pull_images, push_images
@@ -154,9 +158,11 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
-    click.echo(f"lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
+    torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
+    out, say = torchrun.rank_out(out), torchrun.log_prefix()
+    click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir)
-    click.echo(f"lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
 
@@ -180,8 +186,9 @@ def experiment(
 ) -> None:
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
     runs = parse_backends(backends)
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
@@ -231,8 +238,9 @@ def capacity(
     kv_budget, max_len, concurrency, measure, curve, results_dir, runtime, no_collector, tag, cache_dir, model, **kw
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
     if max_len is not None and max_len < 1:
@@ -351,4 +359,6 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # NVLink multicast off in this process and every one it starts, unless set (lab.hardware.gpus).
+    os.environ.update(multicast_env(os.environ))
     cli(prog_name="lab")

@@ -102,6 +102,8 @@ class EngineSettings:
     # of the blocks every request holds at its final length (lab.accounting.capacity.workload_budget_bytes);
     # the experiment sets kv_cache_memory_bytes from it before any engine starts.
     kv_cache_workload_share: float | None = None
+    # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
@@ -129,6 +131,8 @@ class EngineSettings:
             )
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise LabInputError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
+        if not 1 <= self.tensor_parallel_size <= 64:
+            raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
         if self.block_size not in (8, 16, 32, 64, 128):
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 

@@ -143,7 +143,8 @@ class HfBatch:
     start_s: float = 0.0
     end_s: float = 0.0
     cache_class: str | None = None
-    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call
+    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call, over every GPU
+    cache_bytes_per_gpu: int | None = None  # on one GPU: cache_bytes / tensor_parallel_size
     cache_slots_per_sequence: int | None = None
     peak_allocated_bytes: int | None = None  # CUDA only
     peak_reserved_bytes: int | None = None  # CUDA only
@@ -199,7 +200,10 @@ class BackendResult(_BackendMode):
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
-    phases: list[dict] = field(default_factory=list)  # {"phase", "start", "end"}, epoch seconds
+    phases: list[dict] = field(
+        default_factory=list
+    )  # {"phase", "start", "end"}, epoch seconds (+ energy: runner.Phases)
+    energy_meter: dict | None = None  # lab.hardware.energy: the counter and GPUs read, or {"source": None, "reason"}
     traceback: str | None = None
     close_error: str | None = None
     process_s: float | None = None  # set by the experiment: the process's wall time
@@ -244,9 +248,10 @@ class RunSummary(_BackendMode):
     generate_s: float | None = None
     passes_s: list[float] | None = None  # every timed pass (--repeats); the records are the last's
     metrics: dict | None = None  # lab.metrics.summarize_records()
-    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator
+    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator, gpus_used, per_gpu
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken
+    energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""

@@ -15,6 +15,8 @@ The share of peak divides each by the GPU's theoretical peak, which NVML gives
 (`lab.hardware.env.memory_bandwidth_facts`). Both are lower bounds of the traffic (activations,
 logits and any second read of the same bytes are not counted), so a share says how close a backend
 comes to the physical limit, not how busy the memory was.
+Split over G GPUs (tensor parallelism), each reads its share of the weights and of the K/V, so
+the bytes are the same and the peak is G x one GPU's.
 
 - Weight bytes read per step: all parameters, less the input embedding table when it is not tied to
   the output layer (a step looks up one row per sequence, not the table).
@@ -53,7 +55,7 @@ class DecodeBandwidth:
     weight_bytes_per_step: int
     kv_bytes_per_step_mean: float | None  # every attended slot
     achieved_gb_s: float | None  # 10^9 bytes per second, total
-    peak_gb_s: float | None  # the GPU's theoretical peak; None off CUDA
+    peak_gb_s: float | None  # the GPUs' theoretical peak (one GPU's x tensor_parallel_size); None off CUDA
     share_of_peak: float | None
     useful_kv_bytes_per_step_mean: float | None = None  # the requests' own tokens only
     useful_gb_s: float | None = None
@@ -154,7 +156,8 @@ def run_bandwidth(
         return None
     found = decode_traffic(steps, weights, kv_per_token)
     achieved, useful = found["achieved_gb_s"], found["useful_gb_s"]
-    peak_here = peak if result.device == "cuda" else None
+    gpus = int(engine.get("tensor_parallel_size") or 1)  # each reads its share: the peaks add up
+    peak_here = peak * gpus if result.device == "cuda" and peak else None
     return DecodeBandwidth(
         run=result.label,
         device=result.device,

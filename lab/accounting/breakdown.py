@@ -63,13 +63,14 @@ APPROACH = {
 
 
 def hf_batch_steps(
-    batch: HfBatch, static: bool, bytes_per_token: int, model: dict | None = None
+    batch: HfBatch, static: bool, bytes_per_token: int, model: dict | None = None, gpus: int = 1
 ) -> list[tuple[float, SlotBreakdown]]:
     """(duration s, breakdown) of each decoding step of one hf batch (see module docstring).
 
     External fragmentation: with `model` (a CUDA run's model facts), the caching allocator's rounding
-    of the K/V tensors at that step's size (`kv.allocator_rounding_slots`); else 0 (the CPU has no
-    caching allocator: nothing to trace).
+    of the K/V tensors at that step's size (`kv.allocator_rounding_slots`), on each of `gpus`
+    tensor-parallel ranks (each holds kv_heads / gpus of every token); else 0 (the CPU has no caching
+    allocator: nothing to trace).
     """
     steps = batch.generated_tokens
     if steps < 1:
@@ -87,16 +88,19 @@ def hf_batch_steps(
         else:
             step_slots = dynamic_batch_step(batch.prompt_tokens, batch.output_tokens, step)
         per_sequence = slots_per_sequence if static else width + step - 1
-        external = _rounding(size, per_sequence, model) if model else 0.0
+        external = _rounding(size, per_sequence, model, gpus) if model else 0.0
         out.append((durations[step - 1], step_slots + SlotBreakdown(external_fragmentation=external, other=other)))
     return out
 
 
-def _rounding(batch_size: int, slots_per_sequence: int, model: dict) -> float:
-    return allocator_rounding_slots(
-        batch_size, slots_per_sequence, model["num_layers"], model["num_kv_heads"], model["head_dim"],
-        model["dtype_bytes"],
-    )  # fmt: skip
+def _rounding(batch_size: int, slots_per_sequence: int, model: dict, gpus: int) -> float:
+    """Rounding slots over every rank: one rank's (its kv_heads / gpus heads) x gpus, in whole-token slots."""
+    heads = model["num_kv_heads"]
+    per_rank = max(heads // gpus, 1)
+    rank_slots = allocator_rounding_slots(
+        batch_size, slots_per_sequence, model["num_layers"], per_rank, model["head_dim"], model["dtype_bytes"]
+    )
+    return rank_slots * per_rank * gpus / heads
 
 
 def step_durations_s(batch: HfBatch) -> list[float]:
@@ -153,7 +157,8 @@ def hf_cache_checks(result: BackendResult) -> dict:
 def hf_breakdown(result: BackendResult) -> dict:
     static, bytes_per_token = is_static_cache(result), result.kv_bytes_per_token
     model = result.model if result.device == "cuda" else None
-    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token, model)]
+    gpus = int((result.engine or {}).get("tensor_parallel_size") or 1)
+    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token, model, gpus)]
     return {
         "slot_seconds": integrate(steps),
         "duration_s": sum(w for w, _ in steps),
@@ -261,8 +266,10 @@ def residual_check(slots: SlotBreakdown) -> dict:
 
 
 def allocator_slack_bytes(result: BackendResult) -> int | None:
-    """The torch allocator's peak reserved - peak allocated bytes in the backend's process (CUDA only):
-    activations, logits, freed caches, graph pools; never a KV share."""
+    """The torch allocator's peak reserved - peak allocated bytes (CUDA only): activations, logits, freed
+    caches, graph pools; never a KV share. Split over G ranks the figures are rank 0's: x G."""
     memory = result.memory or {}
     reserved, allocated = memory.get("peak_reserved_bytes"), memory.get("peak_allocated_bytes")
-    return reserved - allocated if reserved is not None and allocated is not None else None
+    if reserved is None or allocated is None:
+        return None
+    return (reserved - allocated) * int((result.engine or {}).get("tensor_parallel_size") or 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lab import run_folder as rf
 from lab.accounting.capacity import workload_budget_bytes
+from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import ExperimentSpec
 from lab.experiments.merge import merge_runs
 from lab.experiments.steps import describe_result, execute_run, manifest, model_build, resolve_once
@@ -62,12 +63,15 @@ def sized_from_workload(spec: ExperimentSpec, resolved: dict, echo: Echo) -> Exp
     model = resolved["model"]
     context = engine.max_model_len or model["max_position_embeddings"]
     share = engine.kv_cache_workload_share
-    budget = workload_budget_bytes(lengths, model["kv_bytes_per_token"], engine.block_size, share, context)
+    # Split over G GPUs the pool is per GPU (vLLM's kv_cache_memory_bytes is), so is a token's share of it.
+    gpus = engine.tensor_parallel_size
+    per_token = kv_bytes_per_token_per_gpu(model, gpus) if gpus > 1 else model["kv_bytes_per_token"]
+    budget = workload_budget_bytes(lengths, per_token, engine.block_size, share, context)
     echo(
         f"KV pool: {budget:,} bytes, {share:g} of the blocks the {len(lengths)} requests hold at their final "
         "lengths (--kv-cache-memory workload:SHARE)"
     )
-    if budget == workload_budget_bytes(lengths, model["kv_bytes_per_token"], engine.block_size, 0, context):
+    if budget == workload_budget_bytes(lengths, per_token, engine.block_size, 0, context):
         echo(
             f"    that is its floor (the largest request, or one request of the model's context, {context:,} tokens, "
             "which vLLM needs): the workload may not fill it; a smaller --max-model-len lowers the floor"
