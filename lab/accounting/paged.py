@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lab.accounting.kv import SlotBreakdown
+from lab.records import KvSample
 
 RESIDUAL_LIMIT = 0.01  # a residual above 1% of the memory held fails the run's check
 
@@ -68,13 +69,11 @@ def step_sums(requests: Iterable[tuple[int, int, int, int, bool]], block_size: i
     states = reserved = ahead = internal = held = prompts = 0
     for stored, final, blocks, lookahead, prompt_only in requests:
         s, r, i = request_slots(stored, final, blocks, block_size)
-        states, reserved, internal, held, ahead = (
-            states + s,
-            reserved + r,
-            internal + i,
-            held + blocks,
-            ahead + lookahead,
-        )
+        states += s
+        reserved += r
+        internal += i
+        held += blocks
+        ahead += lookahead
         prompts += s if prompt_only else 0
     return PagedStep(states, reserved, ahead, internal, held, prompts)
 
@@ -88,7 +87,7 @@ def vllm_step_sums(facts: dict, block_size: int) -> PagedStep:
     return step_sums(rows, block_size)
 
 
-def sample_breakdown(sample, block_size: int) -> SlotBreakdown:
+def sample_breakdown(sample: KvSample, block_size: int) -> SlotBreakdown:
     """One KV sample with step sums (`records.KvSample`) as slots: the categories, free and residual."""
     used = sample.blocks_used or 0
     residual = used - sample.held_blocks
@@ -110,8 +109,9 @@ def forward_weights(times_s: list[float]) -> list[float]:
     return [later - now for now, later in zip(times_s, times_s[1:])] + [0.0] if times_s else []
 
 
-def residual_check(samples: list, weights: list[float], block_size: int) -> dict:
-    """The residual (pool's used blocks beyond the tables) per step and time-weighted, against RESIDUAL_LIMIT."""
+def pool_check(samples: list[KvSample], weights: list[float]) -> dict:
+    """The pool's used blocks against the blocks in the running requests' tables, per step and
+    time-weighted (the residual), against RESIDUAL_LIMIT."""
     rows, residual_s, held_s, budget_s = [], 0.0, 0.0, 0.0
     for sample, weight in zip(samples, weights):
         used = sample.blocks_used or 0
@@ -136,7 +136,7 @@ def residual_check(samples: list, weights: list[float], block_size: int) -> dict
     }
 
 
-def saturation(samples: list, weights: list[float], threshold: float = 0.9) -> dict:
+def saturation(samples: list[KvSample], weights: list[float], threshold: float = 0.9) -> dict:
     """Whether the workload filled the pool: its peak occupancy, the time-weighted mean, and whether
     requests waited while the pool was at least `threshold` in use (a saturated run)."""
     occupancy = [(s.blocks_used or 0) / s.usable_blocks if s.usable_blocks else 0.0 for s in samples]
