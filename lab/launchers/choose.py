@@ -17,6 +17,7 @@ def choose_launcher(
     cache_dir: Path | None,
     results_dir: Path,
     echo: Echo,
+    *,
     device: str | None = None,
     lab_gpus: str | None = None,
     tensor_parallel_size: int = 1,
