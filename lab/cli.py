@@ -1,5 +1,5 @@
-"""The `lab` command line: with `lab.cli_options`, the only place that reads argv and the environment
-and builds the config.
+"""The `lab` command line: with `lab.cli_options` and `lab.cli_images`, the only place that reads argv and
+the environment and builds the config.
 
 Exit codes: 0 done; 1 a run or step failed (its error is recorded); 2 bad input (the message says
 what to change).
@@ -16,6 +16,7 @@ import click
 from tabulate import tabulate
 
 from lab import run_folder as rf
+from lab.cli_images import images
 from lab.cli_options import (
     DEFAULT_CPU_MODEL,
     cache_dir_option,
@@ -30,7 +31,6 @@ from lab.cli_options import (
     progress,
     results_option,
     runtime_option,
-    variant_option,
 )
 from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
 from lab.errors import LabInputError
@@ -43,9 +43,6 @@ from lab.hardware.gpus import multicast_env
 from lab.launchers import torchrun
 from lab.launchers.base import Launcher
 from lab.launchers.choose import choose_launcher
-from lab.launchers.docker_engine import default_variant, require_engine
-from lab.launchers.image_check import check_images
-from lab.launchers.images import build_images, pull_images, push_images
 from lab.launchers.native import NativeLauncher
 from lab.models.build import build_model
 from lab.models.resolve import resolve_model
@@ -302,60 +299,6 @@ def compare(run_dirs, force) -> None:
     click.echo(render_comparison(list(run_dirs), force=force))
 
 
-@cli.group()
-def images() -> None:
-    """Build, push and pull the container images (one per backend, the collector, the base)."""
-
-
-@images.command("build")
-@click.option("--force", is_flag=True, help="Rebuild images whose tags exist.")
-@variant_option
-@handle_errors
-def images_build(force: bool, variant: str | None) -> None:
-    """Build the base, hf, vllm and collector images; skip tags that exist."""
-    # Running CUDA images needs the NVIDIA runtime; building them does not (CI builds them without a GPU).
-    require_engine(gpu=variant is None and default_variant() == "cuda")
-    build_images(variant or default_variant(), progress=progress, force=force)
-
-
-@images.command("check")
-@variant_option
-@handle_errors
-def images_check(variant: str | None) -> None:
-    """Run `lab env` in each built image, check its engines against requirements/, print the sizes."""
-    rows = check_images(variant or default_variant())
-    table = [
-        [row["image"], row["tag"], f"{row['size_bytes'] / 1e9:.2f} GB"]
-        + [row.get(key) for key in ("torch", "cuda", "transformers", "vllm")]
-        for row in rows
-    ]
-    headers = ["image", "tag", "size", "torch", "CUDA", "transformers", "vLLM"]
-    click.echo(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
-
-
-@images.command("preflight")
-@variant_option
-@handle_errors
-def images_preflight(variant: str | None) -> None:
-    """Whether this host can run the containers: engine, compose v2, NVIDIA runtime for cuda (exit 2: the fix)."""
-    variant = variant or default_variant()
-    click.echo(f"{require_engine(gpu=variant == 'cuda')}; {variant} images")
-
-
-@images.command("push")
-@click.option("--registry", required=True, help="e.g. registry.example.com/team")
-@handle_errors
-def images_push(registry: str) -> None:
-    push_images(registry, default_variant())
-
-
-@images.command("pull")
-@click.option("--registry", required=True, help="e.g. registry.example.com/team")
-@handle_errors
-def images_pull(registry: str) -> None:
-    pull_images(registry, default_variant())
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @handle_errors
@@ -399,6 +342,9 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
         max_seconds=max_seconds,
     )
     click.echo(json.dumps(summary, default=str))
+
+
+cli.add_command(images)
 
 
 def main() -> None:
