@@ -11,11 +11,12 @@ times). hf: from the batch record's `step_s` (the clock at each step) where it h
 of a batch's N steps lasts `(end_s - start_s) / N`.
 
 Measurement against arithmetic (`checks` of each entry):
-- hf: the cache tensors' bytes at the end of each batch against batch x slots x bytes per token,
-  with slots = W + N - 1 for the dynamic cache and, for the static cache, the largest W + N - 1 of
-  any call so far (transformers keeps a static cache's length across calls, warm-up included); on
-  CUDA also the allocator's peak minus the weights against the cache bytes (the rest is activations
-  and logits).
+- hf: the cache tensors' bytes at the end of each batch against rows x slots x bytes per token,
+  with slots = W + N - 1 for the dynamic cache and, for the static cache, the length it was pinned
+  to (`engine.static_cache_len`: the workload's longest W + N - 1; in runs before it was pinned, the
+  largest W + N - 1 of any call so far, warm-up included) and rows including the copies that fill
+  the last static batch (`padded_rows`); on CUDA also the allocator's peak minus the weights
+  against the cache bytes (the rest is activations and logits).
 - vLLM: blocks in use as the scheduler reported them against sum(ceil(tokens / block_size)) over
   the requests running at that step, rebuilt from the records (a request runs from the step of its
   first token to the step of its last, one token per step). A step where they differ by more than
@@ -46,7 +47,8 @@ DETAILS = ("padding", "finished", "unused_tail", "block_tail")
 APPROACH = {
     "hf/sequential": "dynamic cache, batch 1: grows one slot per step, no padding",
     "hf/batched": "dynamic cache, left-padded batch: grows per step; padding and finished sequences waste",
-    "hf/static-cache": "static cache sized by transformers to W + N - 1 (the largest call so far), allocated up front",
+    "hf/static-cache": "static cache allocated up front, pinned to the longest W + N - 1; compiled on CUDA",
+    "hf/static-cache-eager": "static cache allocated up front, pinned to the longest W + N - 1; never compiled",
     "vllm/offline": "paged: blocks of block_size tokens, allocated as tokens arrive",
 }
 
@@ -87,6 +89,10 @@ def step_durations_s(batch: HfBatch) -> list[float]:
     return [(batch.end_s - batch.start_s) / steps] * steps
 
 
+def static_slots_note(pinned: int | None) -> str:
+    return " (W + N - 1: pinned to the workload's longest)" if pinned else " (W + N - 1: the largest call so far)"
+
+
 def is_static_cache(result: BackendResult) -> bool:
     return (result.engine or {}).get("cache_implementation") == "static"
 
@@ -96,6 +102,7 @@ def hf_cache_checks(result: BackendResult) -> dict:
     bytes_per_token, static = result.kv_bytes_per_token, is_static_cache(result)
     weights = (result.engine or {}).get("weights_allocated_bytes")
     batches = result.hf_batches
+    pinned = (result.engine or {}).get("static_cache_len")
     rows, longest = [], 0
     if (result.warmup or {}).get("requests") and batches:
         # The warm-up ran the first batch's shape: it sized the static cache first.
@@ -103,8 +110,8 @@ def hf_cache_checks(result: BackendResult) -> dict:
     for b in batches:
         call_length = b.padded_prompt_tokens + b.generated_tokens - 1
         longest = max(longest, call_length)
-        slots = longest if static else call_length
-        expected = b.batch_size * slots * bytes_per_token if bytes_per_token else None
+        slots = (pinned or longest) if static else call_length
+        expected = (b.batch_size + b.padded_rows) * slots * bytes_per_token if bytes_per_token else None
         measured = b.cache_bytes
         row = {
             "batch": b.batch,
@@ -122,7 +129,7 @@ def hf_cache_checks(result: BackendResult) -> dict:
         rows.append(row)
     return {
         "kind": "hf cache tensors",
-        "formula": "batch x (W + N - 1) x bytes/token" + (" (W + N - 1: the largest call so far)" if static else ""),
+        "formula": "rows x (W + N - 1) x bytes/token" + (static_slots_note(pinned) if static else ""),
         "batches": rows,
         "agree": sum(r["agrees"] for r in rows),
         "total": len(rows),

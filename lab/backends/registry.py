@@ -30,6 +30,7 @@ BACKENDS: dict[str, Callable[[], type[Backend]]] = {
     "hf/sequential": _hf,
     "hf/batched": _hf,
     "hf/static-cache": _hf,
+    "hf/static-cache-eager": _hf,
     "vllm/offline": _vllm,
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lab import run_folder as rf
 from lab.hardware.timeline import read_timeline, summarize_timeline
-from lab.metrics import summarize_records
+from lab.metrics import run_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 # The summary's name of each memory peak, and the collector's (lab.hardware.timeline.TimelineStats).
@@ -59,6 +59,7 @@ def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
 def summarize_run(result: BackendResult, records: list[RequestRecord], samples: list[dict]) -> RunSummary:
     engine = dict(result.engine or {})
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
+    metrics, pass_metrics = run_metrics(records) if records else (None, None)
     return RunSummary(
         backend=result.backend,
         mode=result.mode,
@@ -72,7 +73,10 @@ def summarize_run(result: BackendResult, records: list[RequestRecord], samples: 
         warmup=result.warmup,
         generate_s=result.generate_s,
         passes_s=result.passes_s,
-        metrics=summarize_records(records) if records else None,
+        passes=result.passes,
+        compile=result.compile,
+        metrics=metrics,
+        pass_metrics=pass_metrics,
         memory={
             "whole_process": timeline_peaks(samples),
             "generate_phase": timeline_peaks(samples, result.phase("generate")),
