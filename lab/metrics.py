@@ -107,6 +107,26 @@ def run_metrics(records: list[RequestRecord]) -> tuple[dict, list[dict]]:
     return median, summaries
 
 
+def with_pass_seconds(metrics: dict, passes_s: list[float]) -> dict:
+    """An older run's metrics (records of its last pass only) with its throughput the median over every
+    pass's seconds (`passes_s`); its latencies stay the last pass's. Output lengths are fixed, so each
+    pass made the same tokens."""
+    seconds = [s for s in passes_s if s > 0]
+    if len(seconds) < 2 or metrics.get("passes", 1) > 1:
+        return metrics
+    duration = percentile(seconds, 50)
+    tokens = metrics["prompt_tokens"] + metrics["output_tokens"]
+    return dict(
+        metrics,
+        duration_s=duration,
+        requests_per_s=metrics["requests_ok"] / duration,
+        output_tokens_per_s=metrics["output_tokens"] / duration,
+        total_tokens_per_s=tokens / duration,
+        passes=len(seconds),
+        passes_counted=len(seconds),
+    )
+
+
 def median_of(summaries: list[dict]) -> dict:
     """Key by key, the median of the summaries' values (None where no summary has a value)."""
     keys = dict.fromkeys(k for s in summaries for k in s)

@@ -6,7 +6,8 @@ bandwidth and the observations, the collector's timeline for the memory plot.
 
 The latency and throughput figures are computed again from the request records
 (`lab.metrics.run_metrics`), not read from summary.json: a run written before the arrival clock then
-shows the same definitions as a new one (its records load with `RequestRecord.from_dict`).
+shows the same definitions as a new one (its records load with `RequestRecord.from_dict`), and its
+throughput is the median over its passes' seconds where it kept only the last pass's records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from lab import run_folder as rf
 from lab.config import EngineSettings
-from lab.metrics import passes_of, run_metrics
+from lab.metrics import passes_of, run_metrics, with_pass_seconds
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 
@@ -64,6 +65,7 @@ class RunView:
         if not records:
             return run
         metrics, pass_metrics = run_metrics(records)
+        metrics = with_pass_seconds(metrics, run.passes_s or [])  # older runs kept only their last pass's records
         return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics)
 
     def records(self, name: str) -> list[RequestRecord]:

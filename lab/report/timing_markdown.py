@@ -27,10 +27,14 @@ def passes_note(runs: list[RunSummary]) -> str:
     counts = {(r.metrics or {}).get("passes") or 1 for r in runs if r.ok}
     if counts <= {1}:
         return "One timed pass per backend/mode (warm-up and loading excluded): no spread; use --repeats 3 or more."
-    return (
+    note = (
         "Each figure is the median over the timed passes that count (warm-up and loading excluded; a pass that "
         "compiled does not count); spread: (max - min) / median of output tokens/s over those passes."
     )
+    older = [r.label for r in runs if r.ok and (r.metrics or {}).get("passes", 1) > len(r.pass_metrics or [])]
+    if older:
+        note += f" {', '.join(older)}: recorded before every pass's records were kept: latencies are its last pass's."
+    return note
 
 
 def throughput_table(runs: list[RunSummary], stats: dict[str, PassStats]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.metrics import run_metrics, summarize_records
+from lab.metrics import run_metrics, summarize_records, with_pass_seconds
 from lab.records import CompileCount, RequestRecord, TimedPass
 
 
@@ -75,3 +75,13 @@ def test_a_pass_that_compiled_is_invalid_and_one_that_did_not_is_valid():
     assert TimedPass(1, 1.0, CompileCount.between(after, after)).invalid is None
     assert CompileCount.between(None, after) is None and TimedPass(2, 1.0, None).invalid is None  # not observable
     assert TimedPass.from_dict(TimedPass(0, 1.0, count).to_dict()).compile == count
+
+
+def test_an_older_run_with_repeats_gets_the_median_of_its_pass_seconds():
+    """Runs before every pass's records were kept: records of the last pass, `passes_s` of each."""
+    metrics, _ = run_metrics([record(0, 0.0, [0.5, 4.0])])  # its last pass took 4 s
+    older = with_pass_seconds(metrics, [1.0, 4.0, 2.0])
+    assert older["duration_s"] == 2.0 and older["output_tokens_per_s"] == 1.0  # 2 tokens / the median 2 s
+    assert older["passes"] == older["passes_counted"] == 3
+    assert older["e2e_s_p50"] == 4.0  # latencies stay the last pass's
+    assert with_pass_seconds(metrics, [4.0]) == metrics
