@@ -226,7 +226,7 @@ class HfBatch:
     peak_allocated_bytes: int | None = None  # CUDA only
     peak_reserved_bytes: int | None = None  # CUDA only
     step_s: list[float] | None = None  # the runner clock at each decoding step; None in older runs
-    padded_rows: int = 0  # rows added to fill a static batch to the batch size (copies of its last request)
+    padded_rows: int = 0  # rows added to fill a static batch to the first batch's size (copies of its last request)
 
     def to_dict(self) -> dict:
         """Fields that were measured; those a device or cache type does not give are left out."""

@@ -6,8 +6,9 @@ Modes:
   prompt of the batch; the batch runs until its longest output is done (the way
   `vllm bench throughput --backend hf` measures transformers).
 - static-cache: as batched, with transformers' `StaticCache`, allocated up front. Its shapes are kept
-  fixed so that its compiled decode step compiles once: the last batch is filled up to `batch_size`
-  with copies of its last request (their tokens discarded), and one cache, sized once for the whole
+  fixed so that its compiled decode step compiles once: the last batch is filled up to the first
+  batch's size (`batch_size`, or fewer where the workload has fewer requests) with copies of its last
+  request (their tokens discarded), and one cache, sized once for the whole
   workload's longest batch (`batching.cache_len`), serves every call (reset in between: the same
   tensors, so CUDA graphs are not recorded again either). transformers compiles that decode step
   itself (`generate`'s auto-compile: CUDA only, `torch.compile` with its default `CompileConfig`).
@@ -65,6 +66,7 @@ class HfBackend(Backend):
         self.pad_id = self._pad_id()
         self.weights_allocated_bytes = self._allocated()
         self._static_cache: StaticCache | None = None
+        self._static_rows: int | None = None
         self._graphs_at_load = compile_watch.snapshot()["graphs"]
 
     def _pad_id(self) -> int:
@@ -84,17 +86,19 @@ class HfBackend(Backend):
 
     @property
     def pad_to(self) -> int | None:
-        """The batch size static batches are filled up to; None where batches keep their own size."""
-        return self.spec.engine.batch_size if self.spec.mode in STATIC_MODES else None
+        """The rows static batches are filled up to (the workload's first, largest batch: never more
+        than it has requests); None where batches keep their own size."""
+        return self._static_rows if self.spec.mode in STATIC_MODES else None
 
     def batches(self, requests: list[Request]) -> list[list[Request]]:
         return batching.cut(requests, 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size)
 
     def prepare(self, requests: list[Request]) -> None:
-        """Static modes: one cache, long enough for every batch of the workload, for every call."""
+        """Static modes: one batch size and one cache, long enough for every batch of the workload."""
         if self.spec.mode in STATIC_MODES:
-            length = batching.cache_len(self.batches(requests))
-            self._static_cache = StaticCache(config=self.model.config, max_cache_len=length)
+            batches = self.batches(requests)
+            self._static_rows = len(batches[0])
+            self._static_cache = StaticCache(config=self.model.config, max_cache_len=batching.cache_len(batches))
 
     def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
         return batching.shapes_plan(self.batches(requests), self.pad_to)

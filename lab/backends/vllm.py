@@ -283,10 +283,15 @@ class VllmBackend(Backend):
         )
 
     def compile_snapshot(self) -> dict | None:
-        """torch.compile's counters summed over vLLM's workers (`lab.backends.vllm_worker`)."""
+        """torch.compile's counters summed over vLLM's workers (`lab.backends.vllm_worker`); None, with
+        the reason in engine_info, where they cannot be read (the measurement goes on without them)."""
         if self._llm is None:
             return None
-        snapshots = self._llm.collective_rpc("lab_compile_snapshot")
+        try:
+            snapshots = self._llm.collective_rpc("lab_compile_snapshot")
+        except Exception as exc:  # noqa: BLE001 - counting compilations must never stop the run
+            self._info["compile_counters_unreadable"] = f"{type(exc).__name__}: {exc}"
+            return None
         return {
             "frames": sum(s["frames"] for s in snapshots),
             "graphs": sum(s["graphs"] for s in snapshots),
