@@ -60,8 +60,9 @@ def tutorial_section(view: RunView) -> list[str]:
 def _rate(run: RunSummary | None) -> str:
     if run is None or not run.ok:
         return "- (not run or failed)"
-    passes = (run.metrics or {}).get("passes_counted")
-    return f"{fmt(run.metric('output_tokens_per_s'), 2)} (median of {fmt(passes)} timed passes)"
+    passes = (run.metrics or {}).get("passes_counted") or 1
+    counted = "1 timed pass" if passes == 1 else f"the median of {passes} timed passes"
+    return f"{fmt(run.metric('output_tokens_per_s'), 2)} ({counted})"
 
 
 def _memory(run: RunSummary | None) -> str:
