@@ -149,7 +149,9 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
 )
 @click.option("--backend", type=click.Choice(list(BACKEND_MODES)), default=None)
 @click.option(
-    "--mode", default=None, help="sequential|batched|static-cache|static-cache-eager for hf; offline for vllm."
+    "--mode",
+    default=None,
+    help="sequential|batched|static-cache|static-cache-eager|continuous for hf; offline for vllm.",
 )
 @engine_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from lab.continuous_settings import ContinuousSettings
 from lab.errors import LabInputError
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
-    "hf": ("sequential", "batched", "static-cache", "static-cache-eager"),
+    "hf": ("sequential", "batched", "static-cache", "static-cache-eager", "continuous"),
     "vllm": ("offline",),
 }
 DEVICES = ("auto", "cuda", "cpu")
@@ -26,6 +27,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # workload once, untimed; first-batch: the first batch only (what older runs did: it leaves first calls
 # of other shapes in the timed pass); none: nothing (to measure first calls).
 WARMUPS = ("shapes", "full-pass", "first-batch", "none")
+# The KV pool of the paged engines (vLLM, hf/continuous) when neither --kv-cache-memory nor
+# --gpu-memory-utilization is given.
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below vLLM's CPU default (92 %)
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
 
 
 def run_label(backend: str, mode: str) -> str:
@@ -85,16 +90,20 @@ class EngineSettings:
     output_tokens: int | None = None  # None: the workload's own lengths; else every request gets this many
     batch_size: int = 8  # hf/batched and hf/static-cache
     warmup: str = "shapes"
-    # vLLM KV pool: kv_cache_memory_bytes pins it (fair across backends); else gpu_memory_utilization.
+    # The paged engines' KV pool (vLLM, hf/continuous): kv_cache_memory_bytes pins it (fair across
+    # backends); else gpu_memory_utilization.
     kv_cache_memory_bytes: int | None = None
     gpu_memory_utilization: float | None = None
     block_size: int = 16
     max_model_len: int | None = None  # None: the model's context
     enable_prefix_caching: bool = False
-    sample_kv_every_step: bool = True  # vLLM: read kv usage after each engine step
+    sample_kv_every_step: bool = True  # vLLM and hf/continuous: read KV usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
+    hf_continuous: ContinuousSettings = field(default_factory=ContinuousSettings)  # hf/continuous only
 
     def __post_init__(self) -> None:
+        # A manifest or spec.json holds the settings as a dict (older ones not at all).
+        object.__setattr__(self, "hf_continuous", ContinuousSettings.coerce(self.hf_continuous))
         if self.device not in DEVICES:
             raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:

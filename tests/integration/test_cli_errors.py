@@ -37,6 +37,7 @@ def assert_refused(proc, fragment, results):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--repeats", "0"], "--repeats must be 1-100"),
         (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
+        (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):

@@ -12,6 +12,7 @@ def test_parse_backends_expands_modes_in_order():
         ("hf", "batched"),
         ("hf", "static-cache"),
         ("hf", "static-cache-eager"),
+        ("hf", "continuous"),
         ("vllm", "offline"),
     )
     assert parse_backends("vllm, hf/batched") == (("vllm", "offline"), ("hf", "batched"))
