@@ -62,8 +62,9 @@ class RunView:
 
     def _with_current_metrics(self, run: RunSummary) -> RunSummary:
         records = self.records(run.name)
-        if not records:
-            return run
+        if not records:  # a failed run, or a folder kept without its records: summary.json's figures
+            metrics = with_pass_seconds(run.metrics, run.passes_s or []) if run.metrics else run.metrics
+            return dataclasses.replace(run, metrics=metrics)
         metrics, pass_metrics = run_metrics(records)
         metrics = with_pass_seconds(metrics, run.passes_s or [])  # older runs kept only their last pass's records
         return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics)

@@ -85,3 +85,12 @@ def test_an_older_run_with_repeats_gets_the_median_of_its_pass_seconds():
     assert older["passes"] == older["passes_counted"] == 3
     assert older["e2e_s_p50"] == 4.0  # latencies stay the last pass's
     assert with_pass_seconds(metrics, [4.0]) == metrics
+
+
+def test_hf_continuous_records_from_before_the_clock_load_their_times_from_extra():
+    old = {"request_id": 0, "prompt_tokens": 5, "output_tokens": 3, "start_s": 0.0, "first_token_s": 0.4,
+           "end_s": 0.9, "batch": None, "extra": {"token_times_s": [0.4, 0.6, 0.9], "scheduled_s": 0.3,
+           "submitted_s": 0.01}}  # fmt: skip
+    r = RequestRecord.from_dict(old)
+    assert r.token_times_s == [0.4, 0.6, 0.9] and r.scheduled_s == 0.3
+    assert r.queue_s == 0.3 and r.service_s == pytest.approx(0.6) and r.itl_s == pytest.approx([0.2, 0.3])
