@@ -16,8 +16,8 @@
 #   llama-8b  the same on synthetic:llama-8b
 #   The same runs, --repeats 3 (medians and spread), cut so that each call ends within 560 s on an H100:
 #   llama-1b-seed, llama-8b-seed            seed, every backend/mode
-#   llama-1b-sharegpt, llama-8b-sharegpt    sharegpt-like (16 requests, batch 16): hf/batched, vLLM, and on
-#                                           llama-1b the static caches too
+#   llama-1b-sharegpt, llama-8b-sharegpt    sharegpt-like (16 requests, batch 16): hf/batched, hf/continuous,
+#                                           vLLM, and on llama-1b the static caches too
 #   llama-8b-sharegpt-static                the same on llama-8b: hf/static-cache, hf/static-cache-eager
 #   llama-1b-sharegpt-seq, llama-8b-sharegpt-seq  the same workload, hf/sequential alone (3 x 99 s / 138 s)
 #   mixed     13 sharegpt-like requests in batches of 8 (8, then 5 padded to 8) on llama-1b: hf/sequential
@@ -184,8 +184,8 @@ llama-1b-sharegpt|llama-8b-sharegpt|llama-8b-sharegpt-static|llama-1b-sharegpt-s
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
   lab models build "$model"
   case "$step" in
-    llama-1b-sharegpt) backends=hf/batched,hf/static-cache,hf/static-cache-eager,vllm ;;
-    llama-8b-sharegpt) backends=hf/batched,vllm ;;
+    llama-1b-sharegpt) backends=hf/batched,hf/static-cache,hf/static-cache-eager,hf/continuous,vllm ;;
+    llama-8b-sharegpt) backends=hf/batched,hf/continuous,vllm ;;
     llama-8b-sharegpt-static) backends=hf/static-cache,hf/static-cache-eager ;;
     *) backends=hf/sequential ;;
   esac
