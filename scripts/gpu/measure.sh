@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
-#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny)
+#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); SMOKE=tests/gpu/FILE.py runs one file
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
 #   collector the collector's cost: the same vLLM run with the collector on and off, twice each
@@ -88,7 +88,7 @@ sharegpt_run() {  # sharegpt_run MODEL BACKENDS LABEL: 16 sharegpt-like requests
 
 case "$step" in
 smoke)
-  "$python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider
+  "$python" -m pytest -m gpu ${SMOKE:-tests/gpu} -q -p no:cacheprovider  # SMOKE: one test file, to fit a call
   ;;
 anchors)
   # 1,024 prompts: with 256 the timed pass took under a second, and the same vLLM run with and without

@@ -128,3 +128,25 @@ def test_vllm_with_async_scheduling_records_every_token_and_its_first_scheduling
         assert r["status"] == "ok" and r["output_tokens"] == 16 and len(r["token_times_s"]) == 16
         assert r["arrival_s"] == 0.0 < r["scheduled_s"] <= r["first_token_s"] <= r["end_s"]
         assert r["queue_s"] + r["service_s"] == pytest.approx(r["e2e_s"])
+
+
+def test_a_timed_pass_that_compiled_is_marked_invalid_on_cuda(tiny_model, tmp_path):
+    """No warm-up: transformers compiles the static-cache decode step (inductor, CUDA graphs) in the
+    first timed pass, which is marked and left out of the medians; the second compiles nothing."""
+    _require_gpu()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cuda",
+         "--backends", "hf/static-cache", "--warmup", "none", "--repeats", "2", "--output-tokens", "8",
+         "--batch-size", "3", "--no-collector", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    (run,) = rf.read_json(run_dir / rf.SUMMARY)["runs"]
+    first, second = run["passes"]
+    assert first["compile"]["frames"] > 0 and "torch.compile ran" in first["invalid"]
+    assert second["compile"]["frames"] == 0 and second["invalid"] is None
+    assert {r["pass_invalid"] is None for r in rf.read_jsonl(run_dir / rf.RECORDS) if r["pass_index"] == 1} == {True}
+    report = (run_dir / rf.REPORT).read_text()
+    compile_row = next(line for line in report.split("## Compilation")[1].splitlines() if line.startswith("| hf/"))
+    assert compile_row.rstrip(" |").endswith("| 0")  # pass 0 invalid
