@@ -103,8 +103,8 @@ def conditions(view: RunView) -> list[str]:
 
 
 WARMUPS = {
-    "shapes": "every shape the timed passes use (hf: each prefill shape and each batch size through every cache "
-    "length; vLLM: the whole workload once)",
+    "shapes": "every shape the timed passes use (hf batches: each prefill shape and each batch size through every "
+    "cache length; vLLM and hf/continuous: the whole workload once)",
     "full-pass": "the whole workload once, untimed",
     "first-batch": "the first batch only (first calls of other shapes fall inside the timed pass)",
     "none": "none (first calls fall inside the timed pass)",
