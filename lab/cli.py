@@ -21,10 +21,12 @@ from lab.cli_options import (
     apply_preset,
     cache_dir_option,
     check_engine_inputs,
+    check_gpus,
     default_model,
     engine_options,
     engine_settings,
     handle_errors,
+    lab_gpus,
     parse_bytes,
     progress,
     results_option,
@@ -37,6 +39,8 @@ from lab.experiments.presets import PRESETS, preset_options
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
+from lab.hardware.gpus import multicast_env
+from lab.launchers import torchrun
 from lab.launchers.choose import choose_launcher
 from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.images import build_images, pull_images, push_images
@@ -171,9 +175,11 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
-    click.echo(f"lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
+    torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
+    out, say = torchrun.rank_out(out), torchrun.log_prefix()
+    click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir)
-    click.echo(f"lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
 
@@ -211,8 +217,9 @@ def experiment(
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     model = model or default_model(device)
     if isinstance(launcher, NativeLauncher):
         check_engine_inputs(model, kw["workload"])
@@ -265,6 +272,7 @@ def capacity(
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_engine_inputs(model, kw["workload"])
     if max_len is not None and max_len < 1:
@@ -283,7 +291,7 @@ def capacity(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
         f"device {device} (runs natively)"
     )
-    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, tag)
+    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir, lab_gpus()), progress, tag)
     click.echo(rf.RunFolder(run_dir).capacity_md.read_text(encoding="utf-8"))
     click.echo(str(run_dir))
 
@@ -374,4 +382,6 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # NVLink multicast off in this process and every one it starts, unless set (lab.hardware.gpus).
+    os.environ.update(multicast_env(os.environ))
     cli(prog_name="lab")

@@ -5,6 +5,7 @@ environment (`--cache-dir` falls back to LAB_CACHE_DIR)."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from click.core import ParameterSource
 from lab.config import WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import LabInputError
+from lab.hardware import nvml
 from lab.hardware.device import resolve_device
+from lab.hardware.gpus import check_gpu_request
 from lab.models.resolve import check_model_name
 from lab.workloads import check_workload_name
 
@@ -77,7 +80,7 @@ def engine_options(func=None, *, repeats: int = 1):
         click.option(
             "--model",
             default=None,
-            help=f"synthetic:tiny|llama-1b|llama-8b|gpt2|gpt2-tiny, a local folder or a hub id "
+            help=f"synthetic:tiny|tiny-tp|llama-1b|llama-8b|llama-70b|gpt2|gpt2-tiny, a local folder or a hub id "
             f"(default: {DEFAULT_GPU_MODEL} on a GPU, {DEFAULT_CPU_MODEL} on the CPU).",
         ),
         click.option("--workload", default="seed", show_default=True, help="seed, sharegpt-like or file:PATH.jsonl."),
@@ -151,6 +154,14 @@ def engine_options(func=None, *, repeats: int = 1):
             "block_size, max_batch_tokens, cuda_graphs, compile_level, async_batching; the KV pool comes from "
             "--kv-cache-memory as vLLM's).",
         ),
+        click.option(
+            "--tensor-parallel-size",
+            type=int,
+            default=1,
+            show_default=True,
+            help="GPUs each backend/mode spreads the model over (vLLM's workers; torchrun ranks for "
+            "transformers). GPUs: LAB_GPUS=0,1 or CUDA_VISIBLE_DEVICES.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -181,6 +192,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         sample_kv_every_step=kw["kv_samples"],
         repeats=kw["repeats"],
         hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
+        tensor_parallel_size=kw["tensor_parallel_size"],
     )
 
 
@@ -196,6 +208,17 @@ def handle_errors(func):
             sys.exit(LabInputError.exit_code)
 
     return wrapper
+
+
+def lab_gpus() -> str | None:
+    """LAB_GPUS as the environment gives it (None: unset): the GPUs a run may use, NVML indices."""
+    return os.environ.get("LAB_GPUS")
+
+
+def check_gpus(device: str, tensor_parallel_size: int) -> None:
+    """Exit 2 before anything starts when the run asks for GPUs this host does not let it use."""
+    count, reason = nvml.gpu_count() if device == "cuda" or lab_gpus() is not None else (0, None)
+    check_gpu_request(tensor_parallel_size, device, lab_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"), count, reason)
 
 
 def check_engine_inputs(model: str, workload: str) -> None:

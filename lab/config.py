@@ -100,6 +100,8 @@ class EngineSettings:
     sample_kv_every_step: bool = True  # vLLM and hf/continuous: read KV usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
     hf_continuous: ContinuousSettings = field(default_factory=ContinuousSettings)  # hf/continuous only
+    # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
@@ -120,6 +122,8 @@ class EngineSettings:
             raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 1 <= self.tensor_parallel_size <= 64:
+            raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
         if self.block_size not in (8, 16, 32, 64, 128):
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 

@@ -173,12 +173,7 @@ class TimedPass:
         return f"torch.compile ran in this timed pass ({c.frames} frames, {c.graphs} graphs, {c.recompiles} recompiles)"
 
     def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "duration_s": self.duration_s,
-            "compile": None if self.compile is None else self.compile.to_dict(),
-            "invalid": self.invalid,
-        }
+        return dict(asdict(self), invalid=self.invalid)  # asdict turns `compile` into its dict
 
     @classmethod
     def from_dict(cls, data: dict) -> TimedPass:
@@ -241,7 +236,8 @@ class HfBatch:
     start_s: float = 0.0
     end_s: float = 0.0
     cache_class: str | None = None
-    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call
+    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call, over every GPU
+    cache_bytes_per_gpu: int | None = None  # on one GPU: cache_bytes / tensor_parallel_size
     cache_slots_per_sequence: int | None = None
     peak_allocated_bytes: int | None = None  # CUDA only
     peak_reserved_bytes: int | None = None  # CUDA only
@@ -300,7 +296,10 @@ class BackendResult(_BackendMode):
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
-    phases: list[dict] = field(default_factory=list)  # {"phase", "start", "end"}, epoch seconds
+    phases: list[dict] = field(
+        default_factory=list
+    )  # {"phase", "start", "end"}, epoch seconds (+ energy: runner.Phases)
+    energy_meter: dict | None = None  # lab.hardware.energy: the counter and GPUs read, or {"source": None, "reason"}
     traceback: str | None = None
     close_error: str | None = None
     process_s: float | None = None  # set by the experiment: the process's wall time
@@ -352,9 +351,10 @@ class RunSummary(_BackendMode):
     compile: dict | None = None  # the result's CompileCount of the load and the warm-up
     metrics: dict | None = None  # lab.metrics.run_metrics(): the median over the valid passes
     pass_metrics: list[dict] | None = None  # lab.metrics.summarize_records() of each pass (older runs: None)
-    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator
+    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator, gpus_used, per_gpu
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken
+    energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""

@@ -3,14 +3,15 @@
 The runner owns fairness: one clock (`Clock`, synchronised with the device), warm-up outside the
 timed pass, output lengths fixed by the workload. It writes into its folder (`run_folder.PartFolder`):
 
-    pid            this process's id, first thing (the collector watches this process tree)
+    pid            this process's id, first thing (the collector watches this process tree); under
+                   torchrun the agent's, parent of every rank (rank k > 0 writes into ranks/<k>/)
     spec.json      its configuration (unless the experiment wrote it there to start this process)
     records.jsonl  one line per request per timed pass (`pass_index`; --repeats N: N passes)
     kv.jsonl       KV-cache samples the backend took during the last timed pass
     result.json    status ("ok" or "error" with the message), timings, each timed pass with the
                    compilations it saw (a pass that compiled is marked invalid), engine and memory
                    figures, and the epoch start/end of each phase (load, warm-up, repeat, generate) to
-                   line up with the collector's timeline
+                   line up with the collector's timeline, with every GPU's energy counter at both ends
 
 No compilation inside a timed pass: the warm-up runs every shape the passes will use
 (`Backend.warmup_plan`, warm-up "shapes") or the whole workload once ("full-pass"), and torch.compile's
@@ -22,18 +23,20 @@ then exits with 1, and the experiment goes on with the next backend.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab import run_folder as rf
+from lab.accounting.parallel import tensor_parallel_problem
 from lab.backends.base import Backend, Clock
 from lab.backends.registry import backend_class
 from lab.config import RunSpec
 from lab.hardware.device import resolve_device, resolve_dtype
+from lab.hardware.energy import EnergyMeter, open_meter
 from lab.hardware.env import collect_environment
+from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import model_info, resolve_model
 from lab.records import BackendResult, CompileCount, KvSample, RequestRecord, TimedPass
@@ -92,16 +95,29 @@ def resolve_inputs(spec: RunSpec, cache_dir: Path | None) -> Inputs:
 
 
 class Phases:
-    """Epoch start/end of each phase: the collector's samples carry epoch times too."""
+    """Epoch start/end of each phase: the collector's samples carry epoch times too.
 
-    def __init__(self) -> None:
+    With an energy meter (NVML), each phase also holds every GPU's energy counter read just before
+    its start and just after its end (`energy_start_mj`, `energy_end_mj`: {str(NVML index): mJ}), and
+    the GPUs the backend's process tree held at its end (`gpus_used`): a timed pass's energy is then
+    exact (`lab.hardware.energy`).
+    """
+
+    def __init__(self, meter: EnergyMeter | None = None) -> None:
         self.items: list[dict] = []
+        self.meter = meter
 
     def start(self, name: str) -> None:
+        energy = self.meter.read_mj() if self.meter else None  # before the clock starts
         self.items.append({"phase": name, "start": time.time(), "end": None})
+        if energy is not None:
+            self.items[-1]["energy_start_mj"] = energy
 
     def end(self) -> None:
         self.items[-1]["end"] = time.time()
+        if self.meter:  # after the clock's last reading
+            self.items[-1]["energy_end_mj"] = self.meter.read_mj()
+            self.items[-1]["gpus_used"] = self.meter.tree_gpus()
 
     def end_open(self) -> None:
         """End the phase a failure interrupted, if one is open."""
@@ -113,11 +129,12 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
     """Run one backend/mode and write its folder. Returns its result (status ok or error)."""
     part = rf.PartFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    part.pid.write_text(str(os.getpid()))
+    part.pid.write_text(str(torchrun.tree_root_pid()))  # under torchrun: the agent, parent of every rank
     if not part.spec.exists():  # the experiment writes it itself, to start this process with it
         rf.write_json(part.spec, spec.to_dict())
-    phases = Phases()
-    result = BackendResult(spec.backend, spec.mode, phases=phases.items)
+    meter, meter_facts = open_meter(torchrun.tree_root_pid()) if not torchrun.rank() else (None, None)
+    phases = Phases(meter)
+    result = BackendResult(spec.backend, spec.mode, phases=phases.items, energy_meter=meter_facts)
     backend = None
     try:
         backend, requests = _start_backend(spec, cache_dir, phases, result)
@@ -142,6 +159,8 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
                 backend.close()
             except Exception as exc:  # noqa: BLE001 - the run's own result matters more
                 result.close_error = repr(exc)
+        if meter is not None:
+            meter.close()
         rf.write_json(part.result, result.to_dict())
     return result
 
@@ -154,6 +173,7 @@ def _start_backend(spec: RunSpec, cache_dir: Path | None, phases: Phases, result
     result.device, result.dtype = inputs.device, inputs.dtype
     result.model_path, result.model = str(inputs.model_path), inputs.model
     result.workload = inputs.workload(spec.engine.workload)
+    check_tensor_parallel(spec, inputs.model)
     backend = backend_class(spec.backend, spec.mode)(spec, str(inputs.model_path), inputs.device, inputs.dtype)
     phases.start("load")
     t0 = time.perf_counter()
@@ -182,6 +202,20 @@ def warmup_calls(kind: str, backend: Backend, requests: list[Request]) -> list[l
     if kind == "first-batch":
         return [backend.warmup_requests(requests)]
     return []
+
+
+class CannotRunTensorParallel(Exception):
+    """This backend/mode cannot split this model over the GPUs asked for; it is not run on fewer."""
+
+
+def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
+    gpus = spec.engine.tensor_parallel_size
+    problem = tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
+    if problem:
+        raise CannotRunTensorParallel(
+            f"{spec.label} cannot split {spec.engine.model} over {gpus} GPUs: {problem}; "
+            "not run (rather than on fewer GPUs)"
+        )
 
 
 def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult) -> None:

@@ -9,7 +9,8 @@ and the decode phase achieves sum(bytes) / sum(step seconds) over its steps. The
 divides that by the GPU's theoretical peak, which NVML gives (`lab.hardware.env.memory_bandwidth_facts`).
 It is a lower bound of the traffic (activations, logits and any second read of the same bytes are
 not counted), so the share says how close a backend comes to the physical limit, not how busy the
-memory was.
+memory was. Split over G GPUs (tensor parallelism), each reads its share of the weights and of the
+K/V, so the bytes are the same and the peak is G x one GPU's.
 
 - Weight bytes read per step: all parameters, less the input embedding table when it is not tied to
   the output layer (a step looks up one row per sequence, not the table).
@@ -47,7 +48,7 @@ class DecodeBandwidth:
     weight_bytes_per_step: int
     kv_bytes_per_step_mean: float | None
     achieved_gb_s: float | None  # 10^9 bytes per second
-    peak_gb_s: float | None  # the GPU's theoretical peak; None off CUDA
+    peak_gb_s: float | None  # the GPUs' theoretical peak (one GPU's x tensor_parallel_size); None off CUDA
     share_of_peak: float | None
 
 
@@ -134,7 +135,8 @@ def run_bandwidth(
         return None
     found = decode_traffic(steps, weights, kv_per_token)
     achieved = found["achieved_gb_s"]
-    peak_here = peak if result.device == "cuda" else None
+    gpus = int(engine.get("tensor_parallel_size") or 1)  # each reads its share: the peaks add up
+    peak_here = peak * gpus if result.device == "cuda" and peak else None
     return DecodeBandwidth(
         run=result.label,
         device=result.device,

@@ -60,8 +60,14 @@ APPROACH = {
 # ----------------------------------------------------------------------------- hf
 
 
-def hf_batch_steps(batch: HfBatch, static: bool, bytes_per_token: int) -> list[tuple[float, SlotBreakdown]]:
-    """(duration s, breakdown) of each decoding step of one hf batch (see module docstring)."""
+def hf_batch_steps(
+    batch: HfBatch, static: bool, bytes_per_token: int, gpus: int = 1
+) -> list[tuple[float, SlotBreakdown]]:
+    """(duration s, breakdown) of each decoding step of one hf batch (see module docstring).
+
+    `gpus`: tensor-parallel ranks. Slots are whole tokens over every GPU; the allocator's figures are
+    rank 0's, one GPU's, so its unused bytes count `gpus` times (every rank holds the same share).
+    """
     steps = batch.generated_tokens
     if steps < 1:
         return []
@@ -69,7 +75,7 @@ def hf_batch_steps(batch: HfBatch, static: bool, bytes_per_token: int) -> list[t
     durations = step_durations_s(batch)
     external = None
     if batch.peak_reserved_bytes is not None and batch.peak_allocated_bytes is not None:
-        external = (batch.peak_reserved_bytes - batch.peak_allocated_bytes) / bytes_per_token
+        external = (batch.peak_reserved_bytes - batch.peak_allocated_bytes) * gpus / bytes_per_token
     measured = batch.cache_bytes
     slots_per_sequence = batch.cache_slots_per_sequence or width + steps - 1
     final_slots = static_cache_slots(size, slots_per_sequence) if static else dynamic_cache_slots(size, width, steps)
@@ -142,7 +148,8 @@ def hf_cache_checks(result: BackendResult) -> dict:
 
 def hf_breakdown(result: BackendResult) -> dict:
     static, bytes_per_token = is_static_cache(result), result.kv_bytes_per_token
-    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token)]
+    gpus = int((result.engine or {}).get("tensor_parallel_size") or 1)
+    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token, gpus)]
     return {
         "slot_seconds": integrate(steps),
         "duration_s": sum(w for w, _ in steps),

@@ -37,8 +37,9 @@ passes (`_SchedulerStatsTap`): no extra call into the engine, one attribute read
 
 Environment: on CPU the KV pool must be sized (vLLM's CPU default asks for 92 % of RAM and refuses to
 start): `kv_cache_memory_bytes` (honoured by the CPU worker) or the legacy `VLLM_CPU_KVCACHE_SPACE`
-(GiB; when set, vLLM's CPU platform lets it override `kv_cache_memory_bytes`). This backend sets no
-environment variables.
+(GiB; when set, vLLM's CPU platform lets it override `kv_cache_memory_bytes`). The one environment
+variable this backend sets: on the CPU with tensor parallelism, `VLLM_CPU_OMP_THREADS_BIND` where unset
+(`lab.hardware.gpus.cpu_rank_binding`), recorded in `engine_info`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from lab.backends.base import Backend, Clock
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
 from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
+from lab.hardware.gpus import cpu_rank_binding
 from lab.models.resolve import has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
@@ -144,6 +146,10 @@ class VllmBackend(Backend):
     def load(self) -> None:
         if self.device == "cpu":
             check_cpu_block_size(self.spec.engine.block_size)
+            if self.spec.engine.tensor_parallel_size > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+                # The engine core and its workers inherit it; vllm-cpu's default needs a NUMA node per worker.
+                binding = cpu_rank_binding(self.spec.engine.tensor_parallel_size, sorted(os.sched_getaffinity(0)))
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
         kwargs = self.engine_kwargs()
         self._llm = vllm.LLM(**kwargs)
         engine = self._llm.llm_engine
@@ -166,6 +172,8 @@ class VllmBackend(Backend):
         }
         if e.max_model_len is not None:
             kwargs["max_model_len"] = e.max_model_len
+        if e.tensor_parallel_size > 1:  # one worker process per GPU, children of the engine core
+            kwargs["tensor_parallel_size"] = e.tensor_parallel_size
         if not has_weights(self.model_path):
             kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
         if e.kv_cache_memory_bytes is not None:

