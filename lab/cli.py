@@ -30,6 +30,7 @@ from lab.cli_options import (
     parse_bytes,
     progress,
     results_option,
+    runtime_option,
 )
 from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
 from lab.errors import LabInputError
@@ -192,13 +193,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     help="Backends or backend/mode pairs, e.g. hf,vllm or hf/batched,vllm/offline.",
 )
 @results_option
-@click.option(
-    "--runtime",
-    type=click.Choice(["auto", "native", "docker"]),
-    default="native",
-    show_default=True,
-    help="native: child processes of this Python; docker: one container per backend; auto: docker if reachable.",
-)
+@runtime_option
 @click.option("--collector-interval-ms", type=int, default=15, show_default=True)
 @click.option("--no-collector", is_flag=True, help="Run without the NVML/psutil collector (to measure its cost).")
 @click.option("--label", "tag", default="", help="Added to the run id.")
@@ -221,10 +216,7 @@ def experiment(
     check_gpus(device, kw["tensor_parallel_size"])
     launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     model = model or default_model(device)
-    if isinstance(launcher, NativeLauncher):
-        check_engine_inputs(model, kw["workload"])
-    else:  # the model is checked in the hf container: the host may not reach its folder or hub
-        check_workload_name(kw["workload"])
+    check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
     spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector, preset)
     progress(
@@ -263,18 +255,20 @@ def experiment(
 )
 @click.option("--curve/--no-curve", default=True, show_default=True, help="Measure throughput against concurrency.")
 @results_option
+@runtime_option
 @click.option("--no-collector", is_flag=True, help="Run the points without the NVML/psutil collector.")
 @click.option("--label", "tag", default="capacity", show_default=True, help="Added to the run id.")
 @cache_dir_option
 @handle_errors
 def capacity(
-    kv_budget, max_len, concurrency, measure, curve, results_dir, no_collector, tag, cache_dir, model, **kw
+    kv_budget, max_len, concurrency, measure, curve, results_dir, runtime, no_collector, tag, cache_dir, model, **kw
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     device = resolve_device(kw["device"], progress)
     check_gpus(device, kw["tensor_parallel_size"])
     model = model or default_model(device)
-    check_engine_inputs(model, kw["workload"])
+    check_inputs(launcher, model, kw["workload"])
     if max_len is not None and max_len < 1:
         raise LabInputError(f"--max-len must be at least 1, got {max_len}")
     try:
@@ -289,11 +283,20 @@ def capacity(
     )
     progress(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
-        f"device {device} (runs natively)"
+        f"device {device}, runtime {launcher.runtime}"
     )
-    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir, lab_gpus()), progress, tag)
+    run_dir = run_capacity(spec, results_dir, launcher, progress, tag)
     click.echo(rf.RunFolder(run_dir).capacity_md.read_text(encoding="utf-8"))
     click.echo(str(run_dir))
+
+
+def check_inputs(launcher, model: str, workload: str) -> None:
+    """Fail fast on the model and workload; in containers the model is checked in the hf container (the
+    host may not reach its folder or hub)."""
+    if isinstance(launcher, NativeLauncher):
+        check_engine_inputs(model, workload)
+    else:
+        check_workload_name(workload)
 
 
 @cli.command()

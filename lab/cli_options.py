@@ -62,6 +62,16 @@ def results_option(func):
     )(func)
 
 
+def runtime_option(func):
+    return click.option(
+        "--runtime",
+        type=click.Choice(["auto", "native", "docker"]),
+        default="native",
+        show_default=True,
+        help="native: child processes of this Python; docker: one container per backend; auto: docker if reachable.",
+    )(func)
+
+
 def cache_dir_option(func):
     return click.option(
         "--cache-dir",
@@ -108,7 +118,9 @@ def engine_options(func=None, *, repeats: int = 1):
             "--kv-cache-memory",
             "kv_cache_memory",
             default=None,
-            help="KV pool size of the paged engines (vLLM, hf/continuous), e.g. 4GiB (pins it; fair across backends).",
+            help="KV pool size of the paged engines (vLLM, hf/continuous), e.g. 4GiB (pins it; fair across "
+            "backends), or workload:SHARE, a pool SHARE of what every request of the workload holds at its final "
+            "length (workload:0.25: the workload fills it, the saturated run of the paper's Figure 2).",
         ),
         click.option(
             "--gpu-memory-utilization",
@@ -147,6 +159,12 @@ def engine_options(func=None, *, repeats: int = 1):
             "warm-up; the report gives each pass's throughput and their median and spread.",
         ),
         click.option(
+            "--max-num-seqs",
+            type=int,
+            default=None,
+            help="vLLM: the most requests one engine step runs (default: vLLM's own).",
+        ),
+        click.option(
             "--hf-continuous",
             "hf_continuous",
             default=None,
@@ -173,7 +191,21 @@ def default_block_size(device: str) -> int:
     return 32 if resolve_device(device, progress) == "cpu" else 16
 
 
+def parse_workload_share(text: str | None) -> float | None:
+    """'workload:0.25' -> 0.25; anything else (a size, or None) -> None."""
+    if not text or not text.strip().lower().startswith("workload:"):
+        return None
+    value = text.strip()[len("workload:") :]
+    try:
+        return float(value)
+    except ValueError:
+        raise LabInputError(
+            f"cannot read {text!r}: write workload:SHARE with SHARE in (0, 1], e.g. workload:0.25"
+        ) from None
+
+
 def engine_settings(model: str, **kw) -> EngineSettings:
+    workload_share = parse_workload_share(kw["kv_cache_memory"])
     return EngineSettings(
         model=model,
         workload=kw["workload"],
@@ -184,7 +216,8 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         output_tokens=kw["output_tokens"],
         batch_size=kw["batch_size"],
         warmup=kw["warmup"],
-        kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
+        kv_cache_memory_bytes=None if workload_share is not None else parse_bytes(kw["kv_cache_memory"]),
+        kv_cache_workload_share=workload_share,
         gpu_memory_utilization=kw["gpu_memory_utilization"],
         block_size=kw["block_size"] or default_block_size(kw["device"]),
         max_model_len=kw["max_model_len"],
@@ -192,6 +225,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         sample_kv_every_step=kw["kv_samples"],
         repeats=kw["repeats"],
         hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
+        max_num_seqs=kw["max_num_seqs"],
         tensor_parallel_size=kw["tensor_parallel_size"],
     )
 

@@ -100,6 +100,11 @@ class EngineSettings:
     sample_kv_every_step: bool = True  # vLLM and hf/continuous: read KV usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
     hf_continuous: ContinuousSettings = field(default_factory=ContinuousSettings)  # hf/continuous only
+    max_num_seqs: int | None = None  # vLLM: requests one step may run; None: vLLM's default
+    # The paged engines' KV pool sized from the workload (`--kv-cache-memory workload:SHARE`): this share
+    # of the blocks every request holds at its final length (lab.accounting.capacity.workload_budget_bytes);
+    # the experiment sets kv_cache_memory_bytes from it before any engine starts.
+    kv_cache_workload_share: float | None = None
     # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
     tensor_parallel_size: int = 1
 
@@ -122,6 +127,13 @@ class EngineSettings:
             raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_workload_share is not None and not 0 < self.kv_cache_workload_share <= 1:
+            raise LabInputError(
+                f"--kv-cache-memory workload:{self.kv_cache_workload_share}: give a share in (0, 1], "
+                "e.g. workload:0.25 (a pool a quarter of what every request needs at once)"
+            )
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise LabInputError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
         if not 1 <= self.tensor_parallel_size <= 64:
             raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
         if self.block_size not in (8, 16, 32, 64, 128):

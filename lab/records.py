@@ -5,7 +5,6 @@ reads runs written by older versions of the lab: a field they did not record tak
 and a key the record does not know is ignored. docs/results.md defines every field and unit.
 
 - `RequestRecord`: one request of a timed pass (records.jsonl).
-- `CompileCount`, `TimedPass`: torch.compile's activity in a window; one timed pass (result.json `passes`).
 - `KvSample`: the KV pool after one engine step of vLLM or hf/continuous (kv.jsonl).
 - `HfBatch`: what one transformers `generate()` call held (result.json `engine.batches`).
 - `BackendResult`: one backend/mode's process (runs/<name>/result.json).
@@ -110,76 +109,6 @@ class RequestRecord:
         return _known(cls, data)
 
 
-@dataclass
-class CompileCount:
-    """torch.compile's activity in one window of a process (load, warm-up, one timed pass).
-
-    The difference of two cumulative snapshots of torch._dynamo's own counters
-    (`lab.backends.compile_watch.snapshot`): `frames`, Python frames dynamo compiled (a function's
-    first compile and every recompile: each call that missed its cache); `graphs`, the graphs it
-    produced; `recompiles`, the compiles dynamo itself calls recompilations, with its `reasons`.
-    """
-
-    frames: int = 0
-    graphs: int = 0
-    recompiles: int = 0
-    reasons: list[str] = field(default_factory=list)
-    source: str | None = None  # where the counters were read
-
-    @property
-    def compiled(self) -> bool:
-        return self.frames > 0 or self.graphs > 0
-
-    @classmethod
-    def between(cls, before: dict | None, after: dict | None) -> CompileCount | None:
-        """What happened between two snapshots; None where either could not be taken (not observable)."""
-        if before is None or after is None:
-            return None
-        new_recompiles = {k: v for k, v in after.get("recompiles", {}).items() if k not in before.get("recompiles", {})}
-        return cls(
-            frames=after["frames"] - before["frames"],
-            graphs=after["graphs"] - before["graphs"],
-            recompiles=len(new_recompiles),
-            reasons=sorted(set(new_recompiles.values())),
-            source=after.get("source"),
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> CompileCount | None:
-        return None if data is None else _known(cls, data)
-
-
-@dataclass
-class TimedPass:
-    """One timed pass of the whole workload: its seconds and whether it counts.
-
-    A pass during which anything was compiled is invalid: it timed compilation, not generation.
-    `compile` is None where compilation cannot be observed from the lab's process.
-    """
-
-    index: int
-    duration_s: float
-    compile: CompileCount | None = None
-
-    @property
-    def invalid(self) -> str | None:
-        """Why this pass does not count; None when it does (or could not be checked)."""
-        c = self.compile
-        if c is None or not c.compiled:
-            return None
-        return f"torch.compile ran in this timed pass ({c.frames} frames, {c.graphs} graphs, {c.recompiles} recompiles)"
-
-    def to_dict(self) -> dict:
-        return dict(asdict(self), invalid=self.invalid)  # asdict turns `compile` into its dict
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TimedPass:
-        return cls(data["index"], data["duration_s"], CompileCount.from_dict(data.get("compile")))
-
-
 KV_SAMPLE_ALWAYS = (
     "t_s",
     "step",
@@ -196,7 +125,7 @@ KV_SAMPLE_ALWAYS = (
 @dataclass
 class KvSample:
     """The KV pool after one engine step. `kv_samples()` of `lab.backends.vllm.VllmBackend` and of
-    `lab.backends.hf_continuous.HfContinuousBackend` define each field; the last five are hf/continuous's."""
+    `lab.backends.hf_continuous.HfContinuousBackend` define each field."""
 
     t_s: float  # runner clock
     step: int
@@ -209,10 +138,25 @@ class KvSample:
     tokens_stored_exact: bool | None = None  # None: not recorded (older runs)
     run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl
     blocks_free: int | None = None
+    # The engine's own per-step facts, summed over the running requests (lab.accounting.paged); None
+    # where the run has none (older runs, vLLM with --no-kv-samples).
+    usable_blocks: int | None = None  # D, the pool's blocks any request can use (vLLM: num_blocks - 1)
+    held_blocks: int | None = None  # blocks in the running requests' tables
+    token_state_slots: int | None = None  # tokens stored, scheduled prompts included
+    reservation_slots: int | None = None  # empty slots of their blocks their own tokens will fill
+    lookahead_slots: int | None = None  # of which allocated one step ahead (async scheduling)
+    internal_slots: int | None = None  # slots of their blocks beyond their final length
+    scheduled_prompt_slots: int | None = None  # of the token states: prompts whose first token is not out yet
+    # hf/continuous only
     per_request: list[list[int]] | None = None  # [request_id, tokens stored, blocks held] of each running request
     batch_requests: int | None = None  # requests the step ran
     prefill_requests: int | None = None  # of which had no output token yet (prompt work)
     finished: int | None = None  # of which left after it
+
+    @property
+    def has_step_facts(self) -> bool:
+        """Whether the sample carries the engine's own per-step sums (what an exact breakdown needs)."""
+        return self.held_blocks is not None and self.token_state_slots is not None
 
     def to_dict(self) -> dict:
         """The fields that were recorded (`run` only in the merged file)."""
@@ -291,7 +235,9 @@ class BackendResult(_BackendMode):
     warmup: dict | None = None  # {"requests", "s"}
     generate_s: float | None = None  # the last timed pass
     passes_s: list[float] | None = None  # every timed pass (--repeats), in order
-    passes: list[dict] | None = None  # every timed pass as a TimedPass (seconds, compilations, validity)
+    passes: list[dict] | None = (
+        None  # every timed pass as a lab.pass_records.TimedPass (seconds, compilations, validity)
+    )
     compile: dict | None = None  # CompileCount of the load and of the warm-up ({"load": ..., "warmup": ...})
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
@@ -304,10 +250,6 @@ class BackendResult(_BackendMode):
     close_error: str | None = None
     process_s: float | None = None  # set by the experiment: the process's wall time
     exit_code: int | None = None  # set by the experiment
-
-    @property
-    def timed_passes(self) -> list[TimedPass]:
-        return [TimedPass.from_dict(p) for p in self.passes or []]
 
     @property
     def hf_batches(self) -> list[HfBatch]:
@@ -370,14 +312,18 @@ class RunSummary(_BackendMode):
 
 @dataclass
 class BreakdownEntry:
-    """Where one backend/mode's KV memory went, time-averaged (lab.accounting.breakdown defines it)."""
+    """Where one backend/mode's KV memory went, time-averaged (lab.accounting.breakdown defines it).
+
+    Two views of the same slot-seconds: `budget_shares` over D, the memory the approach set aside for
+    KV (`budget` says which), and `shares` over the memory held (D less a paged pool's free blocks).
+    """
 
     run: str  # label, 'hf/batched'
     backend: str
     mode: str
     approach: str
-    shares: dict[str, float | None]  # the five categories of lab.accounting.kv, summing to 1
-    internal_detail_shares: dict[str, float]  # padding, finished, unused_tail, block_tail
+    shares: dict[str, float | None]  # of the memory held: the five categories of lab.accounting.kv, summing to 1
+    internal_detail_shares: dict[str, float]  # padding, finished, unused_tail, block_tail (of the memory held)
     external_fragmentation_measured: bool
     external_note: str | None
     slot_seconds: dict[str, float | None]
@@ -385,9 +331,16 @@ class BreakdownEntry:
     mean_slots_held: float | None
     mean_kv_bytes_held: float | None
     kv_bytes_per_token: int | None
-    pool_occupancy_mean: float | None  # vLLM: the share of its pool in use, time-averaged
+    pool_occupancy_mean: float | None  # paged pools: the share of the pool in use, time-averaged
     weighting: str
-    checks: dict  # measurement against arithmetic: "hf cache tensors" or "vLLM blocks"
+    checks: dict  # measurement against arithmetic; `residual` the residual against its 1% limit
+    budget_shares: dict[str, float | None] | None = None  # of D, free blocks under external fragmentation
+    budget: str | None = None  # which memory D is
+    mean_budget_slots: float | None = None
+    free_slot_seconds: float = 0.0
+    method: str | None = None  # where the per-step figures come from
+    saturation: dict | None = None  # paged pools: peak and mean occupancy, whether the workload filled D
+    allocator_slack_bytes: int | None = None  # torch allocator, peak reserved - peak allocated: not KV (CUDA)
 
     def to_dict(self) -> dict:
         return asdict(self)

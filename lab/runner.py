@@ -39,7 +39,8 @@ from lab.hardware.env import collect_environment
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import model_info, resolve_model
-from lab.records import BackendResult, CompileCount, KvSample, RequestRecord, TimedPass
+from lab.pass_records import CompileCount, TimedPass
+from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
 
 

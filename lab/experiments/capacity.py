@@ -9,14 +9,16 @@ own process through `lab.experiments.steps.execute_run`, as every experiment run
 - hf/batched at the batch size the arithmetic allows (and hf/static-cache at the static capacity):
   the cache tensors' bytes, checked against B, and the throughput at that point;
 - the curve: throughput against concurrency, hf/batched at batch sizes 1, 2, 4, ... up to its
-  capacity and vLLM with `max_num_seqs` 1, 2, 4, ... up to its own (where the engine settings
-  carry `max_num_seqs`).
+  capacity and vLLM with `max_num_seqs` (`EngineSettings.max_num_seqs`) 1, 2, 4, ... up to the
+  most requests it ran at once at the budget; drawn as capacity.png.
 The budget bounds the KV cache only: weights, activations and the CUDA context are outside it. The
 workload's lengths and the model's bytes per token come from `lab resolve` through the launcher,
 so nothing is tokenized in this process.
 
-Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md and runs/<point>/ for each
-measured point; written as `.tmp-<run-id>` and renamed when complete, never overwriting.
+Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md, capacity.png (the curve, where
+one was measured) and runs/<point>/ for each measured point; written as `.tmp-<run-id>` and renamed
+when complete, never overwriting. It runs wherever `lab experiment` runs: the launcher it is given
+(native or Docker) starts every point.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from lab.accounting.capacity import batched_requests as paged_batches
 from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
-from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
+from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
 from lab.experiments.steps import execute_run, manifest, model_build, resolve_once
 from lab.launchers.base import Echo, Launcher
 from lab.metrics import passes_of, run_metrics
 from lab.records import BackendResult, KvSample, RequestRecord
-from lab.report.capacity import render_capacity
+from lab.report.capacity import render_capacity, write_capacity_plot
 
 COLLECTOR_INTERVAL_MS = 15  # the experiment's default
 
@@ -60,7 +62,8 @@ def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo
         measured = measure_all(spec, base, arithmetic, folder, launcher, echo) if spec.measure else []
         data = capacity_data(spec, facts, arithmetic, [p for p, _ in measured])
         rf.write_json(folder.capacity_json, data)
-        rf.atomic_write(folder.capacity_md, render_capacity(data))
+        drawn = write_capacity_plot(folder, data)
+        rf.atomic_write(folder.capacity_md, render_capacity(data, drawn))
         experiment = ExperimentSpec(base.engine, (("hf", "batched"), ("vllm", "offline")), collect=spec.collect)
         info = manifest(
             experiment.to_dict(),
@@ -120,7 +123,7 @@ def measure_all(
         measure(
             f"hf-static-cache-b{static}", RunSpec("hf", "static-cache", dataclasses.replace(engine, batch_size=static))
         )
-    if spec.curve and supports_max_num_seqs():
+    if spec.curve:
         limit = budget_point.get("max_running") or arithmetic["paged"]["concurrency"]
         for seqs in concurrency_levels(limit, spec.concurrency):
             run = RunSpec("vllm", "offline", dataclasses.replace(engine, max_num_seqs=seqs))
@@ -201,11 +204,6 @@ def vllm_batched_requests(samples: list[KvSample], records: list[RequestRecord])
     return paged_batches(samples, lambda s: (s.running or 0) + ends.get(s.t_s, 0))
 
 
-def supports_max_num_seqs() -> bool:
-    """Whether the engine settings carry vLLM's `max_num_seqs` (needed for the vLLM curve)."""
-    return "max_num_seqs" in {f.name for f in dataclasses.fields(EngineSettings)}
-
-
 # ----------------------------------------------------------------------------- capacity.json
 
 
@@ -250,9 +248,6 @@ def capacity_data(spec: CapacitySpec, facts: dict, arithmetic: dict, measured: l
         "arithmetic": arithmetic,
         "measured": measured,
         "curve": curve_rows(measured),
-        "vllm_curve_note": None
-        if supports_max_num_seqs() or not (spec.measure and spec.curve)
-        else "vLLM curve skipped: EngineSettings has no max_num_seqs field to limit concurrency with",
         "paper_fig13a_mean_batched_requests": dict(paper.FIG13A_MEAN_BATCHED),
     }
 

@@ -86,6 +86,8 @@ def conditions(view: RunView) -> list[str]:
         if config.kv_cache_memory_bytes
         else f"gpu_memory_utilization={config.gpu_memory_utilization or 'engine default'}"
     )
+    if config.kv_cache_workload_share is not None:
+        pool += f" (sized to {config.kv_cache_workload_share:g} of the workload's blocks at their final lengths)"
     return [
         f"- Run `{manifest['run_id']}`, {manifest['started']} to {manifest['finished']}, "
         f"runtime: {manifest['runtime']}",

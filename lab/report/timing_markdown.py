@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from lab.records import CompileCount, RunSummary
+from lab.pass_records import CompileCount
+from lab.records import RunSummary
 from lab.report.format import fmt
 from lab.report.repeats import PassStats
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
-#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); SMOKE=tests/gpu/FILE.py runs one file
+#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); GPU_TESTS="FILE ..." runs some of them
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
 #   collector the collector's cost: the same vLLM run with the collector on and off, twice each
@@ -22,6 +22,13 @@
 #   llama-1b-sharegpt-seq, llama-8b-sharegpt-seq  the same workload, hf/sequential alone (3 x 99 s / 138 s)
 #   mixed     13 sharegpt-like requests in batches of 8 (8, then 5 padded to 8) on llama-1b: hf/sequential
 #             against the static cache compiled and eager; every timed pass must compile nothing
+#   breakdown the KV breakdown on a mixed-length workload (sharegpt-like, 256 requests): vLLM and
+#             hf/continuous with one 4 GiB pool, per-step KV samples on (vLLM's step facts, async scheduling)
+#   fig2      the saturated Figure 2 run: sharegpt-like (64 requests), hf/batched, hf/static-cache,
+#             hf/continuous and vLLM, the paged pools sized so the workload fills them (--kv-cache-memory
+#             workload:0.25); the report gives shares of D and of the memory held
+#   capacity  lab capacity on a mixed-length file workload (64 requests, prompts 16-512, outputs 16-128),
+#             a 128 MiB KV budget, the curve at concurrency 4 and 16 (vLLM's max_num_seqs, hf batch size)
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
 #             modes that split over GPUs; BACKENDS=... to run fewer per call
@@ -101,7 +108,9 @@ sharegpt_run() {  # sharegpt_run MODEL BACKENDS LABEL: 16 sharegpt-like requests
 
 case "$step" in
 smoke)
-  "$python" -m pytest -m gpu ${SMOKE:-tests/gpu} -q -p no:cacheprovider  # SMOKE: one test file, to fit a call
+  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 12 min
+  # shellcheck disable=SC2086 # a list of test files
+  "$python" -m pytest -m gpu ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider
   ;;
 anchors)
   # 1,024 prompts: with 256 the timed pass took under a second, and the same vLLM run with and without
@@ -173,6 +182,33 @@ gap)
   lab experiment "${seed256[@]}" --backends hf/batched,vllm --label seed256
   lab experiment "${seed256[@]}" --backends vllm --prefix-caching --label seed256-prefix-caching
   lab experiment "${seed256[@]}" --backends hf/batched --warmup none --label seed256-no-warmup
+  ;;
+breakdown)
+  unset VLLM_CPU_KVCACHE_SPACE  # (CPU dry check) it would override the pool given
+  lab models build "$anchor_model"
+  lab experiment --model "$anchor_model" --workload sharegpt-like --num-requests "${BREAKDOWN_REQUESTS:-$prompts}" \
+      --backends hf/continuous,vllm --kv-cache-memory "${BREAKDOWN_POOL:-4GiB}" --results "$results" --label breakdown
+  ;;
+fig2)
+  unset VLLM_CPU_KVCACHE_SPACE
+  lab models build "$anchor_model"
+  lab experiment --model "$anchor_model" --workload sharegpt-like --num-requests "${FIG2_REQUESTS:-$((prompts / 4))}" \
+      --backends hf/batched,hf/static-cache,hf/continuous,vllm --batch-size "$((hf_batch / 8))" \
+      --kv-cache-memory "workload:${FIG2_SHARE:-0.25}" --results "$results" --label fig2
+  ;;
+capacity)
+  unset VLLM_CPU_KVCACHE_SPACE
+  mixed_workload=/tmp/mixed-64.jsonl
+  "$python" -c "
+import json, random
+rng = random.Random(0)
+with open('$mixed_workload', 'w') as f:
+    for _ in range(64):
+        f.write(json.dumps({'prompt_tokens': rng.randint(16, 512), 'output_tokens': rng.randint(16, 128)}) + '\n')"
+  lab models build "$anchor_model"
+  lab capacity --model "$anchor_model" --workload "file:$mixed_workload" --kv-budget "${CAPACITY_BUDGET:-128MiB}" \
+      --max-model-len 640 --concurrency "${CAPACITY_LEVELS:-4,16}" "${bench_engine[@]}" --results "$results" \
+      --label capacity
   ;;
 llama-1b|llama-8b)
   model=synthetic:$step
@@ -249,9 +285,9 @@ agree-tp-lab|agree-tp-bench)
   ;;
 *)
   echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
-       "hf-bench-gap, gap, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed, llama-1b-sharegpt, llama-8b-sharegpt," \
-       "llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq, mixed, tp-smoke, tp-8b, tp-70b," \
-       "agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
+       "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
+       "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
+       "mixed, tp-smoke, tp-8b, tp-70b, agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

@@ -39,6 +39,9 @@ def assert_refused(proc, fragment, results):
         (["--repeats", "0"], "--repeats must be 1-100"),
         (["--kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
         (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
+        (["--max-num-seqs", "0"], "--max-num-seqs must be at least 1"),
+        (["--kv-cache-memory", "workload:2"], "give a share in (0, 1]"),
+        (["--kv-cache-memory", "workload:most"], "write workload:SHARE"),
         (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be 1-64"),
     ],
 )

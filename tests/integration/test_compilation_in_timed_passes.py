@@ -18,6 +18,7 @@ from transformers import CompileConfig
 from lab import run_folder as rf
 from lab.backends.hf import HfBackend
 from lab.config import EngineSettings, RunSpec
+from lab.pass_records import TimedPass
 from lab.records import RequestRecord
 from lab.runner import run_backend
 
@@ -38,6 +39,10 @@ def compile_on_the_cpu(monkeypatch):
     torch._dynamo.reset()
 
 
+def timed_passes(result) -> list[TimedPass]:
+    return [TimedPass.from_dict(p) for p in result.passes]
+
+
 def run_static_cache(tiny_model, out, warmup: str, mode: str = "static-cache"):
     engine = EngineSettings(
         model=str(tiny_model), workload="seed", device="cpu", output_tokens=6, batch_size=3, warmup=warmup, repeats=3
@@ -52,7 +57,7 @@ def run_static_cache(tiny_model, out, warmup: str, mode: str = "static-cache"):
 def test_a_timed_pass_that_compiled_is_marked_invalid(tiny_model, tmp_path, compile_on_the_cpu):
     """No warm-up: the first timed pass compiles the decode step; fixed shapes keep the others from compiling."""
     result, records = run_static_cache(tiny_model, tmp_path / "none", warmup="none")
-    first, *later = result.timed_passes
+    first, *later = timed_passes(result)
     assert first.compile.frames > 0 and first.invalid and "torch.compile ran" in first.invalid
     assert [p.compile.frames for p in later] == [0, 0] and [p.invalid for p in later] == [None, None]
     assert {r.pass_invalid for r in records if r.pass_index == 0} == {first.invalid}
@@ -65,7 +70,7 @@ def test_the_shapes_warm_up_leaves_every_timed_pass_without_compilation(tiny_mod
     the warm-up compiles once, and no timed pass compiles or recompiles."""
     result, _ = run_static_cache(tiny_model, tmp_path / "shapes", warmup="shapes")
     assert result.compile["warmup"]["frames"] > 0
-    assert [(p.compile.frames, p.compile.graphs, p.invalid) for p in result.timed_passes] == [(0, 0, None)] * 3
+    assert [(p.compile.frames, p.compile.graphs, p.invalid) for p in timed_passes(result)] == [(0, 0, None)] * 3
     batches = result.hf_batches
     assert [(b.batch_size, b.padded_rows) for b in batches] == [(3, 0), (1, 2)]
     assert {b.cache_slots_per_sequence for b in batches} == {result.engine["static_cache_len"]}
@@ -74,6 +79,6 @@ def test_the_shapes_warm_up_leaves_every_timed_pass_without_compilation(tiny_mod
 def test_static_cache_eager_never_compiles(tiny_model, tmp_path, compile_on_the_cpu):
     result, _ = run_static_cache(tiny_model, tmp_path / "eager", warmup="none", mode="static-cache-eager")
     assert result.compile["warmup"]["frames"] == 0
-    assert all(p.compile.frames == 0 and p.invalid is None for p in result.timed_passes)
+    assert all(p.compile.frames == 0 and p.invalid is None for p in timed_passes(result))
     assert result.engine["torch_compile"]["compiled"] is False
     assert "disable_compile" in result.engine["torch_compile"]["policy"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from lab.metrics import run_metrics, summarize_records, with_pass_seconds
-from lab.records import CompileCount, RequestRecord, TimedPass
+from lab.pass_records import CompileCount, TimedPass
+from lab.records import RequestRecord
 
 
 def record(rid, scheduled, times, arrival=0.0, **kw):
