@@ -19,6 +19,7 @@ from lab import run_folder as rf
 from lab.cli_images import images
 from lab.cli_options import (
     DEFAULT_CPU_MODEL,
+    apply_preset,
     cache_dir_option,
     check_engine_inputs,
     check_gpus,
@@ -36,6 +37,7 @@ from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, che
 from lab.errors import LabInputError
 from lab.experiments.capacity import run_capacity
 from lab.experiments.offline import run_experiment
+from lab.experiments.presets import PRESETS, preset_options
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
@@ -77,6 +79,7 @@ def models_list() -> None:
     rows = [
         [
             name,
+            s.architecture,
             s.num_layers,
             s.hidden_size,
             s.num_heads,
@@ -91,7 +94,18 @@ def models_list() -> None:
     click.echo(
         tabulate(
             rows,
-            headers=["name", "layers", "hidden", "heads", "kv heads", "head_dim", "vocab", "context", "dtype"],
+            headers=[
+                "name",
+                "architecture",
+                "layers",
+                "hidden",
+                "heads",
+                "kv heads",
+                "head_dim",
+                "vocab",
+                "context",
+                "dtype",
+            ],
             tablefmt="github",
         )
     )
@@ -139,7 +153,11 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
     help="A spec.json written by `lab experiment` (instead of the options below).",
 )
 @click.option("--backend", type=click.Choice(list(BACKEND_MODES)), default=None)
-@click.option("--mode", default=None, help="sequential|batched|static-cache|continuous for hf; offline for vllm.")
+@click.option(
+    "--mode",
+    default=None,
+    help="sequential|batched|static-cache|static-cache-eager|continuous for hf; offline for vllm.",
+)
 @engine_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
 @cache_dir_option
@@ -167,7 +185,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 
 
 @cli.command()
-@engine_options
+@engine_options(repeats=3)
 @click.option(
     "--backends",
     default="hf,vllm",
@@ -179,18 +197,26 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 @click.option("--collector-interval-ms", type=int, default=15, show_default=True)
 @click.option("--no-collector", is_flag=True, help="Run without the NVML/psutil collector (to measure its cost).")
 @click.option("--label", "tag", default="", help="Added to the run id.")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=None,
+    help="A named experiment whose options apply unless given here; tutorial: the tutorial's own run "
+    "(synthetic:gpt2, seed, 50 new tokens, context 512, hf/sequential and vLLM) beside its figures.",
+)
 @cache_dir_option
 @handle_errors
 def experiment(
-    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, cache_dir, model, **kw
+    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, preset, cache_dir, model, **kw
 ) -> None:
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
-    runs = parse_backends(backends)
+    kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
+    model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
-    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector)
+    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector, preset)
     progress(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
         f"device {device}, runtime {launcher.runtime}"

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from lab.config import EngineSettings
+from lab.config import WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import LabInputError
 from lab.hardware import nvml
@@ -90,13 +91,16 @@ def variant_option(func):
     )(func)
 
 
-def engine_options(func):
-    """The options every backend/mode of an experiment shares."""
+def engine_options(func=None, *, repeats: int = 1):
+    """The options every backend/mode of an experiment shares; `repeats`: the default of --repeats
+    (`lab experiment`: 3, so that its figures are medians with a spread)."""
+    if func is None:
+        return functools.partial(engine_options, repeats=repeats)
     options = [
         click.option(
             "--model",
             default=None,
-            help=f"synthetic:tiny|tiny-tp|llama-1b|llama-8b|llama-70b, a local folder or a hub id "
+            help=f"synthetic:tiny|tiny-tp|llama-1b|llama-8b|llama-70b|gpt2|gpt2-tiny, a local folder or a hub id "
             f"(default: {DEFAULT_GPU_MODEL} on a GPU, {DEFAULT_CPU_MODEL} on the CPU).",
         ),
         click.option("--workload", default="seed", show_default=True, help="seed, sharegpt-like or file:PATH.jsonl."),
@@ -112,7 +116,14 @@ def engine_options(func):
         click.option("--num-requests", type=int, default=None, help="Cycle or cut the workload to this many requests."),
         click.option("--output-tokens", type=int, default=None, help="Give every request this many output tokens."),
         click.option("--batch-size", type=int, default=8, show_default=True, help="hf/batched and hf/static-cache."),
-        click.option("--warmup", type=click.Choice(["first-batch", "none"]), default="first-batch", show_default=True),
+        click.option(
+            "--warmup",
+            type=click.Choice(list(WARMUPS)),
+            default="shapes",
+            show_default=True,
+            help="Before the timed passes: shapes (every shape they will use), full-pass (the workload once), "
+            "first-batch (older runs' warm-up: leaves other shapes' first calls in the timed pass), none.",
+        ),
         click.option(
             "--kv-cache-memory",
             "kv_cache_memory",
@@ -152,7 +163,7 @@ def engine_options(func):
         click.option(
             "--repeats",
             type=int,
-            default=1,
+            default=repeats,
             show_default=True,
             help="Timed passes of the whole workload per backend/mode, in the same process after the "
             "warm-up; the report gives each pass's throughput and their median and spread.",
@@ -258,3 +269,13 @@ def check_engine_inputs(model: str, workload: str) -> None:
     """Fail fast, before any engine starts, on inputs that cannot work."""
     check_model_name(model)
     check_workload_name(workload)
+
+
+def apply_preset(ctx: click.Context, preset: dict, given: dict) -> dict:
+    """`given` (option name -> value) with each of the preset's options in place of a default the
+    command line did not override."""
+    out = dict(given)
+    for name, value in preset.items():
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+            out[name] = value
+    return out

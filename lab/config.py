@@ -18,12 +18,15 @@ from lab.errors import LabInputError
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
-    "hf": ("sequential", "batched", "static-cache", "continuous"),
+    "hf": ("sequential", "batched", "static-cache", "static-cache-eager", "continuous"),
     "vllm": ("offline",),
 }
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-WARMUPS = ("first-batch", "none")
+# shapes: every shape the timed passes will use (each backend's `warmup_plan`); full-pass: the whole
+# workload once, untimed; first-batch: the first batch only (what older runs did: it leaves first calls
+# of other shapes in the timed pass); none: nothing (to measure first calls).
+WARMUPS = ("shapes", "full-pass", "first-batch", "none")
 # The KV pool of the paged engines (vLLM, hf/continuous) when neither --kv-cache-memory nor
 # --gpu-memory-utilization is given.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below vLLM's CPU default (92 %)
@@ -86,7 +89,7 @@ class EngineSettings:
     num_requests: int | None = None  # None: the workload's own count
     output_tokens: int | None = None  # None: the workload's own lengths; else every request gets this many
     batch_size: int = 8  # hf/batched and hf/static-cache
-    warmup: str = "first-batch"
+    warmup: str = "shapes"
     # The paged engines' KV pool (vLLM, hf/continuous): kv_cache_memory_bytes pins it (fair across
     # backends); else gpu_memory_utilization.
     kv_cache_memory_bytes: int | None = None
@@ -181,6 +184,7 @@ class ExperimentSpec:
     runs: tuple[tuple[str, str], ...] = field(default_factory=lambda: parse_backends("hf,vllm"))
     collector_interval_ms: int = 15
     collect: bool = True
+    preset: str | None = None  # `lab experiment --preset NAME` (lab.experiments.presets)
 
     def __post_init__(self) -> None:
         if not 1 <= self.collector_interval_ms <= 1000:
@@ -195,6 +199,7 @@ class ExperimentSpec:
             "runs": [run_label(b, m) for b, m in self.runs],
             "collector_interval_ms": self.collector_interval_ms,
             "collect": self.collect,
+            "preset": self.preset,
         }
 
 

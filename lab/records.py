@@ -30,15 +30,24 @@ def _known(cls: type[T], data: dict) -> T:
 
 @dataclass
 class RequestRecord:
-    """What one request did, times in seconds on the runner's clock (0 = start of the timed pass)."""
+    """What one request did in one timed pass, in seconds on the runner's clock (0 = the pass's start).
+
+    Every latency counts from the request's arrival, the moment it was available to the backend (0 in
+    the offline scenario, where every request is there when the pass starts). Its life, in order:
+    arrival_s <= scheduled_s <= first_token_s = token_times_s[0] <= ... <= token_times_s[-1] = end_s.
+    """
 
     request_id: int
     prompt_tokens: int
     output_tokens: int  # tokens generated for this request (equals the requested count when ok)
-    start_s: float  # when the backend began work on it (its batch's start; 0 for vLLM, which queues itself)
     first_token_s: float | None  # when its first output token existed; None where unknown
     end_s: float  # when its last output token existed
+    arrival_s: float = 0.0  # when it was available to the backend (offline: 0)
+    scheduled_s: float | None = None  # when the backend first began work on it (hf: its batch's start); None: unknown
+    token_times_s: list[float] | None = None  # when each output token existed; None where not recorded
     batch: int | None = None  # hf batch index; None for vLLM
+    pass_index: int | None = None  # which timed pass (0-based); None in runs that kept only their last pass
+    pass_invalid: str | None = None  # why its pass does not count (e.g. it compiled); None: valid or not checked
     status: str = "ok"
     error: str | None = None
     extra: dict = field(default_factory=dict)
@@ -51,25 +60,53 @@ class RequestRecord:
 
     @property
     def ttft_s(self) -> float | None:
-        """Time to first token: first_token_s - start_s."""
-        return None if self.first_token_s is None else self.first_token_s - self.start_s
+        """Time to first token: first_token_s - arrival_s."""
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
 
     @property
     def e2e_s(self) -> float:
-        """End-to-end latency: end_s - start_s."""
-        return self.end_s - self.start_s
+        """End-to-end latency: end_s - arrival_s."""
+        return self.end_s - self.arrival_s
+
+    @property
+    def queue_s(self) -> float | None:
+        """Queueing time: scheduled_s - arrival_s (None where the first scheduling is unknown)."""
+        return None if self.scheduled_s is None else self.scheduled_s - self.arrival_s
+
+    @property
+    def service_s(self) -> float | None:
+        """Service time: end_s - scheduled_s, from first scheduled to last token (e2e = queue + service)."""
+        return None if self.scheduled_s is None else self.end_s - self.scheduled_s
+
+    @property
+    def itl_s(self) -> list[float]:
+        """Inter-token latencies: the gaps between consecutive output tokens (output_tokens - 1 of them)."""
+        times = self.token_times_s or []
+        return [later - earlier for earlier, later in zip(times, times[1:])]
 
     def to_dict(self) -> dict:
         data = asdict(self)
         backend, mode = data.pop("backend"), data.pop("mode")
-        data.update(ttft_s=self.ttft_s, e2e_s=self.e2e_s)
+        if self.token_times_s is not None:  # microseconds are plenty, and the files stay small
+            data["token_times_s"] = [round(t, 6) for t in self.token_times_s]
+        data.update(ttft_s=self.ttft_s, e2e_s=self.e2e_s, queue_s=self.queue_s, service_s=self.service_s)
         if backend is not None:
             data.update(backend=backend, mode=mode)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> RequestRecord:
-        return _known(cls, data)  # ttft_s and e2e_s are derived, not read
+        """The record; ttft_s, e2e_s, queue_s and service_s are derived, not read.
+
+        Runs written before the arrival clock recorded `start_s`: hf's batch start (its first scheduling)
+        or vLLM's and hf/continuous's 0 (submission; hf/continuous kept its scheduling and token times in
+        `extra`). Every request of those runs arrived at 0.
+        """
+        if "start_s" in data and "arrival_s" not in data:
+            extra = data.get("extra") or {}  # hf/continuous kept its token times and scheduling there
+            scheduled = data["start_s"] if data.get("batch") is not None else extra.get("scheduled_s")
+            data = dict(data, arrival_s=0.0, scheduled_s=scheduled, token_times_s=extra.get("token_times_s"))
+        return _known(cls, data)
 
 
 KV_SAMPLE_ALWAYS = (
@@ -134,7 +171,7 @@ class KvSample:
 class HfBatch:
     """What one transformers `generate()` call held: its shapes, its cache tensors and, on CUDA, the allocator."""
 
-    batch_size: int
+    batch_size: int  # the batch's requests (not counting `padded_rows`)
     padded_prompt_tokens: int  # W: the longest prompt of the batch, every prompt left-padded to it
     batch: int = 0
     generated_tokens: int = 0  # N: steps the call ran (its longest output)
@@ -149,6 +186,7 @@ class HfBatch:
     peak_allocated_bytes: int | None = None  # CUDA only
     peak_reserved_bytes: int | None = None  # CUDA only
     step_s: list[float] | None = None  # the runner clock at each decoding step; None in older runs
+    padded_rows: int = 0  # rows added to fill a static batch to the first batch's size (copies of its last request)
 
     def to_dict(self) -> dict:
         """Fields that were measured; those a device or cache type does not give are left out."""
@@ -197,6 +235,10 @@ class BackendResult(_BackendMode):
     warmup: dict | None = None  # {"requests", "s"}
     generate_s: float | None = None  # the last timed pass
     passes_s: list[float] | None = None  # every timed pass (--repeats), in order
+    passes: list[dict] | None = (
+        None  # every timed pass as a lab.pass_records.TimedPass (seconds, compilations, validity)
+    )
+    compile: dict | None = None  # CompileCount of the load and of the warm-up ({"load": ..., "warmup": ...})
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
@@ -246,8 +288,11 @@ class RunSummary(_BackendMode):
     load_s: float | None = None
     warmup: dict | None = None
     generate_s: float | None = None
-    passes_s: list[float] | None = None  # every timed pass (--repeats); the records are the last's
-    metrics: dict | None = None  # lab.metrics.summarize_records()
+    passes_s: list[float] | None = None  # every timed pass (--repeats)
+    passes: list[dict] | None = None  # every timed pass as a TimedPass (older runs: None)
+    compile: dict | None = None  # the result's CompileCount of the load and the warm-up
+    metrics: dict | None = None  # lab.metrics.run_metrics(): the median over the valid passes
+    pass_metrics: list[dict] | None = None  # lab.metrics.summarize_records() of each pass (older runs: None)
     memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator, gpus_used, per_gpu
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken

@@ -6,11 +6,16 @@ timed pass, output lengths fixed by the workload. It writes into its folder (`ru
     pid            this process's id, first thing (the collector watches this process tree); under
                    torchrun the agent's, parent of every rank (rank k > 0 writes into ranks/<k>/)
     spec.json      its configuration (unless the experiment wrote it there to start this process)
-    records.jsonl  one line per request of the timed pass (the last, with --repeats)
-    kv.jsonl       KV-cache samples the backend took during the timed pass
-    result.json    status ("ok" or "error" with the message), timings, engine and memory figures, and
-                   the epoch start/end of each phase (load, warm-up, repeat, generate) to line up
-                   with the collector's timeline, with every GPU's energy counter at both ends
+    records.jsonl  one line per request per timed pass (`pass_index`; --repeats N: N passes)
+    kv.jsonl       KV-cache samples the backend took during the last timed pass
+    result.json    status ("ok" or "error" with the message), timings, each timed pass with the
+                   compilations it saw (a pass that compiled is marked invalid), engine and memory
+                   figures, and the epoch start/end of each phase (load, warm-up, repeat, generate) to
+                   line up with the collector's timeline, with every GPU's energy counter at both ends
+
+No compilation inside a timed pass: the warm-up runs every shape the passes will use
+(`Backend.warmup_plan`, warm-up "shapes") or the whole workload once ("full-pass"), and torch.compile's
+counters are read around the load, the warm-up and each pass (`Backend.compile_snapshot`).
 
 A failure (an exception, out of memory) is written as status "error" with its message; the process
 then exits with 1, and the experiment goes on with the next backend.
@@ -34,6 +39,7 @@ from lab.hardware.env import collect_environment
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import model_info, resolve_model
+from lab.pass_records import CompileCount, TimedPass
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
 
@@ -173,9 +179,30 @@ def _start_backend(spec: RunSpec, cache_dir: Path | None, phases: Phases, result
     phases.start("load")
     t0 = time.perf_counter()
     backend.load()
+    backend.prepare(inputs.requests)
     result.load_s = time.perf_counter() - t0
     phases.end()
+    loaded = backend.compile_snapshot()
+    result.compile = {"load": _counted(CompileCount.between(_NOTHING_COMPILED, loaded))}
     return backend, inputs.requests
+
+
+_NOTHING_COMPILED = {"frames": 0, "graphs": 0, "recompiles": {}}
+
+
+def _counted(count: CompileCount | None) -> dict | None:
+    return None if count is None else count.to_dict()
+
+
+def warmup_calls(kind: str, backend: Backend, requests: list[Request]) -> list[list[Request]]:
+    """The generate() calls of warm-up `kind` (lab.config.WARMUPS)."""
+    if kind == "shapes":
+        return backend.warmup_plan(requests)
+    if kind == "full-pass":
+        return [requests]
+    if kind == "first-batch":
+        return [backend.warmup_requests(requests)]
+    return []
 
 
 class CannotRunTensorParallel(Exception):
@@ -193,32 +220,49 @@ def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
 
 
 def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult) -> None:
-    if spec.engine.warmup == "none":
-        result.warmup = {"requests": 0, "s": 0.0}
-        return
-    warm = backend.warmup_requests(requests)
+    calls = warmup_calls(spec.engine.warmup, backend, requests)
+    before = backend.compile_snapshot()
     phases.start("warmup")
     clock = Clock(backend.device_sync())
     clock.start()
-    backend.generate(warm, clock)
-    result.warmup = {"requests": len(warm), "s": clock.now()}
+    for call in calls:
+        backend.generate(call, clock)
+    seconds = clock.now()
     phases.end()
+    result.warmup = {
+        "kind": spec.engine.warmup,
+        "calls": len(calls),
+        "requests": sum(len(c) for c in calls),
+        "output_tokens": sum(r.output_tokens for c in calls for r in c),
+        "s": seconds,
+    }
+    result.compile["warmup"] = _counted(CompileCount.between(before, backend.compile_snapshot()))
 
 
 def _timed_passes(
     repeats: int, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult
 ) -> tuple[list[RequestRecord], list[KvSample]]:
-    """`repeats` timed passes of the whole workload; each pass's seconds go into result.passes_s.
+    """`repeats` timed passes of the whole workload: the records of every pass (each tagged with its
+    `pass_index`, and why it does not count if it compiled), and the last pass's KV samples.
 
-    Everything else (records, KV samples, memory peaks, the "generate" phase) is the last pass's: the
-    earlier passes are phases named "repeat".
+    result.passes_s and result.passes get each pass after it ends (a failing later pass keeps the
+    earlier ones); the memory peaks and the "generate" phase are the last pass's, the earlier passes'
+    phases are named "repeat".
     """
-    passes: list[float] = []
+    records: list[RequestRecord] = []
+    passes: list[TimedPass] = []
+    kv_samples: list[KvSample] = []
     for index in range(repeats):
         last = index == repeats - 1
-        records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
-        passes.append(result.generate_s)
-        result.passes_s = passes  # after each pass: a failing later pass keeps the earlier ones
+        before = backend.compile_snapshot()
+        pass_records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
+        timed = TimedPass(index, result.generate_s, CompileCount.between(before, backend.compile_snapshot()))
+        for record in pass_records:
+            record.pass_index, record.pass_invalid = index, timed.invalid
+        records.extend(pass_records)
+        passes.append(timed)
+        result.passes_s = [p.duration_s for p in passes]
+        result.passes = [p.to_dict() for p in passes]
     return records, kv_samples
 
 

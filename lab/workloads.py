@@ -49,6 +49,7 @@ class Request:
     prompt_token_ids: tuple[int, ...]
     output_tokens: int
     prompt: str | None = None  # the text, where the workload had one (for the record only)
+    arrival_s: float = 0.0  # when it becomes available, seconds after the pass starts (offline: all at 0)
 
     @property
     def prompt_tokens(self) -> int:

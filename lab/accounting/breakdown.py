@@ -19,11 +19,12 @@ residual ("other") above 1% of the memory held fails the run's check. The torch 
 that cannot be traced to the KV tensors is not KV: `allocator_slack_bytes`, reported in MiB apart.
 
 Measurement against arithmetic (`checks` of each entry):
-- hf: the cache tensors' bytes at the end of each batch against batch x slots x bytes per token,
-  with slots = W + N - 1 for the dynamic cache and, for the static cache, the largest W + N - 1 of
-  any call so far (transformers keeps a static cache's length across calls, warm-up included); on
-  CUDA also the allocator's peak minus the weights against the cache bytes (the rest is activations
-  and logits).
+- hf: the cache tensors' bytes at the end of each batch against rows x slots x bytes per token,
+  with slots = W + N - 1 for the dynamic cache and, for the static cache, the length it was pinned
+  to (`engine.static_cache_len`: the workload's longest W + N - 1; in runs before it was pinned, the
+  largest W + N - 1 of any call so far, warm-up included) and rows including the copies that fill
+  the last static batch (`padded_rows`); on CUDA also the allocator's peak minus the weights
+  against the cache bytes (the rest is activations and logits).
 - paged: the pool's used blocks against the blocks in the running requests' tables, per step (the
   residual); hf/continuous also its tables against ceil(tokens / block_size). vLLM runs without
   step facts: `lab.accounting.vllm_rebuild`.
@@ -52,7 +53,8 @@ DETAILS = ("padding", "finished", "unused_tail", "block_tail")
 APPROACH = {
     "hf/sequential": "dynamic cache, batch 1: grows one slot per step, no padding",
     "hf/batched": "dynamic cache, left-padded batch: grows per step; padding and finished sequences waste",
-    "hf/static-cache": "static cache sized by transformers to W + N - 1 (the largest call so far), allocated up front",
+    "hf/static-cache": "static cache allocated up front, pinned to the longest W + N - 1; compiled on CUDA",
+    "hf/static-cache-eager": "static cache allocated up front, pinned to the longest W + N - 1; never compiled",
     "vllm/offline": "paged: blocks of block_size tokens, allocated as tokens arrive",
     "hf/continuous": "paged inside transformers: blocks of block_size tokens from a pool sized as vLLM's, "
     "allocated as tokens arrive (read from its block tables)",
@@ -70,7 +72,8 @@ def hf_batch_steps(
     External fragmentation: with `model` (a CUDA run's model facts), the caching allocator's rounding
     of the K/V tensors at that step's size (`kv.allocator_rounding_slots`), on each of `gpus`
     tensor-parallel ranks (each holds kv_heads / gpus of every token); else 0 (the CPU has no caching
-    allocator: nothing to trace).
+    allocator: nothing to trace). A static batch's `padded_rows` (copies filling it to one batch size,
+    their tokens discarded) hold their whole rows for no request: internal fragmentation, as padding.
     """
     steps = batch.generated_tokens
     if steps < 1:
@@ -79,16 +82,19 @@ def hf_batch_steps(
     durations = step_durations_s(batch)
     measured = batch.cache_bytes
     slots_per_sequence = batch.cache_slots_per_sequence or width + steps - 1
-    final_slots = static_cache_slots(size, slots_per_sequence) if static else dynamic_cache_slots(size, width, steps)
+    rows = size + batch.padded_rows
+    final_slots = static_cache_slots(rows, slots_per_sequence) if static else dynamic_cache_slots(size, width, steps)
     other = max(measured / bytes_per_token - final_slots, 0.0) if measured is not None else 0.0
+    filler = batch.padded_rows * slots_per_sequence
+    padded = SlotBreakdown(internal_fragmentation=filler, padding=filler)
     out = []
     for step in range(1, steps + 1):
         if static:
-            step_slots = static_batch_step(batch.prompt_tokens, batch.output_tokens, step, slots_per_sequence)
+            step_slots = static_batch_step(batch.prompt_tokens, batch.output_tokens, step, slots_per_sequence) + padded
         else:
             step_slots = dynamic_batch_step(batch.prompt_tokens, batch.output_tokens, step)
         per_sequence = slots_per_sequence if static else width + step - 1
-        external = _rounding(size, per_sequence, model, gpus) if model else 0.0
+        external = _rounding(rows, per_sequence, model, gpus) if model else 0.0
         out.append((durations[step - 1], step_slots + SlotBreakdown(external_fragmentation=external, other=other)))
     return out
 
@@ -112,6 +118,10 @@ def step_durations_s(batch: HfBatch) -> list[float]:
     return [(batch.end_s - batch.start_s) / steps] * steps
 
 
+def static_slots_note(pinned: int | None) -> str:
+    return " (W + N - 1: pinned to the workload's longest)" if pinned else " (W + N - 1: the largest call so far)"
+
+
 def is_static_cache(result: BackendResult) -> bool:
     return (result.engine or {}).get("cache_implementation") == "static"
 
@@ -121,6 +131,7 @@ def hf_cache_checks(result: BackendResult) -> dict:
     bytes_per_token, static = result.kv_bytes_per_token, is_static_cache(result)
     weights = (result.engine or {}).get("weights_allocated_bytes")
     batches = result.hf_batches
+    pinned = (result.engine or {}).get("static_cache_len")
     rows, longest = [], 0
     if (result.warmup or {}).get("requests") and batches:
         # The warm-up ran the first batch's shape: it sized the static cache first.
@@ -128,8 +139,8 @@ def hf_cache_checks(result: BackendResult) -> dict:
     for b in batches:
         call_length = b.padded_prompt_tokens + b.generated_tokens - 1
         longest = max(longest, call_length)
-        slots = longest if static else call_length
-        expected = b.batch_size * slots * bytes_per_token if bytes_per_token else None
+        slots = (pinned or longest) if static else call_length
+        expected = (b.batch_size + b.padded_rows) * slots * bytes_per_token if bytes_per_token else None
         measured = b.cache_bytes
         row = {
             "batch": b.batch,
@@ -147,7 +158,7 @@ def hf_cache_checks(result: BackendResult) -> dict:
         rows.append(row)
     return {
         "kind": "hf cache tensors",
-        "formula": "batch x (W + N - 1) x bytes/token" + (" (W + N - 1: the largest call so far)" if static else ""),
+        "formula": "rows x (W + N - 1) x bytes/token" + (static_slots_note(pinned) if static else ""),
         "batches": rows,
         "agree": sum(r["agrees"] for r in rows),
         "total": len(rows),

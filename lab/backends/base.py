@@ -2,7 +2,11 @@
 
 The runner, not the backend, owns fairness: it builds the clock, runs the warm-up, decides what is
 timed and writes the records. A backend only loads its engine and generates exactly
-`request.output_tokens` tokens for each request, reporting per-request times on the runner's clock.
+`request.output_tokens` tokens for each request, reporting per-request times on the runner's clock:
+when each request arrived (`Request.arrival_s`), was first scheduled, and when each of its tokens
+existed. It also says which calls warm every shape its timed pass will use (`warmup_plan`) and how
+much torch.compile has compiled in its process so far (`compile_snapshot`), so that the runner can
+keep compilation out of the timed passes and mark a pass that compiled.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class Clock:
     def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self._sync = sync or (lambda: None)
         self._t0 = time.perf_counter()
+        self._monotonic_t0 = time.monotonic()
         self.wall_t0 = time.time()  # epoch seconds at start(), to line up with the collector
 
     def start(self) -> None:
         self._sync()
         self._t0 = time.perf_counter()
+        self._monotonic_t0 = time.monotonic()
         self.wall_t0 = time.time()
 
     def now(self) -> float:
@@ -38,8 +44,13 @@ class Clock:
         return time.perf_counter() - self._t0
 
     def since_start(self, perf_counter_s: float) -> float:
-        """A `time.perf_counter()` reading taken elsewhere (an engine's own thread) on this clock, no sync."""
+        """A `time.perf_counter()` reading taken elsewhere in this process (an engine's thread), no sync."""
         return perf_counter_s - self._t0
+
+    def since_monotonic(self, monotonic_s: float) -> float:
+        """A `time.monotonic()` reading, possibly from another process of this machine (vLLM's engine
+        core stamps its events so): CLOCK_MONOTONIC is one clock for the whole machine on Linux."""
+        return monotonic_s - self._monotonic_t0
 
 
 class Backend(ABC):
@@ -63,9 +74,22 @@ class Backend(ABC):
         """What the clock calls before each reading; None where the work is synchronous."""
         return None
 
+    def prepare(self, requests: list[Request]) -> None:  # noqa: B027 - optional: most engines fix nothing up front
+        """Fix what depends on the whole workload before the warm-up (e.g. hf's static cache length)."""
+
+    def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
+        """The generate() calls of the "shapes" warm-up, which must run every shape the timed passes
+        will use. By default the whole workload once (an untimed full pass)."""
+        return [requests]
+
     def warmup_requests(self, requests: list[Request]) -> list[Request]:
-        """The requests the warm-up runs: by default the first batch, at full shape and length."""
+        """The requests of the "first-batch" warm-up: by default the first batch, at full shape and length."""
         return requests[: max(1, self.spec.engine.batch_size)]
+
+    def compile_snapshot(self) -> dict | None:
+        """torch.compile's cumulative counters where this engine compiles (`compile_watch.snapshot`);
+        None where that cannot be observed from this process."""
+        return None
 
     def engine_info(self) -> dict:
         """Figures the engine reports about itself (e.g. vLLM's KV pool), for the summary."""

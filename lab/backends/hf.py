@@ -5,25 +5,36 @@ Modes:
 - batched: static batches of `batch_size` requests in workload order, left-padded to the longest
   prompt of the batch; the batch runs until its longest output is done (the way
   `vllm bench throughput --backend hf` measures transformers).
-- static-cache: as batched, with `cache_implementation="static"`: the cache is allocated up front
-  for prompt + max_new_tokens of the call (transformers sizes it per call, not to the model's context;
-  the report shows which it was from the cache tensors' own sizes).
+- static-cache: as batched, with transformers' `StaticCache`, allocated up front. Its shapes are kept
+  fixed so that its compiled decode step compiles once: the last batch is filled up to the first
+  batch's size (`batch_size`, or fewer where the workload has fewer requests) with copies of its last
+  request (their tokens discarded), and one cache, sized once for the whole
+  workload's longest batch (`batching.cache_len`), serves every call (reset in between: the same
+  tensors, so CUDA graphs are not recorded again either). transformers compiles that decode step
+  itself (`generate`'s auto-compile: CUDA only, `torch.compile` with its default `CompileConfig`).
+- static-cache-eager: the same with compilation disabled (`disable_compile=True`), so that static
+  against dynamic cache is not silently compiled against eager.
 
-Per-token times come from a logits processor that reads the runner's clock once per decoding step:
-its first call marks the first token of every sequence in the batch, its k-th call the k-th token.
+Times. Every request arrives at t=0 (`Request.arrival_s`) and is first scheduled when its batch's
+`generate()` call starts. Per-token times come from a logits processor that reads the runner's clock
+(synchronised with the device) once per decoding step: its k-th call marks the k-th token of every
+sequence in the batch.
 """
 
 from __future__ import annotations
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, StaticCache
 
+from lab.backends import batching, compile_watch
 from lab.backends.base import Backend, Clock
 from lab.backends.hf_parallel import close_tensor_parallel, load_tensor_parallel
 from lab.models.resolve import has_weights
 from lab.records import HfBatch, RequestRecord
 from lab.workloads import Request
+
+STATIC_MODES = ("static-cache", "static-cache-eager")
 
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -62,6 +73,9 @@ class HfBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self._pad_id()
         self.weights_allocated_bytes = self._allocated()
+        self._static_cache: StaticCache | None = None
+        self._static_rows: int | None = None
+        self._graphs_at_load = compile_watch.snapshot()["graphs"]
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -78,27 +92,59 @@ class HfBackend(Backend):
     def _allocated(self) -> int | None:
         return torch.cuda.memory_allocated() if self.device == "cuda" else None
 
+    @property
+    def pad_to(self) -> int | None:
+        """The rows static batches are filled up to (the workload's first, largest batch: never more
+        than it has requests); None where batches keep their own size."""
+        return self._static_rows if self.spec.mode in STATIC_MODES else None
+
     def batches(self, requests: list[Request]) -> list[list[Request]]:
-        size = 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size
-        return [requests[i : i + size] for i in range(0, len(requests), size)]
+        return batching.cut(requests, 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size)
+
+    def prepare(self, requests: list[Request]) -> None:
+        """Static modes: one batch size and one cache, long enough for every batch of the workload."""
+        if self.spec.mode in STATIC_MODES:
+            batches = self.batches(requests)
+            self._static_rows = len(batches[0])
+            self._static_cache = StaticCache(config=self.model.config, max_cache_len=batching.cache_len(batches))
+
+    def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
+        return batching.shapes_plan(self.batches(requests), self.pad_to)
 
     def warmup_requests(self, requests: list[Request]) -> list[Request]:
-        # The first batch at full shape and full output length: a shorter warm-up does not cover
-        # transformers' first full-size call (about 8 s more on an H100; ../shared/ENVIRONMENT.md).
         return self.batches(requests)[0]
 
+    def compile_snapshot(self) -> dict:
+        return compile_watch.snapshot()
+
     def generate(self, requests: list[Request], clock: Clock) -> list[RequestRecord]:
+        batches = self.batches(requests)
+        if self.spec.mode in STATIC_MODES and (
+            self._static_cache is None or batching.cache_len(batches) > self._static_cache.max_cache_len
+        ):
+            self.prepare(requests)  # generate() without prepare(), or longer requests than prepared for
         records: list[RequestRecord] = []
         self.batch_stats: list[HfBatch] = []
-        for index, batch in enumerate(self.batches(requests)):
+        for index, batch in enumerate(batches):
             records.extend(self._generate_batch(index, batch, clock))
         return records
 
+    def _generate_options(self) -> dict:
+        if self.spec.mode not in STATIC_MODES:
+            return {}
+        with torch.inference_mode():  # its tensors were made in inference mode, by the first call
+            self._static_cache.reset()
+        options = {"past_key_values": self._static_cache}
+        if self.spec.mode == "static-cache-eager":
+            options["disable_compile"] = True
+        return options
+
     def _generate_batch(self, index: int, batch: list[Request], clock: Clock) -> list[RequestRecord]:
-        input_ids, attention_mask = self._left_pad(batch)
-        new_tokens = max(r.output_tokens for r in batch)
+        padding = batching.padding_rows(batch, self.pad_to)
+        input_ids, attention_mask = self._left_pad(batch + padding)
+        new_tokens = batching.new_tokens(batch)
         timer = StepTimer(clock)
-        options = {"cache_implementation": "static"} if self.spec.mode == "static-cache" else {}
+        options = self._generate_options()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start_s = clock.now()
@@ -118,6 +164,7 @@ class HfBackend(Backend):
         generated = out.sequences.shape[1] - input_ids.shape[1]
         stat = self._batch_stat(index, batch, input_ids, generated, out, start_s, end_s)
         stat.step_s = list(timer.step_s)  # the clock at each decoding step (accounting: breakdown, bandwidth)
+        stat.padded_rows = len(padding)
         self.batch_stats.append(stat)
         del out
         return [self._record(index, r, start_s, timer.step_s, generated) for r in batch]
@@ -132,22 +179,22 @@ class HfBackend(Backend):
         )
 
     def _record(self, index: int, r: Request, start_s: float, step_s: list[float], generated: int) -> RequestRecord:
-        ok = generated >= r.output_tokens and len(step_s) >= r.output_tokens
-        if not ok:
-            return RequestRecord(
-                r.request_id,
-                r.prompt_tokens,
-                min(generated, r.output_tokens),
-                start_s,
-                None,
-                step_s[-1] if step_s else start_s,
-                index,
-                "error",
-                f"generated {generated} tokens, {r.output_tokens} requested",
-            )
-        # The request's own tokens are done at step output_tokens; the batch runs on for longer ones.
+        """The request's own tokens are done at step output_tokens; the batch runs on for longer ones."""
+        done = min(generated, r.output_tokens, len(step_s))
+        ok = done == r.output_tokens
+        times = list(step_s[:done])
         return RequestRecord(
-            r.request_id, r.prompt_tokens, r.output_tokens, start_s, step_s[0], step_s[r.output_tokens - 1], index
+            request_id=r.request_id,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=done,
+            first_token_s=times[0] if times else None,
+            end_s=times[-1] if times else start_s,
+            arrival_s=r.arrival_s,
+            scheduled_s=start_s,  # its batch's generate() call began
+            token_times_s=times,
+            batch=index,
+            status="ok" if ok else "error",
+            error=None if ok else f"generated {generated} tokens, {r.output_tokens} requested",
         )
 
     def _batch_stat(self, index, batch, input_ids, generated, out, start_s, end_s) -> HfBatch:
@@ -169,14 +216,33 @@ class HfBackend(Backend):
         return stat
 
     def engine_info(self) -> dict:
+        static = self.spec.mode in STATIC_MODES
         return {
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
             "weights_allocated_bytes": self.weights_allocated_bytes,
-            "cache_implementation": "static" if self.spec.mode == "static-cache" else "dynamic",
+            "cache_implementation": "static" if static else "dynamic",
+            "static_cache_len": self._static_cache.max_cache_len if self._static_cache is not None else None,
             "batch_size": 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size,
+            "last_batch_padded": static,
+            "torch_compile": self._compile_info(),
             "tensor_parallel_size": self.ranks,  # torchrun ranks; the allocator figures are rank 0's GPU's
             "batches": [b.to_dict() for b in getattr(self, "batch_stats", [])],
+        }
+
+    def _compile_info(self) -> dict:
+        """Whether generate() compiled the model in this process, and under which policy."""
+        if self.spec.mode == "static-cache":
+            policy = "transformers' auto-compile of the static-cache decode step (CUDA only)"
+        elif self.spec.mode == "static-cache-eager":
+            policy = "disabled (generate(disable_compile=True))"
+        else:
+            policy = "none: a dynamic cache is never auto-compiled"
+        config = getattr(self.model.generation_config, "compile_config", None) or CompileConfig()
+        return {
+            "policy": policy,
+            "compiled": compile_watch.snapshot()["graphs"] > self._graphs_at_load,
+            "compile_config": {k: repr(v) for k, v in config.to_dict().items()},
         }
 
     def reset_memory_stats(self) -> None:
@@ -198,6 +264,7 @@ class HfBackend(Backend):
 
     def close(self) -> None:
         self.model = None
+        self._static_cache = None
         if self.ranks > 1:
             close_tensor_parallel()
 

@@ -8,9 +8,9 @@ kept for the warm-up and every timed pass, so that neither the pool's allocation
 capture is timed.
 
 Threads. The manager steps in a background thread of its own; this process's main thread hands it
-requests (`add_request`, a thread-safe queue) and takes finished results (`get_result`). Requests are
-all submitted at t=0, as for vLLM: the scheduler decides when each starts, so queueing is part of
-every request's TTFT and latency.
+requests (`add_request`, a thread-safe queue) and takes finished results (`get_result`). Every
+request arrives at t=0 (`Request.arrival_s`) and is submitted then, as for vLLM: the scheduler decides
+when each starts, so queueing is part of every request's TTFT and latency.
 
 Fairness, as for every mode:
 - no prefix caching: `allow_block_sharing=False` (with sharing on, `add_requests` also reorders);
@@ -22,8 +22,8 @@ Fairness, as for every mode:
 
 Times. transformers stamps each token with `time.perf_counter()` in its thread when the token is on
 the host (`record_timestamps=True`); `Clock.since_start` puts those readings on the runner's clock,
-which is the same `perf_counter`. A request's `lifespan[0]` is when the scheduler first took it:
-`extra["scheduled_s"]`; `extra["token_times_s"]` holds every token's time. When the pool runs out,
+which is the same `perf_counter`. A request's `lifespan[0]` is when the scheduler first took it: its
+record's `scheduled_s`; `token_times_s` holds every token's time. When the pool runs out,
 transformers recomputes a request from scratch and restarts its timestamps; the tokens before that
 then get the time of the engine step that produced them (`hf_continuous_hooks.StepTap`), and the
 record says so.
@@ -94,10 +94,13 @@ class HfContinuousBackend(HfBackend):
 
     # -- the timed work ----------------------------------------------------------------------------
 
+    def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
+        """The whole workload once: the engine's batch shapes (and the CUDA graphs captured for them)
+        depend on every request in flight, so only the workload itself covers the timed pass's shapes."""
+        return [list(requests)]
+
     def warmup_requests(self, requests: list[Request]) -> list[Request]:
-        # The whole workload: the engine's batch shapes (and the CUDA graphs captured for them) depend
-        # on every request in flight, so only the workload itself covers the timed pass's shapes.
-        return list(requests)
+        return list(requests)  # "first-batch": the same, for the reason above
 
     def generate(self, requests: list[Request], clock: Clock) -> list[RequestRecord]:
         if self._manager is None:
@@ -265,8 +268,8 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
     """One request's record from transformers' output (its own per-token stamps) and what this process saw."""
     if output is None:
         error = f"no result: transformers' engine stopped or stalled ({fatal})"
-        return RequestRecord(request.request_id, request.prompt_tokens, 0, 0.0, None, clock.now(), status="error",
-                             error=error)  # fmt: skip
+        return RequestRecord(request.request_id, request.prompt_tokens, 0, None, clock.now(),
+                             arrival_s=request.arrival_s, status="error", error=error)  # fmt: skip
     generated = len(output.generated_tokens)
     stamped = list(output.timestamps or [])
     recomputed = len(stamped) < generated == len(seen["token_steps"])
@@ -281,11 +284,7 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
     scheduled = output.lifespan[0] if output.lifespan and output.lifespan[0] > 0 else None
     if recomputed:
         scheduled = seen["first_step_end"]
-    extra = {
-        "token_times_s": times,
-        "scheduled_s": None if scheduled is None else clock.since_start(scheduled),
-        "submitted_s": clock.since_start(seen["submitted"] or output.created_time),
-    }
+    extra = {"submitted_s": clock.since_start(seen["submitted"] or output.created_time)}
     if recomputed:
         extra["token_times_note"] = (
             f"recomputed after the pool ran out: its first {generated - len(output.timestamps or [])} token times "
@@ -295,9 +294,11 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
         request_id=request.request_id,
         prompt_tokens=request.prompt_tokens,
         output_tokens=generated,
-        start_s=0.0,  # all submitted at t=0: the scheduler queues them, as vLLM's does
         first_token_s=times[0] if times else None,
         end_s=times[-1] if times else clock.now(),
+        arrival_s=request.arrival_s,  # all submitted at t=0: the scheduler queues them, as vLLM's does
+        scheduled_s=None if scheduled is None else clock.since_start(scheduled),
+        token_times_s=times,
         status="error" if problems else "ok",
         error="; ".join(problems) or None,
         extra=extra,

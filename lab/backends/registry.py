@@ -36,6 +36,7 @@ BACKENDS: dict[str, Callable[[], type[Backend]]] = {
     "hf/sequential": _hf,
     "hf/batched": _hf,
     "hf/static-cache": _hf,
+    "hf/static-cache-eager": _hf,
     "hf/continuous": _hf_continuous,
     "vllm/offline": _vllm,
 }

@@ -7,13 +7,26 @@ clock (time to first token, end time per request) and the KV pool's usage. The d
 `LLM.generate`: outputs come back as deltas (`RequestOutputKind.DELTA`) rather than only at the end,
 so that first tokens are seen, and there is no progress bar.
 
-All requests are submitted at t=0 (start_s = 0): vLLM queues them and its scheduler decides when each
-starts, so queueing time is part of every request's TTFT and latency, as it is for `LLM.generate`.
+Every request arrives at t=0 (`Request.arrival_s`) and is submitted then: vLLM queues them and its
+scheduler decides when each starts, so queueing time is part of every request's TTFT and latency, as
+it is for `LLM.generate`.
 
 Timing. The engine core runs in a child process (v1 default) and steps on its own; each `step()`
-here takes one step's outputs from its queue. Times are therefore when this process saw a token,
-which is what a caller of `LLM.generate` sees. Outputs are host-side token ids when `step()` returns,
-so the clock needs no device sync.
+here takes one step's outputs from its queue. Every token's time (`token_times_s`) is when this
+process saw it in a step's DELTA output, which is what a caller of `LLM.generate` sees. Outputs are
+host-side token ids when `step()` returns, so the clock needs no device sync. With async scheduling
+(vLLM 0.26's default on GPU; off on the CPU) the engine schedules step n+1 before step n's output is
+out, so a token reaches this process about one step after it was computed.
+
+First scheduled (`scheduled_s`): the engine core's own timestamp of the request's first SCHEDULED
+event (`RequestOutput.metrics`, a `RequestStateStats`: `scheduled_ts`, vLLM 0.26 and 0.32), a
+`time.monotonic()` reading in the engine-core process, put on the runner's clock with
+`Clock.since_monotonic` (one monotonic clock for the whole machine). vLLM records it only with its
+stats on (`disable_log_stats=False`, this backend's default); with `--no-kv-samples` it is unknown.
+
+Compilation. vLLM compiles the model (torch.compile, then CUDA graphs) while the engine starts, in
+its worker process; `compile_snapshot` reads torch.compile's counters there through an extension
+of the worker (`lab.backends.vllm_worker`), so the runner sees whether a timed pass compiled.
 
 KV usage. Each step's message from the engine core carries the scheduler's own `SchedulerStats`
 (`kv_cache_usage`, `num_running_reqs`, `num_waiting_reqs`; sent when `disable_log_stats=False`).
@@ -33,7 +46,7 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import vllm
 from vllm import SamplingParams
@@ -44,13 +57,14 @@ from lab.accounting.paged import vllm_step_sums
 from lab.backends.base import Backend, Clock
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
 from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step_facts
+from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from lab.hardware.gpus import cpu_rank_binding
 from lab.models.resolve import has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
-WARMUP_REQUESTS = 8  # enough to run prefill and decode once; CUDA graphs are captured at load
+WARMUP_REQUESTS = 8  # the "first-batch" warm-up: prefill and decode once; CUDA graphs are captured at load
 
 
 @dataclass
@@ -61,6 +75,8 @@ class _Progress:
     generated: int = 0
     first_token_s: float | None = None
     end_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    stats: object = None  # RequestOutput.metrics: vLLM's RequestStateStats (None with its stats off)
 
 
 @dataclass
@@ -77,6 +93,7 @@ class _InFlight:
 
     def update(self, seen: _Progress, new_tokens: int, finished: bool, now: float) -> None:
         if new_tokens:
+            seen.token_times_s.extend([now] * new_tokens)
             if seen.generated == 0:
                 seen.first_token_s = now
                 self.requests += 1
@@ -159,6 +176,7 @@ class VllmBackend(Backend):
             "block_size": e.block_size,
             # The scheduler's stats are what KV samples are made of; without samples, off as in `vllm bench`.
             "disable_log_stats": not e.sample_kv_every_step,
+            "worker_extension_cls": WORKER_EXTENSION,  # compile_snapshot() reads the worker's counters
         }
         if e.sample_kv_every_step:  # vLLM's own scheduler, plus the step facts the breakdown needs
             kwargs["scheduler_cls"] = SCHEDULER_CLS
@@ -194,6 +212,11 @@ class VllmBackend(Backend):
 
     # -- the timed work ----------------------------------------------------------------------------
 
+    def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
+        """The whole workload once: vLLM's scheduler, not the lab, decides which batch shapes each step
+        runs, so only the same requests in the same order run the same shapes."""
+        return [requests]
+
     def warmup_requests(self, requests: list[Request]) -> list[Request]:
         return requests[: min(len(requests), WARMUP_REQUESTS)]
 
@@ -224,7 +247,9 @@ class VllmBackend(Backend):
             now = clock.now()
             for output in outputs:
                 new_tokens = len(output.outputs[0].token_ids) if output.outputs else 0
-                in_flight.update(progress[output.request_id], new_tokens, output.finished, now)
+                seen = progress[output.request_id]
+                seen.stats = getattr(output, "metrics", None) or seen.stats
+                in_flight.update(seen, new_tokens, output.finished, now)
             stats, facts = self._tap.take() if self._tap is not None else (None, None)
             if sample_kv and stats is not None:
                 self._samples.append(self._kv_sample(step, now, stats, facts, in_flight))
@@ -261,16 +286,36 @@ class VllmBackend(Backend):
             error = f"generated {seen.generated} tokens, {request.output_tokens} requested"
             if seen.end_s is None:
                 error += "; never finished"
+        scheduled_ts = getattr(seen.stats, "scheduled_ts", 0.0) or 0.0  # 0.0: vLLM did not record it
         return RequestRecord(
             request_id=request.request_id,
             prompt_tokens=request.prompt_tokens,
             output_tokens=seen.generated,
-            start_s=0.0,  # all submitted at once; vLLM queues internally
             first_token_s=seen.first_token_s,
             end_s=seen.end_s if seen.end_s is not None else clock.now(),
+            arrival_s=request.arrival_s,  # submitted at once: vLLM queues internally
+            scheduled_s=clock.since_monotonic(scheduled_ts) if scheduled_ts > 0 else None,
+            token_times_s=list(seen.token_times_s),
             status="ok" if ok else "error",
             error=error,
         )
+
+    def compile_snapshot(self) -> dict | None:
+        """torch.compile's counters summed over vLLM's workers (`lab.backends.vllm_worker`); None, with
+        the reason in engine_info, where they cannot be read (the measurement goes on without them)."""
+        if self._llm is None:
+            return None
+        try:
+            snapshots = self._llm.collective_rpc("lab_compile_snapshot")
+        except Exception as exc:  # noqa: BLE001 - counting compilations must never stop the run
+            self._info["compile_counters_unreadable"] = f"{type(exc).__name__}: {exc}"
+            return None
+        return {
+            "frames": sum(s["frames"] for s in snapshots),
+            "graphs": sum(s["graphs"] for s in snapshots),
+            "recompiles": {f"{i}:{k}": v for i, s in enumerate(snapshots) for k, v in s["recompiles"].items()},
+            "source": snapshots[0]["source"] if snapshots else None,
+        }
 
     # -- KV samples ----------------------------------------------------------------------------
 

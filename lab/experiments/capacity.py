@@ -36,7 +36,7 @@ from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
 from lab.experiments.steps import execute_run, manifest, model_build, resolve_once
 from lab.launchers.base import Echo, Launcher
-from lab.metrics import summarize_records
+from lab.metrics import passes_of, run_metrics
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.report.capacity import render_capacity, write_capacity_plot
 
@@ -158,8 +158,9 @@ def measure_point(
 
 
 def point_figures(result: BackendResult, records: list[RequestRecord], samples: list[KvSample]) -> dict:
-    """Throughput, requests per step and cache bytes of one finished point."""
-    metrics = summarize_records(records) if records else {}
+    """Throughput (the median over its timed passes), requests per step and cache bytes of one finished
+    point; the KV samples are its last pass's, and so are the records set beside them."""
+    metrics = run_metrics(records)[0] if records else {}
     engine = result.engine or {}
     out = {
         "output_tokens_per_s": metrics.get("output_tokens_per_s"),
@@ -168,7 +169,8 @@ def point_figures(result: BackendResult, records: list[RequestRecord], samples: 
         "requests": len(records),
     }
     if result.backend == "vllm" or result.label == "hf/continuous":  # the paged pools
-        paged = batched_requests(samples) if result.backend == "hf" else vllm_batched_requests(samples, records)
+        last_pass = passes_of(records)[-1] if records else []
+        paged = batched_requests(samples) if result.backend == "hf" else vllm_batched_requests(samples, last_pass)
         out.update(paged)
         out.update(
             max_num_seqs=engine.get("max_num_seqs"),

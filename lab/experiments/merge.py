@@ -24,7 +24,7 @@ from lab.hardware.timeline import (
     restricted_to_gpus,
     summarize_timeline,
 )
-from lab.metrics import summarize_records
+from lab.metrics import run_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 # The summary's name of each memory peak, and the collector's (lab.hardware.timeline.TimelineStats).
@@ -74,7 +74,7 @@ def summarize_run(
     """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures."""
     engine = dict(result.engine or {})
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
-    metrics = summarize_records(records) if records else None
+    metrics, pass_metrics = run_metrics(records) if records else (None, None)
     used = gpus_holding_tree(samples)
     own = restricted_to_gpus(samples, used) if used else samples  # the collector reads every GPU
     window = result.phase("generate")
@@ -91,7 +91,10 @@ def summarize_run(
         warmup=result.warmup,
         generate_s=result.generate_s,
         passes_s=result.passes_s,
+        passes=result.passes,
+        compile=result.compile,
         metrics=metrics,
+        pass_metrics=pass_metrics,
         memory={
             "whole_process": timeline_peaks(own),
             "generate_phase": timeline_peaks(own, window),

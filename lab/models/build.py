@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.accounting.kv import dtype_bytes
+from lab.models.configs import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, model_config
 from lab.models.shapes import ModelShape, synthetic_shape
 
 Progress = Callable[[str], None]
@@ -34,9 +35,6 @@ Progress = Callable[[str], None]
 BUILD_MARKER = "lab_build.json"
 BUILD_FORMAT = 1  # bump when the layout of a built folder changes, so old builds are rebuilt
 
-# Special tokens get the first ids, in Llama's order: <unk>/<pad> 0, <s> 1, </s> 2.
-PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<s>", "</s>"
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 # Target size of the trained tokenizer: 256 bytes + 3 specials + merges. The corpus runs out of
 # pairs to merge before that, so the real size is a little smaller (it is written in the marker).
 TOKENIZER_VOCAB_SIZE = 1024
@@ -93,34 +91,6 @@ def read_build_marker(folder: Path) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- config and tokenizer
-
-
-def llama_config(shape: ModelShape, tokenizer_ids: dict[str, int] | None = None) -> Any:
-    """A transformers LlamaConfig of `shape`, with the special-token ids of the lab tokenizer."""
-    from transformers import LlamaConfig  # noqa: PLC0415 - heavy: loaded only where a config is built
-
-    ids = tokenizer_ids or {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    config = LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=shape.max_position_embeddings,
-        rope_theta=shape.rope_theta,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        pad_token_id=ids[PAD_TOKEN],
-        bos_token_id=ids[BOS_TOKEN],
-        eos_token_id=ids[EOS_TOKEN],
-        dtype=shape.dtype,
-    )
-    # NOTE: save_pretrained of the model sets this, but a weights-less build saves the config alone,
-    # and vLLM picks its model class from this field.
-    config.architectures = ["LlamaForCausalLM"]
-    return config
 
 
 def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB_SIZE, model_max_length: int | None = None) -> Any:
@@ -227,7 +197,7 @@ def _write_model(shape: ModelShape, folder: Path, *, want_weights: bool, seed: i
     tokenizer = train_tokenizer(min(TOKENIZER_VOCAB_SIZE, shape.vocab_size), shape.max_position_embeddings)
     tokenizer.save_pretrained(folder)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    config = llama_config(shape, ids)
+    config = model_config(shape, ids)
     if want_weights:
         _write_weights(config, shape, folder, seed=seed, say=say)
     else:
@@ -249,7 +219,7 @@ def _write_model(shape: ModelShape, folder: Path, *, want_weights: bool, seed: i
 def _write_weights(config: Any, shape: ModelShape, folder: Path, *, seed: int, say: Progress) -> None:
     """Seeded random weights in the shape's dtype, saved with the config as safetensors."""
     import torch  # noqa: PLC0415 - heavy: loaded only where weights are drawn
-    from transformers import LlamaForCausalLM  # noqa: PLC0415 - heavy: loaded only where weights are drawn
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: loaded only where weights are drawn
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, shape.dtype)
@@ -262,7 +232,7 @@ def _write_weights(config: Any, shape: ModelShape, folder: Path, *, seed: int, s
     torch.manual_seed(seed)
     # The device context allocates the weights where they are drawn, never first on the CPU and then copied.
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     say(f"{shape.name}: saving weights to safetensors")
     model.save_pretrained(folder)
     del model

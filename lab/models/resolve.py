@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from lab.accounting.kv import dtype_bytes, kv_bytes_per_token
 from lab.errors import LabInputError
-from lab.models.build import Progress, build_model, llama_config, model_dir, read_build_marker
+from lab.models.build import Progress, build_model, model_dir, read_build_marker
+from lab.models.configs import model_config
 from lab.models.shapes import SYNTHETIC_PREFIX, llama_num_parameters, synthetic_names, synthetic_shape
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
@@ -193,7 +194,7 @@ def _load_config(path_or_id: str | Path, cache_dir: Path | None) -> tuple[Any, s
         shape = synthetic_shape(text)
         folder = model_dir(text, cache_dir)
         if read_build_marker(folder) is None:
-            return llama_config(shape), text, None, shape.save_weights
+            return model_config(shape), text, None, shape.save_weights
         return AutoConfig.from_pretrained(folder), text, str(folder), has_weights(folder)
     folder = Path(text).expanduser()
     if (folder / "config.json").is_file():

@@ -1,9 +1,10 @@
-"""The synthetic models' shapes: the catalog `lab models list` shows, and a Llama's parameter count.
+"""The synthetic models' shapes: the catalog `lab models list` shows, and their parameter counts.
 
 There is no model hub on the machines this lab is tested on, so the models it measures are built
 locally (`lab.models.build`) in the shape of a real model. Throughput and KV-cache memory depend on
 the shapes (layers, KV heads, head_dim, vocabulary), not on what the weights have learned, so a
-random model of TinyLlama's shape costs what TinyLlama costs.
+random model of TinyLlama's shape costs what TinyLlama costs. Two architectures: Llama, and GPT-2
+(the tutorial's model: learned positions, LayerNorm, no grouped-query attention, tied embeddings).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ SYNTHETIC_PREFIX = "synthetic:"
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The shape of a decoder-only Llama model: everything that sets its memory and compute cost."""
+    """The shape of a decoder-only model: everything that sets its memory and compute cost."""
 
     name: str
     num_layers: int
@@ -29,14 +30,24 @@ class ModelShape:
     vocab_size: int  # rows of the embedding and of the lm_head (may exceed the tokenizer's size)
     max_position_embeddings: int  # context length in tokens
     dtype: str  # dtype the weights are saved in
-    rope_theta: float
+    rope_theta: float | None  # rotary positions' base; None for GPT-2's learned positions
     save_weights: bool  # default of build_model(weights=None)
+    architecture: str = "llama"  # "llama" or "gpt2" (lab.models.configs)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def num_parameters(self) -> int:
-        """Parameters of this shape (`llama_num_parameters`: untied embeddings, no biases)."""
+        """Parameters of this shape (`llama_num_parameters`: untied embeddings, no biases;
+        `gpt2_num_parameters`)."""
+        if self.architecture == "gpt2":
+            return gpt2_num_parameters(
+                num_layers=self.num_layers,
+                hidden_size=self.hidden_size,
+                intermediate_size=self.intermediate_size,
+                vocab_size=self.vocab_size,
+                max_position_embeddings=self.max_position_embeddings,
+            )
         return llama_num_parameters(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
@@ -132,6 +143,40 @@ SYNTHETIC: dict[str, ModelShape] = {
             rope_theta=500000.0,
             save_weights=False,
         ),
+        # GPT-2 124M, the tutorial's model (its log printed max_seq_len 512: it ran with max_model_len 512,
+        # which `lab experiment --preset tutorial` repeats; GPT-2's own context is 1,024). Random init at
+        # load, like llama-8b: its 0.5 GB of float32 weights say nothing random init does not.
+        ModelShape(
+            "synthetic:gpt2",
+            num_layers=12,
+            hidden_size=768,
+            num_heads=12,
+            num_kv_heads=12,
+            head_dim=64,
+            intermediate_size=3072,
+            vocab_size=50257,
+            max_position_embeddings=1024,
+            dtype="float32",
+            rope_theta=None,
+            save_weights=False,
+            architecture="gpt2",
+        ),
+        # GPT-2's architecture at synthetic:tiny's size, for the CPU tests.
+        ModelShape(
+            "synthetic:gpt2-tiny",
+            num_layers=2,
+            hidden_size=128,
+            num_heads=2,
+            num_kv_heads=2,
+            head_dim=64,
+            intermediate_size=512,
+            vocab_size=2048,
+            max_position_embeddings=1024,
+            dtype="float32",
+            rope_theta=None,
+            save_weights=True,
+            architecture="gpt2",
+        ),
     )
 }
 
@@ -177,3 +222,18 @@ def llama_num_parameters(
     per_layer = attention + mlp + 2 * hidden_size
     embeddings = vocab_size * hidden_size * (1 if tie_word_embeddings else 2)
     return embeddings + num_layers * per_layer + hidden_size
+
+
+def gpt2_num_parameters(
+    *, num_layers: int, hidden_size: int, intermediate_size: int, vocab_size: int, max_position_embeddings: int
+) -> int:
+    """Parameters of a GPT-2 decoder, from its shapes.
+
+    per layer: 2 LayerNorms (2H each) + c_attn (H x 3H + 3H) + c_proj (H x H + H)
+               + c_fc (H x I + I) + mlp c_proj (I x H + H)
+    total: token embedding (V x H) + positions (P x H) + layers x per layer + final LayerNorm (2H);
+    the lm_head is the token embedding (tied). GPT-2 124M: 124,439,808.
+    """
+    h, i = hidden_size, intermediate_size
+    per_layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h)
+    return vocab_size * h + max_position_embeddings * h + num_layers * per_layer + 2 * h

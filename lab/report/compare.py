@@ -5,6 +5,10 @@ same model on the same requests: same model, workload, request count, prompt tok
 Anything else differing (device, GPU, versions, batch size, KV pool) is what is being compared, and
 is listed above the table. Ratios are run / first run: above 1 means more of that figure (for a rate,
 faster; for a latency or a peak, slower or larger).
+
+The figures are the report's: computed from each run's request records with the same definitions
+(latency from arrival, `lab.metrics`), the median over the timed passes that count, never the last
+pass alone.
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ METRICS = (
     ("requests/s", ("metrics", "requests_per_s")),
     ("TTFT p50 s", ("metrics", "ttft_s_p50")),
     ("TTFT p99 s", ("metrics", "ttft_s_p99")),
-    ("TPOT p50 s", ("metrics", "tpot_s_p50")),
-    ("TPOT p99 s", ("metrics", "tpot_s_p99")),
     ("E2E p50 s", ("metrics", "e2e_s_p50")),
     ("E2E p99 s", ("metrics", "e2e_s_p99")),
+    ("queueing p50 s", ("metrics", "queue_s_p50")),
+    ("queueing p99 s", ("metrics", "queue_s_p99")),
+    ("service p50 s", ("metrics", "service_s_p50")),
+    ("service p99 s", ("metrics", "service_s_p99")),
+    ("TPOT p50 s", ("metrics", "tpot_s_p50")),
+    ("TPOT p99 s", ("metrics", "tpot_s_p99")),
+    ("ITL p50 s", ("metrics", "itl_s_p50")),
+    ("ITL p99 s", ("metrics", "itl_s_p99")),
+    ("timed passes counted", ("metrics", "passes_counted")),
     ("load s", ("load_s",)),
     ("NVML process tree peak MiB", ("memory", "whole_process", "nvml_tree_peak_mib")),
     ("RSS tree peak MiB (psutil)", ("memory", "whole_process", "rss_tree_peak_mib")),
@@ -164,7 +175,9 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
         comparison_table(runs, letters),
         "",
         f"Ratios are each run / {letters[0]}: above 1 means more (a rate: faster; a latency or a peak: "
-        "slower or larger). Failed backends show '-'.",
+        "slower or larger). Failed backends show '-'. Every figure is the median over that run's timed passes "
+        "that count (a pass that compiled does not), computed from its records; latencies count from each "
+        "request's arrival.",
     ]
     if scaling := scaling_section(runs, letters):
         lines += [""] + scaling

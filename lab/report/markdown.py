@@ -14,8 +14,15 @@ from lab.report.continuous import settings_lines
 from lab.report.format import fmt, mib, version
 from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
-from lab.report.repeats import PassStats
 from lab.report.run_view import RunView
+from lab.report.timing_markdown import (
+    compile_section,
+    latency_section,
+    passes_note,
+    repeats_section,
+    throughput_table,
+)
+from lab.report.tutorial_markdown import tutorial_section
 
 
 def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str:
@@ -23,18 +30,17 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     runs = view.runs
     lines = [f"# PagedAttention Lab run `{view.manifest['run_id']}`", "", "## Conditions", ""]
     lines += conditions(view)
-    lines += ["", "## Throughput", "", "Timed pass only (warm-up and loading excluded).", "", throughput_table(runs)]
+    stats = {s.run: s for s in analyses.repeats}
+    lines += ["", "## Throughput", "", passes_note(runs), "", throughput_table(runs, stats)]
+    lines += [""] + latency_section(runs)
     if analyses.repeats:
         lines += [""] + repeats_section(analyses.repeats)
-    lines += [
-        "",
-        "## Latency",
-        "",
-        "TTFT: first token - start of work on the request (for hf batches, its batch's start; for vLLM and "
-        "hf/continuous, t=0: they queue requests themselves). TPOT: (E2E - TTFT) / (output tokens - 1).",
-        "",
-        latency_table(runs),
-    ]
+    compiled = compile_section(runs)
+    if compiled:
+        lines += [""] + compiled
+    tutorial = tutorial_section(view)
+    if tutorial:
+        lines += [""] + tutorial
     lines += [
         "",
         "## Memory",
@@ -93,7 +99,7 @@ def conditions(view: RunView) -> list[str]:
         f"- Workload: `{config.workload}`, {fmt(workload.get('requests'))} requests, "
         f"{fmt(workload.get('prompt_tokens'))} prompt tokens, {fmt(workload.get('output_tokens'))} output tokens "
         f"(fixed: EOS ignored), seed {config.seed}",
-        f"- Warm-up: {config.warmup} (excluded from every timing); hf batch size {config.batch_size}; "
+        f"- Warm-up: {warmup_text(config.warmup)} (excluded from every timing); hf batch size {config.batch_size}; "
         f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; KV pool (vLLM, hf/continuous): " + pool,
         passes_line(config.repeats, config.sample_kv_every_step),
         f"- GPUs per backend/mode: {config.tensor_parallel_size}"
@@ -104,59 +110,28 @@ def conditions(view: RunView) -> list[str]:
         ),
         *settings_lines(runs),
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
-        "t=0 when every request is available",
+        "t=0 when the timed pass starts; every request arrives at t=0 and every latency counts from its arrival",
     ]
+
+
+WARMUPS = {
+    "shapes": "every shape the timed passes use (hf batches: each prefill shape and each batch size through every "
+    "cache length; vLLM and hf/continuous: the whole workload once)",
+    "full-pass": "the whole workload once, untimed",
+    "first-batch": "the first batch only (first calls of other shapes fall inside the timed pass)",
+    "none": "none (first calls fall inside the timed pass)",
+}
+
+
+def warmup_text(kind: str) -> str:
+    return f"{kind}: {WARMUPS.get(kind, kind)}"
 
 
 def passes_line(repeats: int, sample_kv_every_step: bool) -> str:
     """Timed passes per backend/mode and whether the paged engines sampled their KV usage (older manifests: 1, on)."""
-    passes = f'{repeats} (the tables give the last; "Repeated timed passes" gives all)' if repeats > 1 else "1"
+    passes = f'{repeats} (the tables give medians; "Repeated timed passes" gives each)' if repeats > 1 else "1"
     samples = "on" if sample_kv_every_step else "off (engine stats disabled, as in `vllm bench`)"
     return f"- Timed passes per backend/mode: {passes}; per-step KV samples (vLLM, hf/continuous): {samples}"
-
-
-def throughput_table(runs: list[RunSummary]) -> str:
-    rows = []
-    for run in runs:
-        m = run.metrics or {}
-        rows.append(
-            [
-                run.label,
-                run.status,
-                fmt(m.get("requests_ok")),
-                fmt(m.get("output_tokens")),
-                fmt(m.get("duration_s"), 3),
-                fmt(m.get("requests_per_s")),
-                fmt(m.get("output_tokens_per_s"), 1),
-                fmt(m.get("total_tokens_per_s"), 1),
-                fmt(run.load_s, 1),
-            ]
-        )
-    return tabulate(
-        rows,
-        headers=[
-            "backend/mode",
-            "status",
-            "requests",
-            "output tokens",
-            "duration s",
-            "requests/s",
-            "output tokens/s",
-            "total tokens/s",
-            "load s",
-        ],
-        tablefmt="github",
-    )
-
-
-def latency_table(runs: list[RunSummary]) -> str:
-    keys = ("ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99", "e2e_s_p50", "e2e_s_p99")
-    rows = [[run.label] + [fmt(run.metric(k), 4) for k in keys] for run in runs]
-    return tabulate(
-        rows,
-        headers=["backend/mode", "TTFT p50 s", "TTFT p99 s", "TPOT p50 s", "TPOT p99 s", "E2E p50 s", "E2E p99 s"],
-        tablefmt="github",
-    )
 
 
 def memory_table(runs: list[RunSummary]) -> str:
@@ -194,38 +169,6 @@ def memory_table(runs: list[RunSummary]) -> str:
         ],
         tablefmt="github",
     )
-
-
-def repeats_section(stats: list[PassStats]) -> list[str]:
-    """The 'Repeated timed passes' section; none where every run made one pass."""
-    if not stats:
-        return []
-    rows = [
-        [
-            s.run,
-            s.passes,
-            ", ".join(fmt(r, 0) for r in s.output_tokens_per_s),
-            fmt(s.median, 1),
-            fmt(s.min, 1),
-            fmt(s.max, 1),
-            f"{s.spread_pct:.1f}",
-        ]
-        for s in stats
-    ]
-    return [
-        "## Repeated timed passes",
-        "",
-        "The whole workload timed several times in the same process after the warm-up (`--repeats`). "
-        "Output tokens/s of each pass in order; the other tables are the last pass's. Spread: "
-        "(max - min) / median.",
-        "",
-        tabulate(
-            rows,
-            headers=["backend/mode", "passes", "output tokens/s of each pass", "median", "min", "max", "spread %"],
-            tablefmt="github",
-            disable_numparse=True,
-        ),
-    ]
 
 
 def plots_section(plots: list[dict]) -> list[str]:

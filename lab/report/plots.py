@@ -5,7 +5,8 @@
 - kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
   Figure 2: shares of D (the paper's own bars, lab.paper, beside this run's) and shares of the memory
   held (lab.accounting.breakdown).
-- performance.png: output tokens/s, and TTFT / TPOT / E2E p50 and p99, per backend/mode.
+- performance.png: output tokens/s (median and the passes' range), latency from arrival (TTFT,
+  queueing, service, E2E) and per token (TPOT, ITL), p50 and p99, per backend/mode.
 
 `write_plots` draws what the data allows and returns the plots index (also written as plots.json):
 for each plot, its file or the reason it was skipped, so the reports can say so. Each `*_figure`
@@ -45,41 +46,63 @@ PAPER_CATEGORY = {
 }
 
 
+LATENCY_KEYS = ("ttft_s", "queue_s", "service_s", "e2e_s")  # from arrival
+PER_TOKEN_KEYS = ("tpot_s", "itl_s")
+LATENCY_NAMES = {"ttft_s": "TTFT", "queue_s": "queueing", "service_s": "service", "e2e_s": "E2E", "tpot_s": "TPOT"}
+LATENCY_NAMES["itl_s"] = "ITL"
+
+
 def performance_figure(runs: list[RunSummary]) -> Figure | None:
-    """Left: output tokens/s per backend/mode. Right: TTFT, TPOT, E2E p50 and p99 (log scale)."""
+    """Output tokens/s per backend/mode (median, the passes' min-max as an error bar); latency from
+    arrival (TTFT, queueing, service, E2E); per-token latency (TPOT, ITL). p50 solid, p99 light, log scale."""
     if not runs:
         return None
     labels = [r.label + ("" if r.ok else "\n(failed)") for r in runs]
-    metrics = [r.metrics or {} for r in runs]
-    fig = new_figure(figsize=(11, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[1, 2])
+    fig = new_figure(figsize=(14, 4.4), layout="constrained")
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 2, 1.4])
     x = list(range(len(runs)))
-    bars = left.bar(x, [m.get("output_tokens_per_s") or 0 for m in metrics], color="#457b9d")
+    rates = [r.metric("output_tokens_per_s") or 0 for r in runs]
+    spans = [_pass_span(r, "output_tokens_per_s") for r in runs]
+    errors = [[max(0.0, v - lo) for v, (lo, _) in zip(rates, spans)]]
+    errors.append([max(0.0, hi - v) for v, (_, hi) in zip(rates, spans)])
+    bars = left.bar(x, rates, color="#457b9d", yerr=errors, capsize=3)
     left.bar_label(bars, fmt="%.0f", fontsize=8)
-    left.set_xticks(x, labels, fontsize=8)
-    left.set_ylabel("output tokens/s (timed pass)")
-    left.set_title("Throughput", loc="left")
-    keys = [f"{name}_s_{p}" for name in ("ttft", "tpot", "e2e") for p in ("p50", "p99")]
-    width = 0.8 / len(keys)
-    for i, key in enumerate(keys):
-        values = [m.get(key) or 0 for m in metrics]
-        right.bar(
-            [xi - 0.4 + width * (i + 0.5) for xi in x],
-            values,
-            width,
-            label=key.replace("_s_", " ").upper().replace("P50", "p50").replace("P99", "p99"),
-            color=("#1d3557", "#a8dadc", "#e63946")[i // 2],
-            alpha=1.0 if i % 2 == 0 else 0.55,
-        )
-    right.set_xticks(x, labels, fontsize=8)
-    if any(m.get(k) for m in metrics for k in keys):
-        right.set_yscale("log")
-    right.set_ylabel("seconds (log scale)")
-    right.set_title("Latency: TTFT, TPOT, E2E (p50 solid, p99 light)", loc="left")
-    right.legend(fontsize=7, ncols=3)
-    for ax in (left, right):
+    left.set_xticks(x, labels, fontsize=8, rotation=30, ha="right")
+    left.set_ylabel("output tokens/s (median of the timed passes)")
+    left.set_title("Throughput (bar: passes' min-max)", loc="left")
+    _latency_bars(middle, runs, x, labels, LATENCY_KEYS, "Latency from arrival (p50 solid, p99 light)")
+    _latency_bars(right, runs, x, labels, PER_TOKEN_KEYS, "Per token: TPOT, ITL")
+    for ax in (left, middle, right):
         ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _pass_span(run: RunSummary, key: str) -> tuple[float, float]:
+    """(min, max) of `key` over the run's passes; the median twice where it has one pass."""
+    values = [m.get(key) for m in run.pass_metrics or [] if m.get(key) is not None]
+    median = run.metric(key) or 0
+    return (min(values), max(values)) if values else (median, median)
+
+
+def _latency_bars(ax, runs: list[RunSummary], x: list[int], labels: list[str], names: tuple[str, ...], title: str):
+    keys = [f"{name}_{p}" for name in names for p in ("p50", "p99")]
+    width = 0.8 / len(keys)
+    colors = ("#1d3557", "#a8dadc", "#e9c46a", "#e63946")
+    for i, key in enumerate(keys):
+        ax.bar(
+            [xi - 0.4 + width * (i + 0.5) for xi in x],
+            [r.metric(key) or 0 for r in runs],
+            width,
+            label=f"{LATENCY_NAMES[names[i // 2]]} {key[-3:]}",
+            color=colors[(i // 2) % len(colors)],
+            alpha=1.0 if i % 2 == 0 else 0.55,
+        )
+    ax.set_xticks(x, labels, fontsize=8, rotation=30, ha="right")
+    if any(r.metric(k) for r in runs for k in keys):
+        ax.set_yscale("log")
+    ax.set_ylabel("seconds (log scale)")
+    ax.set_title(title, loc="left", fontsize=9)
+    ax.legend(fontsize=7, ncols=2)
 
 
 def paper_categories_pct(shares: dict[str, float | None]) -> dict[str, float]:

@@ -3,22 +3,30 @@
 Each file is read the first time something asks for it, and never again: the manifest and the
 summary for the tables, each backend/mode's own files (`runs/<name>/`) for the KV breakdown, the
 bandwidth and the observations, the collector's timeline for the memory plot.
+
+The latency and throughput figures are computed again from the request records
+(`lab.metrics.run_metrics`), not read from summary.json: a run written before the arrival clock then
+shows the same definitions as a new one (its records load with `RequestRecord.from_dict`), and its
+throughput is the median over its passes' seconds where it kept only the last pass's records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from lab import run_folder as rf
 from lab.config import EngineSettings
+from lab.metrics import passes_of, run_metrics, with_pass_seconds
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 
 @dataclass(frozen=True)
 class RunPart:
-    """One backend/mode's own files: its result (None where it wrote none), request records and KV samples."""
+    """One backend/mode's own files: its result (None where it wrote none), the request records of its
+    last timed pass (the one its KV samples and batch figures belong to) and its KV samples."""
 
     summary: RunSummary
     result: BackendResult | None
@@ -32,6 +40,7 @@ class RunView:
     def __init__(self, path: Path) -> None:
         self.folder = rf.RunFolder(rf.check_run_dir(Path(path)))
         self._parts: dict[str, RunPart] = {}
+        self._records: dict[str, list[RequestRecord]] = {}
 
     @property
     def path(self) -> Path:
@@ -48,8 +57,23 @@ class RunView:
 
     @cached_property
     def runs(self) -> list[RunSummary]:
-        """One entry per backend/mode, in the order they ran."""
-        return [RunSummary.from_dict(run) for run in self.summary_file["runs"]]
+        """One entry per backend/mode, in the order they ran, its metrics computed from its records."""
+        return [self._with_current_metrics(RunSummary.from_dict(run)) for run in self.summary_file["runs"]]
+
+    def _with_current_metrics(self, run: RunSummary) -> RunSummary:
+        records = self.records(run.name)
+        if not records:  # a failed run, or a folder kept without its records: summary.json's figures
+            metrics = with_pass_seconds(run.metrics, run.passes_s or []) if run.metrics else run.metrics
+            return dataclasses.replace(run, metrics=metrics)
+        metrics, pass_metrics = run_metrics(records)
+        metrics = with_pass_seconds(metrics, run.passes_s or [])  # older runs kept only their last pass's records
+        return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics)
+
+    def records(self, name: str) -> list[RequestRecord]:
+        """Every timed pass's request records of backend/mode `name` ('hf-batched')."""
+        if name not in self._records:
+            self._records[name] = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(self.folder.part(name).records)]
+        return self._records[name]
 
     @cached_property
     def engine(self) -> EngineSettings:
@@ -70,9 +94,9 @@ class RunView:
         if run.name not in self._parts:
             files = self.folder.part(run.name)
             result = BackendResult.from_dict(rf.read_json(files.result)) if files.result.exists() else None
-            records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(files.records)]
+            passes = passes_of(self.records(run.name))
             samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_samples)]
-            self._parts[run.name] = RunPart(run, result, records, samples)
+            self._parts[run.name] = RunPart(run, result, passes[-1] if passes else [], samples)
         return self._parts[run.name]
 
     def ok_parts(self) -> list[RunPart]:

@@ -12,8 +12,16 @@
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
 #             with prefix caching off and on; hf with and without the warm-up
-#   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode
+#   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode (WORKLOADS, BACKENDS)
 #   llama-8b  the same on synthetic:llama-8b
+#   The same runs, --repeats 3 (medians and spread), cut so that each call ends within 560 s on an H100:
+#   llama-1b-seed, llama-8b-seed            seed, every backend/mode
+#   llama-1b-sharegpt, llama-8b-sharegpt    sharegpt-like (16 requests, batch 16): hf/batched, hf/continuous,
+#                                           vLLM, and on llama-1b the static caches too
+#   llama-8b-sharegpt-static                the same on llama-8b: hf/static-cache, hf/static-cache-eager
+#   llama-1b-sharegpt-seq, llama-8b-sharegpt-seq  the same workload, hf/sequential alone (3 x 99 s / 138 s)
+#   mixed     13 sharegpt-like requests in batches of 8 (8, then 5 padded to 8) on llama-1b: hf/sequential
+#             against the static cache compiled and eager; every timed pass must compile nothing
 #   breakdown the KV breakdown on a mixed-length workload (sharegpt-like, 256 requests): vLLM and
 #             hf/continuous with one 4 GiB pool, per-step KV samples on (vLLM's step facts, async scheduling)
 #   fig2      the saturated Figure 2 run: sharegpt-like (64 requests), hf/batched, hf/static-cache,
@@ -88,6 +96,14 @@ bench() {  # bench MODEL_DIR N ARGS...: `vllm bench throughput` on N random prom
 }
 bench_vllm() {  # bench_vllm MODEL_DIR N ARGS...: its vllm backend with the lab's engine settings
   bench "$@" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching
+}
+seed_run() {  # seed_run MODEL BACKENDS LABEL: the seed prompts, 50 new tokens, REPEATS timed passes (3)
+  lab experiment --model "$1" --workload seed --backends "$2" --repeats "${REPEATS:-3}" "${util[@]}" \
+      --results "$results" --label "$3"
+}
+sharegpt_run() {  # sharegpt_run MODEL BACKENDS LABEL: 16 sharegpt-like requests in one batch of 16
+  lab experiment --model "$1" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" --batch-size 16 \
+      --backends "$2" --repeats "${REPEATS:-3}" "${util[@]}" --results "$results" --label "$3"
 }
 
 case "$step" in
@@ -198,14 +214,37 @@ llama-1b|llama-8b)
   model=synthetic:$step
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
   lab models build "$model"
-  # WORKLOADS="seed" or "sharegpt" runs one of the two (llama-8b: one call each, to stay within 600 s)
+  # WORKLOADS="seed" or "sharegpt" runs one of the two; BACKENDS narrows the backend/modes
   if [[ " ${WORKLOADS:-seed sharegpt} " == *" seed "* ]]; then
-    lab experiment --model "$model" --workload seed "${util[@]}" --results "$results" --label "$step-seed"
+    seed_run "$model" "${BACKENDS:-hf,vllm}" "$step-seed"
   fi
   if [[ " ${WORKLOADS:-seed sharegpt} " == *" sharegpt "* ]]; then
-    lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" \
-        --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
+    sharegpt_run "$model" "${BACKENDS:-hf,vllm}" "$step-sharegpt"
   fi
+  ;;
+llama-1b-seed|llama-8b-seed)
+  model=synthetic:${step%-seed}
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
+  lab models build "$model"
+  seed_run "$model" hf,vllm "$step"
+  ;;
+llama-1b-sharegpt|llama-8b-sharegpt|llama-8b-sharegpt-static|llama-1b-sharegpt-seq|llama-8b-sharegpt-seq)
+  model=synthetic:${step%%-sharegpt*}
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
+  lab models build "$model"
+  case "$step" in
+    llama-1b-sharegpt) backends=hf/batched,hf/static-cache,hf/static-cache-eager,hf/continuous,vllm ;;
+    llama-8b-sharegpt) backends=hf/batched,hf/continuous,vllm ;;
+    llama-8b-sharegpt-static) backends=hf/static-cache,hf/static-cache-eager ;;
+    *) backends=hf/sequential ;;
+  esac
+  sharegpt_run "$model" "$backends" "$step"
+  ;;
+mixed)
+  lab models build "$anchor_model"
+  lab experiment --model "$anchor_model" --workload sharegpt-like --num-requests 13 --batch-size 8 \
+      --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
+      --results "$results" --label mixed13-b8
   ;;
 tp-smoke)
   "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
@@ -245,8 +284,10 @@ agree-tp-lab|agree-tp-bench)
   fi
   ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench, hf-bench-gap," \
-       "gap, breakdown, fig2, capacity, llama-1b, llama-8b, tp-smoke, tp-8b, tp-70b, agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
+       "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
+       "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
+       "mixed, tp-smoke, tp-8b, tp-70b, agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

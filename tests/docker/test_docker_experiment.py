@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.engine]
 
 ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
 SEED_REQUESTS, SEED_OUTPUT_TOKENS = 4, 50  # the seed workload with default options
+PASSES = 3  # lab experiment's default --repeats: every timed pass's records are kept
 IMAGE_PYTHON = "/opt/venv/bin/python"  # the images' venv (docker/base/Dockerfile), not the host's
 # First build of the engine images about 4 min on 2 cores, then each engine starts in its container
 # (vLLM about 85 s there, compiling the model).
@@ -59,14 +60,17 @@ def test_every_backend_and_mode_succeeded_in_its_container(experiment):
     assert not failed, f"failed in their containers: {json.dumps(failed, indent=1)[:4000]}"
 
 
-def test_records_hold_every_request_with_exact_output_tokens(experiment):
+def test_records_hold_every_request_of_every_pass_with_exact_output_tokens(experiment):
     rows = rf.read_jsonl(run_dir_of(experiment[0]) / rf.RECORDS)
     per_run = {name: [r for r in rows if f"{r['backend']}/{r['mode']}" == name] for name in ALL_RUNS}
-    assert {name: len(r) for name, r in per_run.items()} == {name: SEED_REQUESTS for name in ALL_RUNS}
+    assert {name: len(r) for name, r in per_run.items()} == {name: SEED_REQUESTS * PASSES for name in ALL_RUNS}
+    for name, run_rows in per_run.items():
+        assert sorted({r["pass_index"] for r in run_rows}) == list(range(PASSES)), name
     for row in rows:
         assert row["status"] == "ok", row
         assert row["output_tokens"] == SEED_OUTPUT_TOKENS, row
-        assert 0 <= row["start_s"] <= row["first_token_s"] <= row["end_s"]
+        assert len(row["token_times_s"]) == SEED_OUTPUT_TOKENS, row
+        assert row["arrival_s"] == 0.0 <= row["scheduled_s"] <= row["first_token_s"] <= row["end_s"], row
 
 
 def test_each_backend_ran_in_its_image_not_on_the_host(experiment):

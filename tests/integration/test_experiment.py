@@ -13,6 +13,7 @@ from lab.config import BACKEND_MODES
 pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]
 
 ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
+PASSES = 3  # lab experiment's default --repeats
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +71,45 @@ def test_every_backend_mode_ran_and_is_reported(finished_run):
     assert "## Observations" in report
 
 
-def test_records_have_fixed_output_lengths_and_times(finished_run):
+def test_records_have_fixed_output_lengths_and_every_token_time(finished_run):
     rows = rf.read_jsonl(run_dir_of(finished_run) / rf.RECORDS)
-    assert len(rows) == 4 * len(ALL_RUNS)
+    assert len(rows) == 4 * PASSES * len(ALL_RUNS)  # every timed pass's records
+    assert {(r["backend"], r["mode"], r["pass_index"]) for r in rows} == {
+        (*name.split("/"), index) for name in ALL_RUNS for index in range(PASSES)
+    }
     for row in rows:
         assert row["status"] == "ok" and row["output_tokens"] == 8
-        assert 0 <= row["start_s"] <= row["first_token_s"] <= row["end_s"]
-        assert row["ttft_s"] is not None and row["e2e_s"] > 0
+        times = row["token_times_s"]
+        assert len(times) == 8 and times == sorted(times)
+        assert row["arrival_s"] == 0.0 <= row["scheduled_s"] <= row["first_token_s"] <= row["end_s"]
+        assert times[0] == pytest.approx(row["first_token_s"], abs=1e-6)
+        assert times[-1] == pytest.approx(row["end_s"], abs=1e-6)
+        assert row["ttft_s"] == row["first_token_s"] and row["e2e_s"] == row["end_s"]  # from arrival at 0
+        assert row["queue_s"] + row["service_s"] == pytest.approx(row["e2e_s"])
+        assert row["pass_invalid"] is None  # nothing compiled in a timed pass
+
+
+def test_sequential_requests_wait_for_the_earlier_ones(finished_run):
+    """One clock from arrival: hf/sequential's last request waited for every earlier one to be served."""
+    rows = rf.read_jsonl(run_dir_of(finished_run) / rf.RECORDS)
+    for index in range(PASSES):
+        ordered = sorted(
+            (r for r in rows if (r["backend"], r["mode"], r["pass_index"]) == ("hf", "sequential", index)),
+            key=lambda r: r["request_id"],
+        )
+        *earlier, last = ordered
+        assert last["ttft_s"] >= sum(r["service_s"] for r in earlier)
+        assert last["queue_s"] >= sum(r["service_s"] for r in earlier)
+
+
+def test_report_gives_queueing_service_itl_and_compilations(finished_run):
+    report = (run_dir_of(finished_run) / rf.REPORT).read_text()
+    for header in ("queueing p99 s", "service p50 s", "ITL p50 s", "TPOT p99 s", "spread %"):
+        assert header in report
+    assert "## Compilation" in report and "## Repeated timed passes" in report
+    section = report.split("## Compilation")[1].split("\n## ")[0]
+    compile_rows = [line for line in section.splitlines() if line.startswith("| hf/")]
+    assert compile_rows and all(line.rstrip(" |").endswith("none") for line in compile_rows)  # no invalid pass
 
 
 def test_collector_timeline_covers_every_run_and_names_its_source(finished_run):
@@ -190,6 +223,6 @@ def test_repeated_timed_passes_are_each_timed_and_reported(tiny_model, tmp_path)
         result = rf.read_json(rf.RunFolder(run_dir).part(f"{run['backend']}-{run['mode']}").result)
         phases = [p["phase"] for p in result["phases"]]
         assert phases == ["load", "warmup", "repeat", "repeat", "generate"]
-    assert len(rf.read_jsonl(run_dir / rf.RECORDS)) == 2 * 2  # one pass of 2 requests per backend
+    assert len(rf.read_jsonl(run_dir / rf.RECORDS)) == 2 * 2 * 3  # 3 passes of 2 requests per backend
     report = (run_dir / rf.REPORT).read_text()
     assert "## Repeated timed passes" in report and "Timed passes per backend/mode: 3" in report

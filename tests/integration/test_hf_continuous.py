@@ -90,17 +90,19 @@ def test_every_token_is_timed_on_the_runner_clock(timed_run):
     records, samples, _ = timed_run
     last_step = samples[-1].t_s
     for r in records:
-        times = r.extra["token_times_s"]
+        times = r.token_times_s
         assert len(times) == r.output_tokens and times == sorted(times)
-        assert r.start_s == 0.0 < times[0] == r.first_token_s and times[-1] == r.end_s <= last_step
+        assert r.arrival_s == 0.0 < times[0] == r.first_token_s and times[-1] == r.end_s <= last_step
+        assert r.ttft_s == r.first_token_s and r.queue_s + r.service_s == pytest.approx(r.e2e_s)
 
 
 def test_queueing_shows_as_arrival_then_first_scheduled_then_first_token(timed_run):
     records, _, _ = timed_run
     for r in records:
-        assert 0 <= r.extra["submitted_s"] <= r.extra["scheduled_s"] < r.first_token_s
+        assert r.arrival_s == 0.0 <= r.extra["submitted_s"] <= r.scheduled_s < r.first_token_s
     # 128 tokens a step: the first prompts fill the first step, so later ones wait for a later step.
-    assert max(r.extra["scheduled_s"] for r in records) > min(r.first_token_s for r in records)
+    assert max(r.scheduled_s for r in records) > min(r.first_token_s for r in records)
+    assert max(r.queue_s for r in records) > min(r.ttft_s for r in records)
 
 
 def test_kv_samples_read_block_tables_that_match_the_arithmetic(timed_run):
@@ -163,8 +165,8 @@ def test_output_lengths_exact_when_the_pool_cannot_hold_every_request_at_once(ti
     assert max(s.waiting for s in samples) > 0 and max(s.blocks_used for s in samples) <= 8
     # Every token keeps a time, also for a request transformers recomputed (it restarts its timestamps then).
     for r in records:
-        times = r.extra["token_times_s"]
-        assert len(times) == r.output_tokens and times == sorted(times) and r.extra["scheduled_s"] <= times[0]
+        times = r.token_times_s
+        assert len(times) == r.output_tokens and times == sorted(times) and r.scheduled_s <= times[0]
 
 
 def test_a_request_larger_than_the_pool_is_a_clear_error(tiny_model):
@@ -259,6 +261,8 @@ def test_lab_experiment_runs_hf_continuous_on_a_mixed_workload(tiny_model, tmp_p
             "8",
             "--kv-cache-memory",
             "8MiB",
+            "--repeats",
+            "1",
             "--results",
             str(tmp_path),
         ],
@@ -272,7 +276,7 @@ def test_lab_experiment_runs_hf_continuous_on_a_mixed_workload(tiny_model, tmp_p
     manifest = rf.read_json(folder.manifest)
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     assert len({r["output_tokens"] for r in records}) > 1  # the workload's own, mixed lengths
-    assert all(len(r["extra"]["token_times_s"]) == r["output_tokens"] for r in records)
+    assert all(len(r["token_times_s"]) == r["output_tokens"] for r in records)
     assert rf.read_jsonl(folder.kv_samples)
     assert manifest["config"]["engine"]["hf_continuous"]["attn"] == "sdpa"
     report = folder.report.read_text()

@@ -24,6 +24,7 @@ REQUESTS = 4
 
 def experiment(model: Path, backends: str, results: Path) -> subprocess.CompletedProcess:
     options = f"--device cpu --tensor-parallel-size 2 --num-requests {REQUESTS} --output-tokens {OUTPUT_TOKENS}"
+    options += " --repeats 1"  # one timed pass: each rank's records are then the workload once
     argv = [sys.executable, "-m", "lab", "experiment", *options.split(), "--batch-size", "2"]
     argv += ["--model", str(model), "--backends", backends, "--results", str(results)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=1200)

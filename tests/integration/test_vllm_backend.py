@@ -17,6 +17,7 @@ from lab.backends.vllm_config import check_cpu_block_size
 from lab.backends.vllm_step_facts import FACTS_KEY, SCHEDULER_CLS, take_step_facts
 from lab.config import EngineSettings, RunSpec
 from lab.errors import LabInputError
+from lab.pass_records import CompileCount
 from lab.workloads import Request
 
 BLOCK_SIZE = 32  # vLLM 0.32's CPU attention takes multiples of 32 only
@@ -51,17 +52,19 @@ def backend(tiny_model):
 @pytest.fixture(scope="module")
 def timed_run(backend):
     requests = _requests()
-    backend.generate(backend.warmup_requests(requests), Clock())
+    for call in backend.warmup_plan(requests):
+        backend.generate(call, Clock())
+    before = backend.compile_snapshot()
     clock = Clock()
     clock.start()
     records = backend.generate(requests, clock)
-    return requests, records, backend.kv_samples()
+    return requests, records, backend.kv_samples(), CompileCount.between(before, backend.compile_snapshot())
 
 
 @pytest.mark.engine
 @pytest.mark.vllm_cpu
 def test_output_lengths_exact(timed_run):
-    requests, records, _ = timed_run
+    requests, records, _, _ = timed_run
     assert [r.request_id for r in records] == [q.request_id for q in requests]
     assert [r.output_tokens for r in records] == [q.output_tokens for q in requests]
     assert [r.prompt_tokens for r in records] == [q.prompt_tokens for q in requests]
@@ -70,18 +73,34 @@ def test_output_lengths_exact(timed_run):
 
 @pytest.mark.engine
 @pytest.mark.vllm_cpu
-def test_times_are_on_the_runner_clock(timed_run):
-    _, records, samples = timed_run
+def test_times_are_on_the_runner_clock_from_arrival(timed_run):
+    _, records, samples, _ = timed_run
     for record in records:
-        assert record.start_s == 0.0  # all submitted at t=0; vLLM queues them
-        assert 0 < record.first_token_s <= record.end_s
+        assert record.arrival_s == 0.0  # all submitted at t=0; vLLM queues them
+        # scheduled: the engine core's own clock (another process), on the runner's clock
+        assert record.scheduled_s is not None and 0 < record.scheduled_s <= record.first_token_s <= record.end_s
+        times = record.token_times_s
+        assert len(times) == record.output_tokens and times == sorted(times)
+        assert (times[0], times[-1]) == (record.first_token_s, record.end_s)
+        assert record.ttft_s == record.first_token_s and record.queue_s == record.scheduled_s
     assert max(r.end_s for r in records) <= samples[-1].t_s
 
 
 @pytest.mark.engine
 @pytest.mark.vllm_cpu
+def test_the_timed_pass_compiled_nothing_and_the_engine_compiled_at_load(backend, timed_run):
+    """Read in vLLM's worker, inside the engine-core process (lab.backends.vllm_worker)."""
+    *_, compiled = timed_run
+    assert compiled is not None and not compiled.compiled, compiled
+    assert "vLLM's worker" in compiled.source
+    at_load = backend.compile_snapshot()
+    assert at_load["frames"] + at_load["graphs"] > 0  # vLLM compiled its model while starting
+
+
+@pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_kv_samples_cover_only_the_timed_pass(timed_run):
-    requests, _, samples = timed_run
+    requests, _, samples, _ = timed_run
     assert samples, "no kv samples were taken"
     steps = [s.step for s in samples]
     assert steps == sorted(set(steps))  # one pass, no warm-up samples mixed in
@@ -94,7 +113,7 @@ def test_kv_samples_cover_only_the_timed_pass(timed_run):
 @pytest.mark.engine
 @pytest.mark.vllm_cpu
 def test_tokens_stored_fit_the_used_blocks(timed_run):
-    _, _, samples = timed_run
+    _, _, samples, _ = timed_run
     assert all(s.tokens_stored_exact for s in samples)  # the pool fits: no preemption, no queue
     for s in samples:
         assert s.blocks_used is not None
@@ -112,7 +131,7 @@ def test_kv_usage_source_agrees_with_get_metrics(backend, timed_run):
     """The sampled figures are the ones vLLM's own gauges show (read here after the pass)."""
     from vllm.v1.metrics.reader import Gauge
 
-    _, _, samples = timed_run
+    _, _, samples, _ = timed_run
     gauges = {m.name: m.value for m in backend._llm.get_metrics() if isinstance(m, Gauge)}
     assert gauges["vllm:kv_cache_usage_perc"] == samples[-1].kv_usage
     assert gauges["vllm:num_requests_running"] == samples[-1].running

@@ -76,7 +76,7 @@ def test_vllm_steps_skip_prefills_and_count_the_fed_token():
         KvSample(step=2, t_s=0.15, tokens_stored=30, running=3, tokens_stored_exact=True),  # a new prefill
         KvSample(step=3, t_s=0.16, tokens_stored=0, running=0, tokens_stored_exact=True),  # all finish
     ]
-    records = [RequestRecord(i, 1, 1, 0.0, first, 1.0) for i, first in enumerate((0.10, 0.10, 0.15))]
+    records = [RequestRecord(i, 1, 1, first, 1.0) for i, first in enumerate((0.10, 0.10, 0.15))]
     steps = bandwidth.vllm_decode_steps(samples, records)
     assert steps == [(pytest.approx(0.02), 22, 22), (pytest.approx(0.01), 33, 33)]  # paged: every slot is useful
 

@@ -11,6 +11,7 @@ def test_parse_backends_expands_modes_in_order():
         ("hf", "sequential"),
         ("hf", "batched"),
         ("hf", "static-cache"),
+        ("hf", "static-cache-eager"),
         ("hf", "continuous"),
         ("vllm", "offline"),
     )

@@ -205,8 +205,8 @@ def test_vllm_running_requests_rebuilt_from_fake_records():
         for i, (b, r, t) in enumerate([(0, 0, 0), (2, 1, 17), (2, 1, 18), (0, 0, 0)])
     ]
     fake_records = [
-        RequestRecord(0, prompt_tokens=17, output_tokens=3, start_s=0.0, first_token_s=2.0, end_s=4.0),
-        RequestRecord(1, prompt_tokens=5, output_tokens=1, start_s=0.0, first_token_s=2.0, end_s=2.0),  # freed at once
+        RequestRecord(0, prompt_tokens=17, output_tokens=3, first_token_s=2.0, end_s=4.0),
+        RequestRecord(1, prompt_tokens=5, output_tokens=1, first_token_s=2.0, end_s=2.0),  # freed at once
     ]
     running = vllm_running_per_sample(fake_samples, fake_records)
     assert running == [[], [(17, 19)], [(18, 19)], []]

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lab.accounting.kv import kv_bytes_per_token
 from lab.errors import LabInputError
-from lab.models import build, resolve
+from lab.models import build, configs, resolve
 from lab.models.resolve import model_info, resolve_model
 from lab.models.shapes import SYNTHETIC, llama_num_parameters
 
@@ -36,10 +37,9 @@ def test_head_dim_is_hidden_over_heads_and_never_16():
 
 
 def test_only_the_large_shapes_skip_weights_by_default():
-    assert {name for name, shape in SYNTHETIC.items() if not shape.save_weights} == {
-        "synthetic:llama-8b",
-        "synthetic:llama-70b",
-    }
+    """llama-8b's 16 GB, llama-70b's 141 GB and gpt2's 0.5 GB of float32 say nothing random init at load does not."""
+    skipped = {name for name, shape in SYNTHETIC.items() if not shape.save_weights}
+    assert skipped == {"synthetic:llama-8b", "synthetic:llama-70b", "synthetic:gpt2"}
 
 
 def test_kv_bytes_per_token_hand_computed():
@@ -98,8 +98,28 @@ def test_model_info_rejects_unknown_dtype(tmp_path):
 def test_tiny_param_count_matches_the_real_model(tmp_path):
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(build.llama_config(SYNTHETIC["synthetic:tiny"]))
+    model = LlamaForCausalLM(configs.llama_config(SYNTHETIC["synthetic:tiny"]))
     assert model_info("synthetic:tiny", cache_dir=tmp_path)["num_parameters"] == model.num_parameters()
+
+
+def test_gpt2_is_gpt2s_architecture_and_124m_shape(tmp_path):
+    """GPT-2 124M: 12 layers, 768 hidden, 12 heads (no grouped-query attention), 1,024 positions, tied head."""
+    shape = SYNTHETIC["synthetic:gpt2"]
+    assert shape.num_parameters() == 124_439_808  # the published GPT-2 small count
+    info = model_info("synthetic:gpt2", dtype="bfloat16", cache_dir=tmp_path)
+    assert info["architecture"] == "GPT2LMHeadModel" and info["tie_word_embeddings"] is True
+    assert (info["num_layers"], info["num_kv_heads"], info["head_dim"]) == (12, 12, 64)
+    assert info["kv_bytes_per_token"] == 2 * 12 * 12 * 64 * 2 == 36864
+    assert info["num_parameters"] == 124_439_808 and info["max_position_embeddings"] == 1024
+
+
+def test_gpt2_shapes_param_count_matches_the_real_model():
+    from transformers import GPT2LMHeadModel
+
+    for name in ("synthetic:gpt2", "synthetic:gpt2-tiny"):
+        with torch.device("meta"):
+            model = GPT2LMHeadModel(configs.model_config(SYNTHETIC[name]))
+        assert model.num_parameters() == SYNTHETIC[name].num_parameters(), name
 
 
 def test_unknown_synthetic_name_lists_the_known_ones(tmp_path):
@@ -159,7 +179,7 @@ def test_prompt_vocab_ids_exclude_special_tokens():
     tokenizer = build.train_tokenizer(400)
     ids = build.prompt_vocab_ids(tokenizer)
     assert set(tokenizer.all_special_ids).isdisjoint(ids)
-    assert ids == sorted(ids) and len(ids) == len(tokenizer) - len(build.SPECIAL_TOKENS)
+    assert ids == sorted(ids) and len(ids) == len(tokenizer) - len(configs.SPECIAL_TOKENS)
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
 
 

@@ -126,12 +126,14 @@ def test_memory_series_reads_nvml_and_the_allocator_where_recorded():
     assert series[2].mib == [64, 64]
 
 
-def test_performance_figure_has_a_bar_per_backend_mode_and_six_latency_series(run_dir: Path):
+def test_performance_figure_draws_throughput_latency_from_arrival_and_per_token(run_dir: Path):
     runs = RunView(run_dir).runs
-    throughput, latency = plots.performance_figure(runs).axes
-    assert len(throughput.containers) == 1 and len(throughput.containers[0]) == 4
-    assert len(latency.containers) == 6  # TTFT, TPOT, E2E x p50, p99
-    heights = [bar.get_height() for bar in throughput.containers[0]]
+    throughput, latency, per_token = plots.performance_figure(runs).axes
+    bars = [c for c in throughput.containers if hasattr(c, "patches")]
+    assert len(bars) == 1 and len(bars[0]) == 4
+    assert len(latency.containers) == 8  # TTFT, queueing, service, E2E x p50, p99
+    assert len(per_token.containers) == 4  # TPOT, ITL x p50, p99
+    heights = [bar.get_height() for bar in bars[0]]
     assert heights == pytest.approx([r.metrics["output_tokens_per_s"] for r in runs])
 
 
@@ -209,8 +211,9 @@ def test_report_html_is_self_contained(run_dir: Path):
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resource"
     assert "<script" not in page
-    # throughput, latency, memory, KV breakdown (of D, of the memory held), decode bandwidth: report.md's tables
-    assert page.count("<table>") == 6
+    # throughput, latency from arrival, per token, memory, KV breakdown (of D, of the memory held), decode
+    # bandwidth: report.md's tables
+    assert page.count("<table>") == 7
     assert "<details><summary>manifest.json</summary>" in page
     assert "hf/static-cache" in page and "Conditions" in page
 

@@ -73,9 +73,13 @@ def test_a_part_folder_names_every_file_of_one_backend_process(tmp_path):
 
 
 def test_records_round_trip_and_read_older_runs():
-    record = RequestRecord(3, 10, 5, 0.5, 0.75, 2.0, batch=1, backend="hf", mode="batched")
+    times = [0.75, 1.0, 1.5, 1.75, 2.0]
+    record = RequestRecord(
+        3, 10, 5, 0.75, 2.0, scheduled_s=0.5, token_times_s=times, batch=1, backend="hf", mode="batched"
+    )
     data = record.to_dict()
-    assert data["ttft_s"] == 0.25 and data["e2e_s"] == 1.5
+    assert data["ttft_s"] == 0.75 and data["e2e_s"] == 2.0  # from arrival, t=0
+    assert data["queue_s"] == 0.5 and data["service_s"] == 1.5
     assert RequestRecord.from_dict(data) == record
     old = {"t_s": 0.1, "step": 0, "kv_usage": 0.5, "future_field": 1}  # no tokens_stored_exact, an unknown key
     assert KvSample.from_dict(old) == KvSample(t_s=0.1, step=0, kv_usage=0.5)

@@ -1,0 +1,78 @@
+"""Typed records of the timed passes: torch.compile's activity in a window of a process
+(`CompileCount`) and one timed pass (`TimedPass`, result.json `passes`). docs/results.md defines each field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from lab.records import _known
+
+
+@dataclass
+class CompileCount:
+    """torch.compile's activity in one window of a process (load, warm-up, one timed pass).
+
+    The difference of two cumulative snapshots of torch._dynamo's own counters
+    (`lab.backends.compile_watch.snapshot`): `frames`, Python frames dynamo compiled (a function's
+    first compile and every recompile: each call that missed its cache); `graphs`, the graphs it
+    produced; `recompiles`, the compiles dynamo itself calls recompilations, with its `reasons`.
+    """
+
+    frames: int = 0
+    graphs: int = 0
+    recompiles: int = 0
+    reasons: list[str] = field(default_factory=list)
+    source: str | None = None  # where the counters were read
+
+    @property
+    def compiled(self) -> bool:
+        return self.frames > 0 or self.graphs > 0
+
+    @classmethod
+    def between(cls, before: dict | None, after: dict | None) -> CompileCount | None:
+        """What happened between two snapshots; None where either could not be taken (not observable)."""
+        if before is None or after is None:
+            return None
+        new_recompiles = {k: v for k, v in after.get("recompiles", {}).items() if k not in before.get("recompiles", {})}
+        return cls(
+            frames=after["frames"] - before["frames"],
+            graphs=after["graphs"] - before["graphs"],
+            recompiles=len(new_recompiles),
+            reasons=sorted(set(new_recompiles.values())),
+            source=after.get("source"),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> CompileCount | None:
+        return None if data is None else _known(cls, data)
+
+
+@dataclass
+class TimedPass:
+    """One timed pass of the whole workload: its seconds and whether it counts.
+
+    A pass during which anything was compiled is invalid: it timed compilation, not generation.
+    `compile` is None where compilation cannot be observed from the lab's process.
+    """
+
+    index: int
+    duration_s: float
+    compile: CompileCount | None = None
+
+    @property
+    def invalid(self) -> str | None:
+        """Why this pass does not count; None when it does (or could not be checked)."""
+        c = self.compile
+        if c is None or not c.compiled:
+            return None
+        return f"torch.compile ran in this timed pass ({c.frames} frames, {c.graphs} graphs, {c.recompiles} recompiles)"
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), invalid=self.invalid)  # asdict turns `compile` into its dict
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TimedPass:
+        return cls(data["index"], data["duration_s"], CompileCount.from_dict(data.get("compile")))
