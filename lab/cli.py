@@ -2,13 +2,14 @@
 and builds the config.
 
 Exit codes: 0 done; 1 a run or step failed (its error is recorded); 2 bad input (the message says
-what to change).
+what to change); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,13 +24,26 @@ from lab.cli_options import (
     default_model,
     engine_options,
     engine_settings,
+    fault_injection,
     handle_errors,
     parse_bytes,
+    parse_gpus,
     progress,
+    report_failures,
     results_option,
+    timeout_option,
 )
-from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
-from lab.errors import LabInputError
+from lab.config import (
+    BACKEND_MODES,
+    MAX_TIMEOUT_S,
+    CapacitySpec,
+    ExperimentSpec,
+    RunSpec,
+    check_mode,
+    check_range,
+    parse_backends,
+)
+from lab.errors import Interrupted, LabInputError
 from lab.experiments.capacity import run_capacity
 from lab.experiments.offline import run_experiment
 from lab.hardware.collector import run_collector
@@ -140,7 +154,12 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
 @cache_dir_option
 @handle_errors
 def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
-    """One backend/mode in this process: load, warm-up, timed pass, records in --out."""
+    """One backend/mode in this process: load, warm-up, timed pass, records in --out.
+
+    \b
+    Exit codes: 0 ok; 1 the run failed (result.json says why); 2 bad input (nothing written);
+    128+N stopped by signal N (the engine is closed first).
+    """
     if spec_file:
         if not spec_file.is_file():
             raise LabInputError(f"spec file not found: {spec_file}")
@@ -153,8 +172,9 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
+    signal.signal(signal.SIGTERM, Interrupted.on_signal)  # so that the engine is closed, not orphaned
     click.echo(f"lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
-    result = run_backend(spec, out, cache_dir)
+    result = run_backend(spec, out, cache_dir, on_phase=fault_injection(spec.label))
     click.echo(f"lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
@@ -178,12 +198,23 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 @click.option("--collector-interval-ms", type=int, default=15, show_default=True)
 @click.option("--no-collector", is_flag=True, help="Run without the NVML/psutil collector (to measure its cost).")
 @click.option("--label", "tag", default="", help="Added to the run id.")
+@timeout_option
 @cache_dir_option
 @handle_errors
 def experiment(
-    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, cache_dir, model, **kw
+    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, timeout_s, cache_dir, model, **kw
 ) -> None:
-    """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
+    """Every backend/mode in its own process on the same workload, the collector beside each; then the report.
+
+    \b
+    Exit codes:
+      0    every backend/mode succeeded
+      1    at least one failed, crashed or timed out: its error is recorded, and the run folder
+           and its report are written all the same (the last line of stdout)
+      2    bad input: nothing was started and nothing written
+      130  Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP: every process and container the run
+           started was stopped, and its temporary folder removed (no run folder)
+    """
     runs = parse_backends(backends)
     launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
     device = resolve_device(kw["device"], progress)
@@ -193,14 +224,16 @@ def experiment(
     else:  # the model is checked in the hf container: the host may not reach its folder or hub
         check_workload_name(kw["workload"])
     kw["device"] = device
-    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector)
+    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector, timeout_s)
     progress(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
         f"device {device}, runtime {launcher.runtime}"
     )
-    run_dir = run_experiment(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(run_dir).report.read_text(encoding="utf-8"))
-    click.echo(str(run_dir))
+    finished = run_experiment(spec, results_dir, launcher, progress, tag)
+    click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
+    report_failures(finished.failed, finished.runs)
+    click.echo(str(finished.path))
+    sys.exit(1 if finished.failed else 0)
 
 
 @cli.command()
@@ -232,34 +265,35 @@ def experiment(
 @results_option
 @click.option("--no-collector", is_flag=True, help="Run the points without the NVML/psutil collector.")
 @click.option("--label", "tag", default="capacity", show_default=True, help="Added to the run id.")
+@timeout_option
 @cache_dir_option
 @handle_errors
 def capacity(
-    kv_budget, max_len, concurrency, measure, curve, results_dir, no_collector, tag, cache_dir, model, **kw
+    kv_budget, max_len, concurrency, measure, curve, results_dir, no_collector, tag, timeout_s, cache_dir, model, **kw
 ) -> None:
-    """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
+    """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput.
+
+    Exit codes as `lab experiment`'s: 1 when a measured point failed (recorded in capacity.json).
+    """
     device = resolve_device(kw["device"], progress)
     model = model or default_model(device)
     check_engine_inputs(model, kw["workload"])
-    if max_len is not None and max_len < 1:
-        raise LabInputError(f"--max-len must be at least 1, got {max_len}")
     try:
         levels = tuple(int(c) for c in concurrency.split(",") if c.strip()) if concurrency else None
     except ValueError:
         raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {concurrency!r}") from None
-    if levels is not None and (not levels or min(levels) < 1):
-        raise LabInputError(f"--concurrency takes positive integers, e.g. 1,2,4,8; got {concurrency!r}")
     kw["device"] = device
-    spec = CapacitySpec(
-        engine_settings(model, **kw), parse_bytes(kv_budget), max_len, levels, measure, curve, not no_collector
-    )
+    engine = engine_settings(model, **kw)
+    spec = CapacitySpec(engine, parse_bytes(kv_budget), max_len, levels, measure, curve, not no_collector, timeout_s)
     progress(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
         f"device {device} (runs natively)"
     )
-    run_dir = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, tag)
-    click.echo(rf.RunFolder(run_dir).capacity_md.read_text(encoding="utf-8"))
-    click.echo(str(run_dir))
+    finished = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, tag)
+    click.echo(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"))
+    report_failures(finished.failed, finished.runs, "measured points")
+    click.echo(str(finished.path))
+    sys.exit(1 if finished.failed else 0)
 
 
 @cli.command()
@@ -330,9 +364,10 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
     """Sample NVML (or psutil where NVML is missing) for a process tree until it exits."""
     if pid is None and pid_file is None:
         raise LabInputError("give --pid PID or --pid-file FILE")
-    if not 1 <= interval_ms <= 1000:
-        raise LabInputError(f"--interval-ms must be 1-1000, got {interval_ms}")
-    indices = [int(i) for i in gpus.split(",")] if gpus else None
+    check_range("--pid", pid, 1, 2**31 - 1)
+    check_range("--interval-ms", interval_ms, 1, 1000, "15 is ~66 samples a second")
+    check_range("--max-seconds", max_seconds, 0.001, MAX_TIMEOUT_S, "or leave it out to run until the process exits")
+    indices = parse_gpus(gpus)
     summary = run_collector(
         out,
         pid=pid,

@@ -23,6 +23,26 @@ BACKEND_MODES: dict[str, tuple[str, ...]] = {
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WARMUPS = ("first-batch", "none")
+BLOCK_SIZES = (8, 16, 32, 64, 128)
+# Ranges of the numeric options: beyond these a value is a typo, not an experiment.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 10**7  # requests, tokens, batch size, context length
+MAX_REPEATS = 100
+MAX_BYTES = 2**50  # 1 PiB: more memory than any one machine has
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_range(option: str, value: float | None, low: float, high: float, fix: str = "") -> None:
+    """LabInputError naming `option`, its range and the fix unless `value` is None or within [low, high]."""
+    if value is None or low <= value <= high:
+        return
+    raise LabInputError(
+        f"{option} must be {_number(low)}-{_number(high)}, got {_number(value)}" + (f"; {fix}" if fix else "")
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def run_label(backend: str, mode: str) -> str:
@@ -69,6 +89,14 @@ def check_mode(backend: str, mode: str) -> None:
         )
 
 
+def check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise LabInputError(
+            f"--timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s (a week), got {timeout_s:g}; "
+            "leave it out for a limit sized from the workload"
+        )
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """What every backend/mode of one experiment shares, so that the comparison is fair."""
@@ -98,18 +126,22 @@ class EngineSettings:
             raise LabInputError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
         if self.warmup not in WARMUPS:
             raise LabInputError(f"unknown warm-up {self.warmup!r}: choose from {', '.join(WARMUPS)}")
-        if self.batch_size < 1:
-            raise LabInputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 1 <= self.repeats <= 100:
-            raise LabInputError(f"--repeats must be 1-100, got {self.repeats}")
-        if self.num_requests is not None and self.num_requests < 1:
-            raise LabInputError(f"--num-requests must be at least 1, got {self.num_requests}")
-        if self.output_tokens is not None and self.output_tokens < 1:
-            raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
+        check_range("--seed", self.seed, 0, MAX_SEED, "any integer from 0 to 2^32 - 1 (numpy's and torch's range)")
+        check_range("--batch-size", self.batch_size, 1, MAX_COUNT)
+        check_range("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_range("--num-requests", self.num_requests, 1, MAX_COUNT, "or leave it out for the workload's own count")
+        check_range("--output-tokens", self.output_tokens, 1, MAX_COUNT, "or leave it out for the workload's own")
+        check_range("--max-model-len", self.max_model_len, 1, MAX_COUNT, "or leave it out for the model's context")
+        check_range("--kv-cache-memory", self.kv_cache_memory_bytes, 1, MAX_BYTES, "e.g. 4GiB")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
+            raise LabInputError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}: "
+                "a fraction of the GPU's memory, e.g. 0.5"
+            )
+        if self.block_size not in BLOCK_SIZES:
+            raise LabInputError(
+                f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,10 +188,11 @@ class ExperimentSpec:
     runs: tuple[tuple[str, str], ...] = field(default_factory=lambda: parse_backends("hf,vllm"))
     collector_interval_ms: int = 15
     collect: bool = True
+    timeout_s: float | None = None  # per backend/mode; None: sized from the workload (experiments/timeout.py)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.collector_interval_ms <= 1000:
-            raise LabInputError(f"--collector-interval-ms must be 1-1000, got {self.collector_interval_ms}")
+        check_range("--collector-interval-ms", self.collector_interval_ms, 1, 1000, "15 is ~66 samples a second")
+        check_timeout(self.timeout_s)
 
     def run_specs(self) -> list[RunSpec]:
         return [RunSpec(backend, mode, self.engine) for backend, mode in self.runs]
@@ -170,6 +203,7 @@ class ExperimentSpec:
             "runs": [run_label(b, m) for b, m in self.runs],
             "collector_interval_ms": self.collector_interval_ms,
             "collect": self.collect,
+            "timeout_s": self.timeout_s,
         }
 
 
@@ -184,6 +218,14 @@ class CapacitySpec:
     measure: bool = True
     curve: bool = True
     collect: bool = True
+    timeout_s: float | None = None  # per measured point; None: sized from the workload
+
+    def __post_init__(self) -> None:
+        check_range("--kv-budget", self.kv_budget_bytes, 1, MAX_BYTES, "e.g. 4GiB")
+        check_range("--max-len", self.max_len, 1, MAX_COUNT, "or leave it out for --max-model-len or the context")
+        if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
+            raise LabInputError(f"--concurrency takes positive integers, e.g. 1,2,4,8; got {self.concurrency}")
+        check_timeout(self.timeout_s)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -41,7 +41,7 @@ from vllm.sampling_params import RequestOutputKind
 from lab.accounting import kv
 from lab.backends.base import Backend, Clock
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
-from lab.models.resolve import has_weights
+from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
@@ -152,6 +152,8 @@ class VllmBackend(Backend):
             kwargs["max_model_len"] = e.max_model_len
         if not has_weights(self.model_path):
             kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
+        if not has_tokenizer(self.model_path):
+            kwargs["skip_tokenizer_init"] = True  # prompts are token ids and outputs are never detokenized
         if e.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = e.kv_cache_memory_bytes
         elif e.gpu_memory_utilization is not None:
