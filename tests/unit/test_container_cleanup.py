@@ -1,6 +1,6 @@
 """Containers are named per run and removed by name when their process is stopped or has died: the
 commands the Docker launcher builds and runs, checked against a fake docker CLI (no engine needed;
-tests/docker/test_container_cleanup.py does the same with a real container)."""
+tests/docker/test_docker_container_cleanup.py does the same with a real container)."""
 
 from __future__ import annotations
 
