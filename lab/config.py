@@ -13,16 +13,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from lab.continuous_settings import ContinuousSettings
 from lab.errors import LabInputError
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
-    "hf": ("sequential", "batched", "static-cache"),
+    "hf": ("sequential", "batched", "static-cache", "continuous"),
     "vllm": ("offline",),
 }
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WARMUPS = ("first-batch", "none")
+# The KV pool of the paged engines (vLLM, hf/continuous) when neither --kv-cache-memory nor
+# --gpu-memory-utilization is given.
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below vLLM's CPU default (92 %)
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 # Ranges of the numeric options: beyond these a value is a typo, not an experiment.
 MAX_SEED = 2**32 - 1
@@ -110,16 +115,20 @@ class EngineSettings:
     output_tokens: int | None = None  # None: the workload's own lengths; else every request gets this many
     batch_size: int = 8  # hf/batched and hf/static-cache
     warmup: str = "first-batch"
-    # vLLM KV pool: kv_cache_memory_bytes pins it (fair across backends); else gpu_memory_utilization.
+    # The paged engines' KV pool (vLLM, hf/continuous): kv_cache_memory_bytes pins it (fair across
+    # backends); else gpu_memory_utilization.
     kv_cache_memory_bytes: int | None = None
     gpu_memory_utilization: float | None = None
     block_size: int = 16
     max_model_len: int | None = None  # None: the model's context
     enable_prefix_caching: bool = False
-    sample_kv_every_step: bool = True  # vLLM: read kv usage after each engine step
+    sample_kv_every_step: bool = True  # vLLM and hf/continuous: read KV usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
+    hf_continuous: ContinuousSettings = field(default_factory=ContinuousSettings)  # hf/continuous only
 
     def __post_init__(self) -> None:
+        # A manifest or spec.json holds the settings as a dict (older ones not at all).
+        object.__setattr__(self, "hf_continuous", ContinuousSettings.coerce(self.hf_continuous))
         if self.device not in DEVICES:
             raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:

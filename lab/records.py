@@ -5,7 +5,7 @@ reads runs written by older versions of the lab: a field they did not record tak
 and a key the record does not know is ignored. docs/results.md defines every field and unit.
 
 - `RequestRecord`: one request of a timed pass (records.jsonl).
-- `KvSample`: the KV pool after one vLLM engine step (kv.jsonl).
+- `KvSample`: the KV pool after one engine step of vLLM or hf/continuous (kv.jsonl).
 - `HfBatch`: what one transformers `generate()` call held (result.json `engine.batches`).
 - `BackendResult`: one backend/mode's process (runs/<name>/result.json).
 - `RunSummary`: one backend/mode's aggregates (summary.json `runs`).
@@ -72,26 +72,43 @@ class RequestRecord:
         return _known(cls, data)  # ttft_s and e2e_s are derived, not read
 
 
+KV_SAMPLE_ALWAYS = (
+    "t_s",
+    "step",
+    "kv_usage",
+    "blocks_used",
+    "num_blocks",
+    "running",
+    "waiting",
+    "tokens_stored",
+    "tokens_stored_exact",
+)
+
+
 @dataclass
 class KvSample:
-    """The KV pool after one vLLM engine step; `lab.backends.vllm.VllmBackend.kv_samples` defines each field."""
+    """The KV pool after one engine step. `kv_samples()` of `lab.backends.vllm.VllmBackend` and of
+    `lab.backends.hf_continuous.HfContinuousBackend` define each field; the last five are hf/continuous's."""
 
     t_s: float  # runner clock
     step: int
-    kv_usage: float | None = None  # fraction of the pool in use, the null block excluded
+    kv_usage: float | None = None  # fraction of the pool in use (vLLM: the null block excluded)
     blocks_used: int | None = None
-    num_blocks: int | None = None  # null block included
+    num_blocks: int | None = None  # vLLM: null block included
     running: int | None = None
     waiting: int | None = None
     tokens_stored: int | None = None  # None where preempted requests make the count unknown
     tokens_stored_exact: bool | None = None  # None: not recorded (older runs)
     run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl
+    blocks_free: int | None = None
+    per_request: list[list[int]] | None = None  # [request_id, tokens stored, blocks held] of each running request
+    batch_requests: int | None = None  # requests the step ran
+    prefill_requests: int | None = None  # of which had no output token yet (prompt work)
+    finished: int | None = None  # of which left after it
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        if data["run"] is None:
-            del data["run"]
-        return data
+        """The fields that were recorded (`run` only in the merged file)."""
+        return {key: value for key, value in asdict(self).items() if value is not None or key in KV_SAMPLE_ALWAYS}
 
     @classmethod
     def from_dict(cls, data: dict) -> KvSample:

@@ -17,6 +17,7 @@ memory was.
   readings. Attended slots per sequence at step k: dynamic cache, W + k - 1 (W the padded prompt:
   the padding is masked, not skipped); static cache, every slot of the cache (transformers attends
   over the whole static tensor, masked).
+- hf/continuous: as vLLM, from its own samples' count of prompt work per step (`lab.accounting.continuous`).
 - vLLM: the engine steps in which no request got its first token (prefill-free as far as this
   process sees; a chunk of a longer prompt still being prefilled is invisible), timed
   `t_s[i] - t_s[i-1]`. Attended slots: the previous sample's `tokens_stored` (prompt + generated - 1
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.accounting.continuous import decode_steps as continuous_decode_steps
 from lab.records import BackendResult, HfBatch, KvSample, RequestRecord
 
 
@@ -123,6 +125,8 @@ def run_bandwidth(
         return None
     if result.backend == "vllm":
         steps = vllm_decode_steps(samples, records)
+    elif result.label == "hf/continuous":
+        steps = continuous_decode_steps(samples)
     else:
         static = engine.get("cache_implementation") == "static"
         steps = [s for b in result.hf_batches for s in hf_decode_steps(b, static)]

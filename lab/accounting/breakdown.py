@@ -2,7 +2,8 @@
 
 From one backend/mode's typed records (no torch, no vllm): its result (hf: per-batch shapes and the
 cache tensors' own bytes; vLLM: the KV pool), its request records and its KV samples (vLLM: one per
-engine step). The categories and how each backend maps onto them are defined in `lab.accounting.kv`.
+engine step; hf/continuous: one per engine step, with each request's blocks). The categories and how
+each backend maps onto them are defined in `lab.accounting.kv` (hf/continuous: `lab.accounting.continuous`).
 
 Time-averaged. Each step's breakdown is weighted by how long that step took, so the shares are
 slot-seconds: what the memory held on average over the timed pass, as the paper's "average
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 
+from lab.accounting.continuous import continuous_breakdown
 from lab.accounting.kv import (
     CATEGORIES,
     SlotBreakdown,
@@ -48,6 +50,8 @@ APPROACH = {
     "hf/batched": "dynamic cache, left-padded batch: grows per step; padding and finished sequences waste",
     "hf/static-cache": "static cache sized by transformers to W + N - 1 (the largest call so far), allocated up front",
     "vllm/offline": "paged: blocks of block_size tokens, allocated as tokens arrive",
+    "hf/continuous": "paged inside transformers: blocks of block_size tokens from a pool sized as vLLM's, "
+    "allocated as tokens arrive (read from its block tables)",
 }
 
 
@@ -267,6 +271,10 @@ def run_breakdown(
         if not samples or not engine.get("block_size"):
             return None
         found = vllm_breakdown(result, samples, records)
+    elif result.label == "hf/continuous":
+        if not samples or not engine.get("block_size"):
+            return None
+        found = continuous_breakdown(result, samples, records)
     elif engine.get("batches"):
         found = hf_breakdown(result)
     else:

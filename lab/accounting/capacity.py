@@ -14,10 +14,11 @@ budget of B bytes (slots and bytes as `lab.accounting.kv` defines them):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lab.accounting.kv import blocks_needed, final_tokens, usable_blocks
+from lab.records import KvSample
 
 
 def static_capacity(budget_bytes: int, bytes_per_token: int, max_len: int) -> int:
@@ -205,3 +206,21 @@ def concurrency_levels(limit: int, given: tuple[int, ...] | None) -> list[int]:
         levels.append(c)
         c *= 2
     return levels + [limit]
+
+
+def batched_requests(samples: list[KvSample], batch_of: Callable[[KvSample], int]) -> dict:
+    """Requests each engine step ran (`batch_of(sample)`), the paper's "batched requests": the largest, and
+    the mean weighted by step duration (`t_s[i] - t_s[i-1]`); steps that ran nothing are left out."""
+    previous, weighted, total, batches = 0.0, 0.0, 0.0, []
+    for s in sorted(samples, key=lambda s: s.step):
+        weight, previous = s.t_s - previous, s.t_s
+        batch = batch_of(s)
+        if batch:
+            batches.append(batch)
+            weighted += batch * weight
+            total += weight
+    return {
+        "max_running": max(batches, default=0),
+        "mean_running": weighted / total if total else None,
+        "max_waiting": max((s.waiting or 0 for s in samples), default=0),
+    }

@@ -37,6 +37,10 @@ class Clock:
         self._sync()
         return time.perf_counter() - self._t0
 
+    def since_start(self, perf_counter_s: float) -> float:
+        """A `time.perf_counter()` reading taken elsewhere (an engine's own thread) on this clock, no sync."""
+        return perf_counter_s - self._t0
+
 
 class Backend(ABC):
     """One engine in one process. Lifecycle: load() -> generate()* -> close()."""

@@ -20,6 +20,12 @@ def _hf() -> type[Backend]:
     return HfBackend
 
 
+def _hf_continuous() -> type[Backend]:
+    from lab.backends.hf_continuous import HfContinuousBackend  # noqa: PLC0415 - heavy: torch and transformers
+
+    return HfContinuousBackend
+
+
 def _vllm() -> type[Backend]:
     from lab.backends.vllm import VllmBackend  # noqa: PLC0415 - heavy: vllm and torch, in a vllm process only
 
@@ -31,6 +37,7 @@ BACKENDS: dict[str, Callable[[], type[Backend]]] = {
     "hf/sequential": _hf,
     "hf/batched": _hf,
     "hf/static-cache": _hf,
+    "hf/continuous": _hf_continuous,
     "vllm/offline": _vllm,
 }
 

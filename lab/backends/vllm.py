@@ -41,13 +41,11 @@ from vllm.sampling_params import RequestOutputKind
 from lab.accounting import kv
 from lab.backends.base import Backend, Clock
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
+from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
-# Used only when neither --kv-cache-memory-bytes nor --gpu-memory-utilization is given.
-DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below the 92 % default
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
 WARMUP_REQUESTS = 8  # enough to run prefill and decode once; CUDA graphs are captured at load
 
 

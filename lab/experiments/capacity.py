@@ -4,6 +4,8 @@ The question of the PagedAttention paper's Figure 13a (`lab.paper`), asked of th
 The arithmetic is `lab.accounting.capacity`'s; this module measures the same points, each in its
 own process through `lab.experiments.steps.execute_run`, as every experiment run is:
 - vLLM with `kv_cache_memory_bytes` = B: the requests per step it actually ran (from its KV samples);
+- hf/continuous with the same pool (transformers' paged cache, `lab.accounting.continuous`): the same,
+  from its own samples;
 - hf/batched at the batch size the arithmetic allows (and hf/static-cache at the static capacity):
   the cache tensors' bytes, checked against B, and the throughput at that point;
 - the curve: throughput against concurrency, hf/batched at batch sizes 1, 2, 4, ... up to its
@@ -26,7 +28,9 @@ from pathlib import Path
 
 from lab import paper
 from lab import run_folder as rf
+from lab.accounting.capacity import batched_requests as paged_batches
 from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
+from lab.accounting.continuous import batched_requests
 from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
 from lab.experiments.backend_run import execute_run
 from lab.experiments.steps import Finished, manifest, model_build, resolve_once
@@ -112,7 +116,7 @@ class Points:
 def measure_all(
     spec: CapacitySpec, base: RunSpec, arithmetic: dict, where: Points, echo: Echo
 ) -> list[tuple[dict, BackendResult]]:
-    """The measured points: vLLM at the budget, hf at its capacities, then the curve."""
+    """The measured points: vLLM and hf/continuous at the budget, hf at its capacities, then the curve."""
     engine = base.engine
 
     def measure(name: str, run: RunSpec, **extra) -> dict:
@@ -122,6 +126,7 @@ def measure_all(
 
     points: list[tuple[dict, BackendResult]] = []
     budget_point = measure("vllm-offline-budget", base)
+    measure("hf-continuous-budget", RunSpec("hf", "continuous", engine))
     hf_sizes = set(concurrency_levels(arithmetic["padded"]["concurrency"], spec.concurrency) if spec.curve else [])
     hf_sizes.add(arithmetic["padded"]["concurrency"])
     for size in sorted(s for s in hf_sizes if s >= 1):
@@ -176,8 +181,9 @@ def point_figures(result: BackendResult, records: list[RequestRecord], samples: 
         "duration_s": metrics.get("duration_s"),
         "requests": len(records),
     }
-    if result.backend == "vllm":
-        out.update(vllm_batched_requests(samples, records))
+    if result.backend == "vllm" or result.label == "hf/continuous":  # the paged pools
+        paged = batched_requests(samples) if result.backend == "hf" else vllm_batched_requests(samples, records)
+        out.update(paged)
         out.update(
             max_num_seqs=engine.get("max_num_seqs"),
             max_num_batched_tokens=engine.get("max_num_batched_tokens"),
@@ -207,19 +213,7 @@ def vllm_batched_requests(samples: list[KvSample], records: list[RequestRecord])
     for r in records:
         if r.ok:
             ends[r.end_s] = ends.get(r.end_s, 0) + 1
-    previous, weighted, total, batches = 0.0, 0.0, 0.0, []
-    for s in sorted(samples, key=lambda s: s.step):
-        weight, previous = s.t_s - previous, s.t_s
-        batch = (s.running or 0) + ends.get(s.t_s, 0)
-        if batch:
-            batches.append(batch)
-            weighted += batch * weight
-            total += weight
-    return {
-        "max_running": max(batches, default=0),
-        "mean_running": weighted / total if total else None,
-        "max_waiting": max((s.waiting or 0 for s in samples), default=0),
-    }
+    return paged_batches(samples, lambda s: (s.running or 0) + ends.get(s.t_s, 0))
 
 
 def supports_max_num_seqs() -> bool:

@@ -26,13 +26,13 @@ class Analyses:
 def analyse(view: RunView) -> Analyses:
     parts = view.ok_parts()
     peak, peak_source = peak_gb_s(view.manifest)
-    breakdown = [run_breakdown(p.result, p.kv_samples, p.records) for p in parts]
+    breakdown = [e for p in parts if (e := run_breakdown(p.result, p.kv_samples, p.records)) is not None]
     bandwidth = [run_bandwidth(p.result, p.kv_samples, p.records, peak) for p in parts]
     return Analyses(
-        breakdown=[e for e in breakdown if e is not None],
+        breakdown=breakdown,
         bandwidth=[e for e in bandwidth if e is not None],
         peak_gb_s=peak,
         peak_source=peak_source,
         repeats=repeated_passes(view.runs),
-        observations=observations(view),
+        observations=observations(view, breakdown),
     )

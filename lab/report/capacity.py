@@ -22,6 +22,7 @@ def render_capacity(data: dict) -> str:
     padded = by_point.get(f"hf-batched-b{a['padded']['concurrency']}")
     static = by_point.get(f"hf-static-cache-b{a['static']['concurrency']}")
     vllm = by_point.get("vllm-offline-budget")
+    continuous = by_point.get("hf-continuous-budget")
     fig13a = paper.FIG13A_MEAN_BATCHED
     rows = [
         [
@@ -38,6 +39,13 @@ def render_capacity(data: dict) -> str:
             _measured(vllm),
             "vLLM",
             f"{fig13a['vLLM']:.2f}",
+        ],
+        [
+            "hf/continuous (paged, transformers)",
+            "same pool as vLLM, its own scheduler",
+            _measured(continuous),
+            "-",
+            "-",
         ],
     ]
     lines = [

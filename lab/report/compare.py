@@ -34,9 +34,9 @@ METRICS = (
     ("NVML process tree peak MiB", ("memory", "whole_process", "nvml_tree_peak_mib")),
     ("RSS tree peak MiB (psutil)", ("memory", "whole_process", "rss_tree_peak_mib")),
     ("allocator peak allocated MiB (torch)", ("memory", "allocator", "peak_allocated_bytes")),
-    ("vLLM KV pool MiB", ("engine", "kv_pool_bytes")),
+    ("KV pool MiB (paged engines)", ("engine", "kv_pool_bytes")),
 )
-MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "vLLM KV pool MiB"}
+MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines)"}
 
 
 def identity(run: RunView) -> dict:

@@ -8,8 +8,10 @@ from tabulate import tabulate
 from lab import paper
 from lab.accounting.bandwidth import DecodeBandwidth
 from lab.accounting.breakdown import DETAILS, TOLERANCE
+from lab.accounting.continuous import CHECK_KIND as CONTINUOUS_CHECK
 from lab.config import EngineSettings
 from lab.records import BreakdownEntry
+from lab.report.continuous import check_line as continuous_check_line
 from lab.report.format import MIB, pct
 
 
@@ -25,9 +27,9 @@ def breakdown_section(engine: EngineSettings, entries: list[BreakdownEntry]) -> 
         "later tokens), internal fragmentation (never to hold the request's tokens: left padding, tokens a finished "
         "sequence keeps generating in its batch, a reservation's tail past the request's end, a last block's "
         "unreachable slots), external fragmentation (allocator reserved but unallocated, CUDA only; n/m: not "
-        "measurable here) and other (held beyond what the arithmetic explains). vLLM's free pool blocks are held by "
-        "no request and in no share: its pool is reserved up front whatever the load (last column). Definitions: "
-        "lab/accounting/kv.py.",
+        "measurable here) and other (held beyond what the arithmetic explains). The free blocks of the paged pools "
+        "(vLLM, hf/continuous) are held by no request and in no share: a pool is reserved up front whatever the "
+        "load (last column). Definitions: lab/accounting/kv.py and lab/accounting/continuous.py.",
         "",
         conditions_line(engine, entries),
         "",
@@ -81,14 +83,15 @@ def breakdown_table(entries: list[BreakdownEntry]) -> str:
             "external fragmentation %",
             "other %",
             "mean KV slots held",
-            "vLLM pool in use %",
+            "paged pool in use %",
         ],
         tablefmt="github",
     )
 
 
 def check_lines(entries: list[BreakdownEntry]) -> list[str]:
-    return [_vllm_check_line(e) if e.checks["kind"] == "vLLM blocks" else _hf_check_line(e) for e in entries]
+    by_kind = {"vLLM blocks": _vllm_check_line, CONTINUOUS_CHECK: continuous_check_line}
+    return [by_kind.get(e.checks["kind"], _hf_check_line)(e) for e in entries]
 
 
 def _vllm_check_line(e: BreakdownEntry) -> str:
@@ -150,7 +153,8 @@ def bandwidth_section(entries: list[DecodeBandwidth], peak: float | None, gpu: s
         "",
         "Bytes a decode step must read (weights once, plus the K/V of every attended slot) x decode steps per "
         "second: a lower bound of the memory traffic, as a share of the GPU's peak. hf attends over its padding "
-        "(and, with the static cache, over every slot); vLLM over each request's own tokens. " + peak_line,
+        "(and, with the static cache, over every slot); vLLM and hf/continuous over each request's own tokens. "
+        + peak_line,
         "",
         tabulate(
             rows,

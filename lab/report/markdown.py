@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from lab.records import RunSummary
 from lab.report.analyses import Analyses
+from lab.report.continuous import settings_lines
 from lab.report.format import fmt, mib, version
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
 from lab.report.repeats import PassStats
@@ -28,8 +29,8 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
         "",
         "## Latency",
         "",
-        "TTFT: first token - start of work on the request (for hf, its batch's start; for vLLM, t=0: "
-        "it queues requests itself). TPOT: (E2E - TTFT) / (output tokens - 1).",
+        "TTFT: first token - start of work on the request (for hf batches, its batch's start; for vLLM and "
+        "hf/continuous, t=0: they queue requests themselves). TPOT: (E2E - TTFT) / (output tokens - 1).",
         "",
         latency_table(runs),
     ]
@@ -39,7 +40,7 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
         "",
         "Each column names its source: NVML (read by the collector process, per process and for the whole GPU), "
         "psutil RSS (host memory), the torch allocator (inside the transformers process, CUDA only) and "
-        "the KV pool vLLM reports.",
+        "the KV pool the paged engines report (vLLM, hf/continuous).",
         "",
         memory_table(runs),
     ]
@@ -94,18 +95,19 @@ def conditions(view: RunView) -> list[str]:
         f"{fmt(workload.get('prompt_tokens'))} prompt tokens, {fmt(workload.get('output_tokens'))} output tokens "
         f"(fixed: EOS ignored), seed {config.seed}",
         f"- Warm-up: {config.warmup} (excluded from every timing); hf batch size {config.batch_size}; "
-        f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; vLLM KV pool: " + pool,
+        f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; KV pool (vLLM, hf/continuous): " + pool,
         passes_line(config.repeats, config.sample_kv_every_step),
+        *settings_lines(runs),
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
         "t=0 when every request is available",
     ]
 
 
 def passes_line(repeats: int, sample_kv_every_step: bool) -> str:
-    """Timed passes per backend/mode and whether vLLM sampled its KV usage (older manifests: 1 and on)."""
+    """Timed passes per backend/mode and whether the paged engines sampled their KV usage (older manifests: 1, on)."""
     passes = f'{repeats} (the tables give the last; "Repeated timed passes" gives all)' if repeats > 1 else "1"
     samples = "on" if sample_kv_every_step else "off (engine stats disabled, as in `vllm bench`)"
-    return f"- Timed passes per backend/mode: {passes}; vLLM per-step KV samples: {samples}"
+    return f"- Timed passes per backend/mode: {passes}; per-step KV samples (vLLM, hf/continuous): {samples}"
 
 
 def throughput_table(runs: list[RunSummary]) -> str:
@@ -182,8 +184,8 @@ def memory_table(runs: list[RunSummary]) -> str:
             "RSS tree peak MiB (psutil)",
             "allocator peak allocated MiB (torch)",
             "allocator peak reserved MiB (torch)",
-            "vLLM KV pool MiB (engine)",
-            "vLLM KV pool tokens (engine)",
+            "KV pool MiB (engine)",
+            "KV pool tokens (engine)",
         ],
         tablefmt="github",
     )

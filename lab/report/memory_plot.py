@@ -3,7 +3,7 @@
 Each row shares one time axis (seconds since that backend/mode's process started: its first
 collector sample or its load, whichever came first), with the phases (load, warm-up, timed pass)
 shaded. The lines: NVML (process tree, whole GPU) or psutil RSS, the torch allocator (CUDA only),
-vLLM's KV blocks in use.
+the paged pools' KV blocks in use (vLLM, hf/continuous).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def allocator_series(result: BackendResult) -> list[Series]:
 
 
 def kv_series(result: BackendResult, kv: list[KvSample]) -> list[Series]:
-    """vLLM's KV blocks in use, in MiB: blocks_used x (pool bytes / blocks), on the backend's clock."""
+    """A paged engine's KV blocks in use (vLLM, hf/continuous), in MiB: blocks_used x (pool bytes / blocks)."""
     engine, t0 = result.engine or {}, result.clock_wall_t0
     pool, blocks = engine.get("kv_pool_bytes"), engine.get("num_blocks")
     if not kv or t0 is None or not pool or not blocks:
@@ -113,7 +113,7 @@ def kv_series(result: BackendResult, kv: list[KvSample]) -> list[Series]:
     rows = [r for r in kv if r.blocks_used is not None and r.t_s is not None]
     return [
         Series(
-            "vLLM: KV blocks in use (blocks_used x block bytes)",
+            f"{'vLLM' if result.backend == 'vllm' else result.label}: KV blocks in use (blocks_used x block bytes)",
             [t0 + r.t_s for r in rows],
             [r.blocks_used * block_mib for r in rows],
             "-",
@@ -135,7 +135,7 @@ def memory_figure(parts: list[PlotPart]) -> Figure | None:
     """Per backend/mode, two panels on one time axis each, every line labelled with its source.
 
     Left: the whole process, seconds since it started, phases shaded. Right: the timed pass, seconds
-    since its t=0, with the allocator's per-batch peaks and vLLM's KV blocks in use (right-hand axis):
+    since its t=0, with the allocator's per-batch peaks and the paged pools' blocks in use (right-hand axis):
     on the left's scale the timed pass is often a sliver (vLLM's engine start alone takes a minute).
     """
     parts = [p for p in parts if process_start(p) is not None]
@@ -187,7 +187,7 @@ def _pass_panel(ax, series: list[Series], window: tuple[float, float] | None) ->
         twin = ax.twinx()
         for s in kv:
             _line(twin, s, t0, color="#d62828")
-        twin.set_ylabel("vLLM KV in use, MiB", fontsize=8, color="#d62828")
+        twin.set_ylabel("KV blocks in use, MiB", fontsize=8, color="#d62828")
         twin.set_ylim(bottom=0)
     ax.axvspan(0, end - t0, color=PHASE_COLORS["generate"], alpha=0.4, lw=0)
     ax.set_xlim(-margin, end - t0 + margin)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.records import RunSummary
+from lab.records import BreakdownEntry, RunSummary
+from lab.report.paging_observation import paging_inside_transformers
 from lab.report.run_view import RunView
 
 NOT_SUPPORTED = "not supported by this run"
@@ -106,6 +107,13 @@ def vllm_uses_less_memory(ok: dict[str, RunSummary]) -> Observation:
     )
 
 
-def observations(view: RunView) -> list[Observation]:
+def observations(view: RunView, breakdown: list[BreakdownEntry]) -> list[Observation]:
+    """Each conclusion checked; `breakdown`: the run's KV breakdown entries (computed once, by the analyses)."""
     ok = _runs_by_label(view.runs)
-    return [vllm_faster(ok), batching_helps(ok), traditional_reserves_max_length(view, ok), vllm_uses_less_memory(ok)]
+    return [
+        vllm_faster(ok),
+        batching_helps(ok),
+        traditional_reserves_max_length(view, ok),
+        vllm_uses_less_memory(ok),
+        Observation(*paging_inside_transformers(view, ok, breakdown)),
+    ]

@@ -67,6 +67,7 @@ def model_without_tokenizer(tiny_model, tmp_path_factory) -> Path:
         (["--collector-interval-ms", "0"], "--collector-interval-ms must be 1-1,000"),
         (["--timeout", "0"], "--timeout must be more than 0"),
         (["--timeout", "-5"], "--timeout must be more than 0"),
+        (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):

@@ -92,7 +92,14 @@ def test_only_engines_and_their_backend_modules_are_imported_lazily():
         for node in nested_imports(ast.parse(path.read_text())):
             names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             lazy.update(n.split(".")[0] if not n.startswith("lab.") else n for n in names)
-    assert lazy <= {*HEAVY, "tokenizers", "matplotlib", "lab.backends.hf", "lab.backends.vllm"}, lazy
+    assert lazy <= {
+        *HEAVY,
+        "tokenizers",
+        "matplotlib",
+        "lab.backends.hf",
+        "lab.backends.hf_continuous",
+        "lab.backends.vllm",
+    }, lazy
 
 
 def test_every_backend_mode_has_a_class_to_run_it():

@@ -11,6 +11,7 @@ def test_parse_backends_expands_modes_in_order():
         ("hf", "sequential"),
         ("hf", "batched"),
         ("hf", "static-cache"),
+        ("hf", "continuous"),
         ("vllm", "offline"),
     )
     assert parse_backends("vllm, hf/batched") == (("vllm", "offline"), ("hf", "batched"))

@@ -77,7 +77,7 @@ def test_memory_figure_has_one_series_per_source(run_dir: Path):
     for label in ("hf/sequential", "hf/batched", "hf/static-cache", "vllm/offline"):
         labels = [line.get_label() for line in by_title[label].get_lines()]
         assert labels == ["psutil: process tree RSS (host)"]  # CPU run: no NVML, no torch allocator
-    kv_axis = [ax for ax in axes if ax.get_ylabel() == "vLLM KV in use, MiB"]
+    kv_axis = [ax for ax in axes if ax.get_ylabel() == "KV blocks in use, MiB"]
     assert len(kv_axis) == 1 and len(kv_axis[0].get_lines()) == 1
     kv_line = kv_axis[0].get_lines()[0]
     blocks = [r["blocks_used"] for r in rf.read_jsonl(run_dir / rf.KV_SAMPLES)]
