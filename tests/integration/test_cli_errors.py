@@ -13,7 +13,6 @@ import pytest
 from lab import run_folder as rf
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-cpu-tiny"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def lab(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -32,16 +31,6 @@ def assert_refused(proc, fragment, results):
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
-
-
-@pytest.fixture(scope="module")
-def model_without_tokenizer(tiny_model, tmp_path_factory) -> Path:
-    """synthetic:tiny's folder less its tokenizer files: config.json and weights only."""
-    folder = tmp_path_factory.mktemp("no-tokenizer")
-    for file in tiny_model.iterdir():
-        if file.name not in TOKENIZER_FILES:
-            shutil.copy(file, folder / file.name)
-    return folder
 
 
 @pytest.mark.parametrize(

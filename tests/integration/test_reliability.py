@@ -27,7 +27,6 @@ from lab import run_folder as rf
 pytestmark = pytest.mark.engine
 
 COUNTS = [(5, 4), (9, 6), (3, 5)]  # (prompt_tokens, output_tokens): a workload with no text
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class Watched:
@@ -109,16 +108,6 @@ def counts_workload(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_without_tokenizer(tiny_model, tmp_path_factory) -> Path:
-    """synthetic:tiny's folder less its tokenizer files: config.json and weights only."""
-    folder = tmp_path_factory.mktemp("no-tokenizer")
-    for file in tiny_model.iterdir():
-        if file.name not in TOKENIZER_FILES:
-            (folder / file.name).write_bytes(file.read_bytes())
-    return folder
-
-
-@pytest.fixture(scope="module")
 def vllm_missing(tmp_path_factory) -> str:
     """A PYTHONPATH entry under which `import vllm` fails as it does where vLLM is not installed: a
     stand-in package that raises ModuleNotFoundError (a fake, named so), ahead of the real one."""
@@ -127,7 +116,7 @@ def vllm_missing(tmp_path_factory) -> str:
     (folder / "vllm" / "__init__.py").write_text(
         'raise ModuleNotFoundError("No module named \'vllm\' (test stand-in: vLLM not installed)", name="vllm")\n'
     )
-    return os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+    return os.pathsep.join(p for p in [str(folder), os.environ.get("PYTHONPATH")] if p)
 
 
 # ----------------------------------------------------------------------------- a hung backend, a missing engine
