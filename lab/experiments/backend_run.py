@@ -13,6 +13,7 @@ This module is light (no torch, no vllm): on a Docker host it runs in a small ho
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -23,6 +24,8 @@ from lab.launchers.process import LabProcess, LogPump
 from lab.launchers.supervisor import Supervisor
 from lab.records import BackendResult
 
+# "ValueError: ...", also after a prefix such as vLLM's "(EngineCore pid=1) ERROR ... [core.py:1] ".
+EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): (?P<message>.+)$")
 COLLECTOR_STOP_S = 30.0  # the collector stops by itself when the backend exits; this is the stop file's wait
 
 
@@ -86,7 +89,24 @@ def read_result(run: RunSpec, part: rf.PartFolder, proc: LabProcess, timed_out: 
             f"the {run.backend} process {how_it_ended(proc)} before writing its result; "
             f"last lines of its log:\n{log_tail(part)}"
         )
+    elif not result.ok and (cause := root_cause(part, result.error or "")):
+        result.error = f"{result.error} (in its log: {cause})"
     return result
+
+
+def root_cause(part: rf.PartFolder, error: str) -> str | None:
+    """The last exception line of the log that the recorded error does not already hold.
+
+    An engine's child process reports its own failure in the log only: vLLM's engine core raises
+    "No available memory for the cache blocks..." there, and the backend process records just
+    "Engine core initialization failed. See root cause above".
+    """
+    text = part.log.read_text(encoding="utf-8", errors="replace") if part.log.exists() else ""
+    for line in reversed(text.splitlines()):
+        found = EXCEPTION_LINE.search(line)
+        if found and not line.startswith("lab:") and found.group("message") not in error:
+            return found.group(0)
+    return None
 
 
 def how_it_ended(proc: LabProcess) -> str:
