@@ -21,16 +21,21 @@ from lab.cli_options import (
     DEFAULT_CPU_MODEL,
     cache_dir_option,
     check_engine_inputs,
+    check_gpus,
+    check_inputs,
     default_model,
     engine_options,
     engine_settings,
     fault_injection,
     handle_errors,
+    lab_gpus,
     parse_bytes,
+    parse_concurrency,
     parse_gpus,
     progress,
     report_failures,
     results_option,
+    runtime_option,
     timeout_option,
 )
 from lab.config import (
@@ -49,17 +54,17 @@ from lab.experiments.offline import run_experiment
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
+from lab.hardware.gpus import multicast_env
+from lab.launchers import torchrun
 from lab.launchers.choose import choose_launcher
 from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.images import build_images, pull_images, push_images
-from lab.launchers.native import NativeLauncher
 from lab.models.build import build_model
 from lab.models.resolve import resolve_model
 from lab.models.shapes import SYNTHETIC
 from lab.report.compare import render_comparison
 from lab.report.writer import write_report
 from lab.runner import resolve_inputs, run_backend
-from lab.workloads import check_workload_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -172,10 +177,12 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
+    torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
     signal.signal(signal.SIGTERM, Interrupted.on_signal)  # so that the engine is closed, not orphaned
-    click.echo(f"lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
+    out, say = torchrun.rank_out(out), torchrun.log_prefix()
+    click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir, on_phase=fault_injection(spec.label))
-    click.echo(f"lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
 
@@ -188,13 +195,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     help="Backends or backend/mode pairs, e.g. hf,vllm or hf/batched,vllm/offline.",
 )
 @results_option
-@click.option(
-    "--runtime",
-    type=click.Choice(["auto", "native", "docker"]),
-    default="native",
-    show_default=True,
-    help="native: child processes of this Python; docker: one container per backend; auto: docker if reachable.",
-)
+@runtime_option
 @click.option("--collector-interval-ms", type=int, default=15, show_default=True)
 @click.option("--no-collector", is_flag=True, help="Run without the NVML/psutil collector (to measure its cost).")
 @click.option("--label", "tag", default="", help="Added to the run id.")
@@ -216,13 +217,11 @@ def experiment(
            started was stopped, and its temporary folder removed (no run folder)
     """
     runs = parse_backends(backends)
-    launcher = choose_launcher(runtime, cache_dir, results_dir, progress)
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     model = model or default_model(device)
-    if isinstance(launcher, NativeLauncher):
-        check_engine_inputs(model, kw["workload"])
-    else:  # the model is checked in the hf container: the host may not reach its folder or hub
-        check_workload_name(kw["workload"])
+    check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
     spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector, timeout_s)
     progress(
@@ -263,33 +262,45 @@ def experiment(
 )
 @click.option("--curve/--no-curve", default=True, show_default=True, help="Measure throughput against concurrency.")
 @results_option
+@runtime_option
 @click.option("--no-collector", is_flag=True, help="Run the points without the NVML/psutil collector.")
 @click.option("--label", "tag", default="capacity", show_default=True, help="Added to the run id.")
 @timeout_option
 @cache_dir_option
 @handle_errors
 def capacity(
-    kv_budget, max_len, concurrency, measure, curve, results_dir, no_collector, tag, timeout_s, cache_dir, model, **kw
+    kv_budget,
+    max_len,
+    concurrency,
+    measure,
+    curve,
+    results_dir,
+    runtime,
+    no_collector,
+    tag,
+    timeout_s,
+    cache_dir,
+    model,
+    **kw,
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput.
 
     Exit codes as `lab experiment`'s: 1 when a measured point failed (recorded in capacity.json).
     """
+    launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])
     device = resolve_device(kw["device"], progress)
+    check_gpus(device, kw["tensor_parallel_size"])
     model = model or default_model(device)
-    check_engine_inputs(model, kw["workload"])
-    try:
-        levels = tuple(int(c) for c in concurrency.split(",") if c.strip()) if concurrency else None
-    except ValueError:
-        raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {concurrency!r}") from None
+    check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
+    levels = parse_concurrency(concurrency)
     engine = engine_settings(model, **kw)
     spec = CapacitySpec(engine, parse_bytes(kv_budget), max_len, levels, measure, curve, not no_collector, timeout_s)
     progress(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
-        f"device {device} (runs natively)"
+        f"device {device}, runtime {launcher.runtime}"
     )
-    finished = run_capacity(spec, results_dir, NativeLauncher(cache_dir), progress, tag)
+    finished = run_capacity(spec, results_dir, launcher, progress, tag)
     click.echo(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"))
     report_failures(finished.failed, finished.runs, "measured points")
     click.echo(str(finished.path))
@@ -383,4 +394,6 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # NVLink multicast off in this process and every one it starts, unless set (lab.hardware.gpus).
+    os.environ.update(multicast_env(os.environ))
     cli(prog_name="lab")

@@ -17,7 +17,11 @@ from lab.config import MAX_BYTES, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import Interrupted, LabInputError, StepFailed
 from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S
+from lab.hardware import nvml
 from lab.hardware.device import resolve_device
+from lab.hardware.gpus import check_gpu_request
+from lab.launchers.base import Launcher
+from lab.launchers.native import NativeLauncher
 from lab.models.resolve import check_model_name
 from lab.runner import PhaseHook
 from lab.workloads import check_workload_name
@@ -64,6 +68,16 @@ def results_option(func):
     )(func)
 
 
+def runtime_option(func):
+    return click.option(
+        "--runtime",
+        type=click.Choice(["auto", "native", "docker"]),
+        default="native",
+        show_default=True,
+        help="native: child processes of this Python; docker: one container per backend; auto: docker if reachable.",
+    )(func)
+
+
 def cache_dir_option(func):
     return click.option(
         "--cache-dir",
@@ -79,7 +93,7 @@ def engine_options(func):
         click.option(
             "--model",
             default=None,
-            help=f"synthetic:tiny|llama-1b|llama-8b, a local folder or a hub id "
+            help=f"synthetic:tiny|tiny-tp|llama-1b|llama-8b|llama-70b, a local folder or a hub id "
             f"(default: {DEFAULT_GPU_MODEL} on a GPU, {DEFAULT_CPU_MODEL} on the CPU).",
         ),
         click.option("--workload", default="seed", show_default=True, help="seed, sharegpt-like or file:PATH.jsonl."),
@@ -100,7 +114,9 @@ def engine_options(func):
             "--kv-cache-memory",
             "kv_cache_memory",
             default=None,
-            help="KV pool size of the paged engines (vLLM, hf/continuous), e.g. 4GiB (pins it; fair across backends).",
+            help="KV pool size of the paged engines (vLLM, hf/continuous), e.g. 4GiB (pins it; fair across "
+            "backends), or workload:SHARE, a pool SHARE of what every request of the workload holds at its final "
+            "length (workload:0.25: the workload fills it, the saturated run of the paper's Figure 2).",
         ),
         click.option(
             "--gpu-memory-utilization",
@@ -139,12 +155,26 @@ def engine_options(func):
             "warm-up; the report gives each pass's throughput and their median and spread.",
         ),
         click.option(
+            "--max-num-seqs",
+            type=int,
+            default=None,
+            help="vLLM: the most requests one engine step runs (default: vLLM's own).",
+        ),
+        click.option(
             "--hf-continuous",
             "hf_continuous",
             default=None,
             help="hf/continuous settings, e.g. cuda_graphs=on,max_batch_tokens=2048,block_size=64 (keys: attn, "
             "block_size, max_batch_tokens, cuda_graphs, compile_level, async_batching; the KV pool comes from "
             "--kv-cache-memory as vLLM's).",
+        ),
+        click.option(
+            "--tensor-parallel-size",
+            type=int,
+            default=1,
+            show_default=True,
+            help="GPUs each backend/mode spreads the model over (vLLM's workers; torchrun ranks for "
+            "transformers). GPUs: LAB_GPUS=0,1 or CUDA_VISIBLE_DEVICES.",
         ),
     ]
     for option in reversed(options):
@@ -157,7 +187,21 @@ def default_block_size(device: str) -> int:
     return 32 if resolve_device(device, progress) == "cpu" else 16
 
 
+def parse_workload_share(text: str | None) -> float | None:
+    """'workload:0.25' -> 0.25; anything else (a size, or None) -> None."""
+    if not text or not text.strip().lower().startswith("workload:"):
+        return None
+    value = text.strip()[len("workload:") :]
+    try:
+        return float(value)
+    except ValueError:
+        raise LabInputError(
+            f"cannot read {text!r}: write workload:SHARE with SHARE in (0, 1], e.g. workload:0.25"
+        ) from None
+
+
 def engine_settings(model: str, **kw) -> EngineSettings:
+    workload_share = parse_workload_share(kw["kv_cache_memory"])
     return EngineSettings(
         model=model,
         workload=kw["workload"],
@@ -168,7 +212,8 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         output_tokens=kw["output_tokens"],
         batch_size=kw["batch_size"],
         warmup=kw["warmup"],
-        kv_cache_memory_bytes=parse_bytes(kw["kv_cache_memory"]),
+        kv_cache_memory_bytes=None if workload_share is not None else parse_bytes(kw["kv_cache_memory"]),
+        kv_cache_workload_share=workload_share,
         gpu_memory_utilization=kw["gpu_memory_utilization"],
         block_size=default_block_size(kw["device"]) if kw["block_size"] is None else kw["block_size"],
         max_model_len=kw["max_model_len"],
@@ -176,6 +221,8 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         sample_kv_every_step=kw["kv_samples"],
         repeats=kw["repeats"],
         hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
+        max_num_seqs=kw["max_num_seqs"],
+        tensor_parallel_size=kw["tensor_parallel_size"],
     )
 
 
@@ -208,6 +255,17 @@ def timeout_option(func):
         f"it started, and recorded as failed. Default: sized from the workload, {LOAD_ALLOWANCE_S:g} s + "
         f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1).",
     )(func)
+
+
+def lab_gpus() -> str | None:
+    """LAB_GPUS as the environment gives it (None: unset): the GPUs a run may use, NVML indices."""
+    return os.environ.get("LAB_GPUS")
+
+
+def check_gpus(device: str, tensor_parallel_size: int) -> None:
+    """Exit 2 before anything starts when the run asks for GPUs this host does not let it use."""
+    count, reason = nvml.gpu_count() if device == "cuda" or lab_gpus() is not None else (0, None)
+    check_gpu_request(tensor_parallel_size, device, lab_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"), count, reason)
 
 
 def check_engine_inputs(model: str, workload: str) -> None:
@@ -255,3 +313,22 @@ def fault_injection(label: str) -> PhaseHook | None:
             time.sleep(3600)
 
     return inject
+
+
+def check_inputs(launcher: Launcher, model: str, workload: str) -> None:
+    """Fail fast on the model and workload; in containers the model is checked in the hf container (the
+    host may not reach its folder or hub)."""
+    if isinstance(launcher, NativeLauncher):
+        check_engine_inputs(model, workload)
+    else:
+        check_workload_name(workload)
+
+
+def parse_concurrency(text: str | None) -> tuple[int, ...] | None:
+    """'1,2,4,8' -> (1, 2, 4, 8); None: the default points (CapacitySpec checks they are positive)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {text!r}") from None

@@ -125,6 +125,13 @@ class EngineSettings:
     sample_kv_every_step: bool = True  # vLLM and hf/continuous: read KV usage after each engine step
     repeats: int = 1  # timed passes of the whole workload per backend/mode, after the warm-up
     hf_continuous: ContinuousSettings = field(default_factory=ContinuousSettings)  # hf/continuous only
+    max_num_seqs: int | None = None  # vLLM: requests one step may run; None: vLLM's default
+    # The paged engines' KV pool sized from the workload (`--kv-cache-memory workload:SHARE`): this share
+    # of the blocks every request holds at its final length (lab.accounting.capacity.workload_budget_bytes);
+    # the experiment sets kv_cache_memory_bytes from it before any engine starts.
+    kv_cache_workload_share: float | None = None
+    # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
@@ -147,6 +154,13 @@ class EngineSettings:
                 f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}: "
                 "a fraction of the GPU's memory, e.g. 0.5"
             )
+        if self.kv_cache_workload_share is not None and not 0 < self.kv_cache_workload_share <= 1:
+            raise LabInputError(
+                f"--kv-cache-memory workload:{self.kv_cache_workload_share}: give a share in (0, 1], "
+                "e.g. workload:0.25 (a pool a quarter of what every request needs at once)"
+            )
+        check_range("--max-num-seqs", self.max_num_seqs, 1, MAX_COUNT, "or leave it out for vLLM's default")
+        check_range("--tensor-parallel-size", self.tensor_parallel_size, 1, 64)
         if self.block_size not in BLOCK_SIZES:
             raise LabInputError(
                 f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}"

@@ -88,7 +88,7 @@ KV_SAMPLE_ALWAYS = (
 @dataclass
 class KvSample:
     """The KV pool after one engine step. `kv_samples()` of `lab.backends.vllm.VllmBackend` and of
-    `lab.backends.hf_continuous.HfContinuousBackend` define each field; the last five are hf/continuous's."""
+    `lab.backends.hf_continuous.HfContinuousBackend` define each field."""
 
     t_s: float  # runner clock
     step: int
@@ -101,10 +101,25 @@ class KvSample:
     tokens_stored_exact: bool | None = None  # None: not recorded (older runs)
     run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl
     blocks_free: int | None = None
+    # The engine's own per-step facts, summed over the running requests (lab.accounting.paged); None
+    # where the run has none (older runs, vLLM with --no-kv-samples).
+    usable_blocks: int | None = None  # D, the pool's blocks any request can use (vLLM: num_blocks - 1)
+    held_blocks: int | None = None  # blocks in the running requests' tables
+    token_state_slots: int | None = None  # tokens stored, scheduled prompts included
+    reservation_slots: int | None = None  # empty slots of their blocks their own tokens will fill
+    lookahead_slots: int | None = None  # of which allocated one step ahead (async scheduling)
+    internal_slots: int | None = None  # slots of their blocks beyond their final length
+    scheduled_prompt_slots: int | None = None  # of the token states: prompts whose first token is not out yet
+    # hf/continuous only
     per_request: list[list[int]] | None = None  # [request_id, tokens stored, blocks held] of each running request
     batch_requests: int | None = None  # requests the step ran
     prefill_requests: int | None = None  # of which had no output token yet (prompt work)
     finished: int | None = None  # of which left after it
+
+    @property
+    def has_step_facts(self) -> bool:
+        """Whether the sample carries the engine's own per-step sums (what an exact breakdown needs)."""
+        return self.held_blocks is not None and self.token_state_slots is not None
 
     def to_dict(self) -> dict:
         """The fields that were recorded (`run` only in the merged file)."""
@@ -128,7 +143,8 @@ class HfBatch:
     start_s: float = 0.0
     end_s: float = 0.0
     cache_class: str | None = None
-    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call
+    cache_bytes: int | None = None  # the key/value tensors' own bytes at the end of the call, over every GPU
+    cache_bytes_per_gpu: int | None = None  # on one GPU: cache_bytes / tensor_parallel_size
     cache_slots_per_sequence: int | None = None
     peak_allocated_bytes: int | None = None  # CUDA only
     peak_reserved_bytes: int | None = None  # CUDA only
@@ -184,7 +200,10 @@ class BackendResult(_BackendMode):
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
-    phases: list[dict] = field(default_factory=list)  # {"phase", "start", "end"}, epoch seconds
+    phases: list[dict] = field(
+        default_factory=list
+    )  # {"phase", "start", "end"}, epoch seconds (+ energy: runner.Phases)
+    energy_meter: dict | None = None  # lab.hardware.energy: the counter and GPUs read, or {"source": None, "reason"}
     traceback: str | None = None
     close_error: str | None = None
     process_s: float | None = None  # set by the experiment: the process's wall time
@@ -232,9 +251,10 @@ class RunSummary(_BackendMode):
     generate_s: float | None = None
     passes_s: list[float] | None = None  # every timed pass (--repeats); the records are the last's
     metrics: dict | None = None  # lab.metrics.summarize_records()
-    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator
+    memory: dict = field(default_factory=dict)  # whole_process, generate_phase, allocator, gpus_used, per_gpu
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken
+    energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""
@@ -250,14 +270,18 @@ class RunSummary(_BackendMode):
 
 @dataclass
 class BreakdownEntry:
-    """Where one backend/mode's KV memory went, time-averaged (lab.accounting.breakdown defines it)."""
+    """Where one backend/mode's KV memory went, time-averaged (lab.accounting.breakdown defines it).
+
+    Two views of the same slot-seconds: `budget_shares` over D, the memory the approach set aside for
+    KV (`budget` says which), and `shares` over the memory held (D less a paged pool's free blocks).
+    """
 
     run: str  # label, 'hf/batched'
     backend: str
     mode: str
     approach: str
-    shares: dict[str, float | None]  # the five categories of lab.accounting.kv, summing to 1
-    internal_detail_shares: dict[str, float]  # padding, finished, unused_tail, block_tail
+    shares: dict[str, float | None]  # of the memory held: the five categories of lab.accounting.kv, summing to 1
+    internal_detail_shares: dict[str, float]  # padding, finished, unused_tail, block_tail (of the memory held)
     external_fragmentation_measured: bool
     external_note: str | None
     slot_seconds: dict[str, float | None]
@@ -265,9 +289,16 @@ class BreakdownEntry:
     mean_slots_held: float | None
     mean_kv_bytes_held: float | None
     kv_bytes_per_token: int | None
-    pool_occupancy_mean: float | None  # vLLM: the share of its pool in use, time-averaged
+    pool_occupancy_mean: float | None  # paged pools: the share of the pool in use, time-averaged
     weighting: str
-    checks: dict  # measurement against arithmetic: "hf cache tensors" or "vLLM blocks"
+    checks: dict  # measurement against arithmetic; `residual` the residual against its 1% limit
+    budget_shares: dict[str, float | None] | None = None  # of D, free blocks under external fragmentation
+    budget: str | None = None  # which memory D is
+    mean_budget_slots: float | None = None
+    free_slot_seconds: float = 0.0
+    method: str | None = None  # where the per-step figures come from
+    saturation: dict | None = None  # paged pools: peak and mean occupancy, whether the workload filled D
+    allocator_slack_bytes: int | None = None  # torch allocator, peak reserved - peak allocated: not KV (CUDA)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,6 +16,7 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
         capacity.json, capacity.md          (`lab capacity` runs, instead of records and summary)
         runs/<backend>-<mode>/              what one backend process wrote:
             spec.json, pid, result.json, records.jsonl, kv.jsonl, timeline.jsonl, log.txt, collector.log
+            ranks/<k>/                      torchrun rank k > 0 of a tensor-parallel hf run: its own files
 
 A run is written into `results/.tmp-<run-id>/` (`creating`) and renamed when complete, so a
 half-written run is never mistaken for a finished one, and an existing run folder is never
@@ -61,6 +62,7 @@ RESULT = "result.json"
 LOG = "log.txt"
 COLLECTOR_LOG = "collector.log"
 STOP = "stop"
+RANKS = "ranks"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,16 @@ class PartFolder:
     def stop_file(self) -> Path:
         """Touched by the experiment to stop the collector (it also stops when the backend exits)."""
         return self.path / STOP
+
+    def rank(self, k: int) -> PartFolder:
+        """ranks/<k>/: what torchrun rank k > 0 of this backend/mode wrote (rank 0 writes this folder)."""
+        return PartFolder(self.path / RANKS / str(k))
+
+    def ranks(self) -> list[PartFolder]:
+        """The folders of ranks 1.. that exist, in rank order."""
+        folder = self.path / RANKS
+        found = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        return [PartFolder(p) for p in sorted(found, key=lambda p: int(p.name))]
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,14 @@ timed pass, output lengths fixed by the workload. Bad input (the model, the work
 raises LabInputError before anything is written. Then it writes into its folder
 (`run_folder.PartFolder`):
 
-    pid            this process's id, first (the collector watches this process tree)
+    pid            this process's id, first thing (the collector watches this process tree); under
+                   torchrun the agent's, parent of every rank (rank k > 0 writes into ranks/<k>/)
     spec.json      its configuration (unless the experiment wrote it there to start this process)
     records.jsonl  one line per request of the timed pass (the last, with --repeats)
     kv.jsonl       KV-cache samples the backend took during the timed pass
     result.json    status ("ok" or "error" with the message), timings, engine and memory figures, and
                    the epoch start/end of each phase (load, warm-up, repeat, generate) to line up
-                   with the collector's timeline
+                   with the collector's timeline, with every GPU's energy counter at both ends
 
 A failure (an exception, out of memory) is written as status "error" with its message; the process
 then exits with 1, and the experiment goes on with the next backend. An interrupt closes the engine
@@ -20,7 +21,6 @@ then exits with 1, and the experiment goes on with the next backend. An interrup
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import run_folder as rf
+from lab.accounting.parallel import tensor_parallel_problem
 from lab.backends.base import Backend, Clock
 from lab.backends.registry import backend_class
 from lab.config import RunSpec
 from lab.errors import LabInputError
 from lab.hardware.device import resolve_device, resolve_dtype
+from lab.hardware.energy import EnergyMeter, open_meter
 from lab.hardware.env import collect_environment
+from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenizer, model_info, resolve_model
 from lab.records import BackendResult, KvSample, RequestRecord
@@ -112,20 +115,33 @@ PhaseHook = Callable[[str], None]
 
 
 class Phases:
-    """Epoch start/end of each phase: the collector's samples carry epoch times too. `on_start` is
-    called with each phase's name as it starts (the CLI's test-only fault injection uses it)."""
+    """Epoch start/end of each phase: the collector's samples carry epoch times too.
 
-    def __init__(self, on_start: PhaseHook | None = None) -> None:
+    With an energy meter (NVML), each phase also holds every GPU's energy counter read just before
+    its start and just after its end (`energy_start_mj`, `energy_end_mj`: {str(NVML index): mJ}), and
+    the GPUs the backend's process tree held at its end (`gpus_used`): a timed pass's energy is then
+    exact (`lab.hardware.energy`). `on_start` is called with each phase's name as it starts (the
+    CLI's test-only fault injection uses it).
+    """
+
+    def __init__(self, meter: EnergyMeter | None = None, on_start: PhaseHook | None = None) -> None:
         self.items: list[dict] = []
+        self.meter = meter
         self.on_start = on_start
 
     def start(self, name: str) -> None:
+        energy = self.meter.read_mj() if self.meter else None  # before the clock starts
         self.items.append({"phase": name, "start": time.time(), "end": None})
+        if energy is not None:
+            self.items[-1]["energy_start_mj"] = energy
         if self.on_start is not None:
             self.on_start(name)
 
     def end(self) -> None:
         self.items[-1]["end"] = time.time()
+        if self.meter:  # after the clock's last reading
+            self.items[-1]["energy_end_mj"] = self.meter.read_mj()
+            self.items[-1]["gpus_used"] = self.meter.tree_gpus()
 
     def end_open(self) -> None:
         """End the phase a failure interrupted, if one is open."""
@@ -148,11 +164,14 @@ def run_backend(
     inputs = resolve_inputs(spec, cache_dir)
     part = rf.PartFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    part.pid.write_text(str(os.getpid()))
+    part.pid.write_text(str(torchrun.tree_root_pid()))  # under torchrun: the agent, parent of every rank
     if not part.spec.exists():  # the experiment writes it itself, to start this process with it
         rf.write_json(part.spec, spec.to_dict())
-    phases = Phases(on_phase)
-    result = BackendResult(spec.backend, spec.mode, phases=phases.items, environment=environment)
+    meter, meter_facts = open_meter(torchrun.tree_root_pid()) if not torchrun.rank() else (None, None)
+    phases = Phases(meter, on_phase)
+    result = BackendResult(
+        spec.backend, spec.mode, phases=phases.items, environment=environment, energy_meter=meter_facts
+    )
     backend = None
     try:
         backend, requests = _start_backend(spec, inputs, phases, result)
@@ -179,6 +198,8 @@ def run_backend(
                 backend.close()
             except Exception as exc:  # noqa: BLE001 - the run's own result matters more
                 result.close_error = repr(exc)
+        if meter is not None:
+            meter.close()
         rf.write_json(part.result, result.to_dict())
     return result
 
@@ -187,6 +208,7 @@ def _start_backend(spec: RunSpec, inputs: Inputs, phases: Phases, result: Backen
     result.device, result.dtype = inputs.device, inputs.dtype
     result.model_path, result.model = str(inputs.model_path), inputs.model
     result.workload = inputs.workload(spec.engine.workload)
+    check_tensor_parallel(spec, inputs.model)
     backend = backend_class(spec.backend, spec.mode)(spec, str(inputs.model_path), inputs.device, inputs.dtype)
     phases.start("load")
     t0 = time.perf_counter()
@@ -194,6 +216,20 @@ def _start_backend(spec: RunSpec, inputs: Inputs, phases: Phases, result: Backen
     result.load_s = time.perf_counter() - t0
     phases.end()
     return backend, inputs.requests
+
+
+class CannotRunTensorParallel(Exception):
+    """This backend/mode cannot split this model over the GPUs asked for; it is not run on fewer."""
+
+
+def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
+    gpus = spec.engine.tensor_parallel_size
+    problem = tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
+    if problem:
+        raise CannotRunTensorParallel(
+            f"{spec.label} cannot split {spec.engine.model} over {gpus} GPUs: {problem}; "
+            "not run (rather than on fewer GPUs)"
+        )
 
 
 def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult) -> None:

@@ -3,26 +3,34 @@
 Decoding is memory-bound: each step reads every weight once, and its attention reads the K/V of
 every slot each sequence attends to. So a decode step moves at least
 
-    bytes = weight bytes read + attended slots x kv_bytes_per_token
+    total bytes = weight bytes read + attended slots x kv_bytes_per_token
 
-and the decode phase achieves sum(bytes) / sum(step seconds) over its steps. The share of peak
-divides that by the GPU's theoretical peak, which NVML gives (`lab.hardware.env.memory_bandwidth_facts`).
-It is a lower bound of the traffic (activations, logits and any second read of the same bytes are
-not counted), so the share says how close a backend comes to the physical limit, not how busy the
-memory was.
+and the decode phase achieves sum(bytes) / sum(step seconds) over its steps. Two figures, counted
+alike for every backend:
+- useful: the weights plus each request's own tokens (its prompt and what it generated so far, for
+  the requests still generating): what any engine must read for the same tokens;
+- total: the weights plus every slot the attention reads: padding and, with the static cache, empty
+  slots, and the sequences of a batch that finished but keep generating.
+The share of peak divides each by the GPU's theoretical peak, which NVML gives
+(`lab.hardware.env.memory_bandwidth_facts`). Both are lower bounds of the traffic (activations,
+logits and any second read of the same bytes are not counted), so a share says how close a backend
+comes to the physical limit, not how busy the memory was.
+Split over G GPUs (tensor parallelism), each reads its share of the weights and of the K/V, so
+the bytes are the same and the peak is G x one GPU's.
 
 - Weight bytes read per step: all parameters, less the input embedding table when it is not tied to
   the output layer (a step looks up one row per sequence, not the table).
 - hf: steps 2..N of each batch (step 1 is the prefill), each timed by the batch's `step_s` clock
   readings. Attended slots per sequence at step k: dynamic cache, W + k - 1 (W the padded prompt:
   the padding is masked, not skipped); static cache, every slot of the cache (transformers attends
-  over the whole static tensor, masked).
+  over the whole static tensor, masked). Useful: P_i + k - 1 for each sequence with O_i >= k.
 - hf/continuous: as vLLM, from its own samples' count of prompt work per step (`lab.accounting.continuous`).
 - vLLM: the engine steps in which no request got its first token (prefill-free as far as this
   process sees; a chunk of a longer prompt still being prefilled is invisible), timed
   `t_s[i] - t_s[i-1]`. Attended slots: the previous sample's `tokens_stored` (prompt + generated - 1
   per running request) plus one per running request (the token the step feeds in); steps after a
-  sample without an exact count are left out.
+  sample without an exact count are left out. A paged kernel reads each request's own tokens only:
+  useful = total (hf/continuous's sdpa gathers them into a copy first: counted once, a lower bound).
 
 From one backend/mode's typed records and the run's manifest (no torch, no vllm).
 """
@@ -45,10 +53,13 @@ class DecodeBandwidth:
     decode_s: float
     steps_per_s: float | None
     weight_bytes_per_step: int
-    kv_bytes_per_step_mean: float | None
-    achieved_gb_s: float | None  # 10^9 bytes per second
-    peak_gb_s: float | None  # the GPU's theoretical peak; None off CUDA
+    kv_bytes_per_step_mean: float | None  # every attended slot
+    achieved_gb_s: float | None  # 10^9 bytes per second, total
+    peak_gb_s: float | None  # the GPUs' theoretical peak (one GPU's x tensor_parallel_size); None off CUDA
     share_of_peak: float | None
+    useful_kv_bytes_per_step_mean: float | None = None  # the requests' own tokens only
+    useful_gb_s: float | None = None
+    useful_share_of_peak: float | None = None
 
 
 def weight_bytes_read_per_step(model: dict) -> int | None:
@@ -60,22 +71,27 @@ def weight_bytes_read_per_step(model: dict) -> int | None:
     return model["weights_bytes"] - model["vocab_size"] * model["hidden_size"] * model["dtype_bytes"]
 
 
-def hf_decode_steps(batch: HfBatch, static: bool) -> list[tuple[float, int]]:
-    """(seconds, attended slots) of each decode step (2..N) of one hf batch; [] without `step_s`."""
+def hf_decode_steps(batch: HfBatch, static: bool) -> list[tuple[float, int, int | None]]:
+    """(seconds, attended slots, useful slots) of each decode step (2..N) of one hf batch; [] without `step_s`.
+
+    Useful: each sequence still generating its own tokens (O_i >= k) reads its P_i + k - 1; None
+    where the batch record lacks the lengths (older runs)."""
     times = batch.step_s or []
     if len(times) < 2:
         return []
     size, width = batch.batch_size, batch.padded_prompt_tokens
     per_sequence = batch.cache_slots_per_sequence if static else None
+    lengths = list(zip(batch.prompt_tokens, batch.output_tokens))
     steps = []
     for k in range(2, len(times) + 1):
         slots = per_sequence if per_sequence else width + k - 1
-        steps.append((times[k - 1] - times[k - 2], size * slots))
+        useful = sum(p + k - 1 for p, o in lengths if o >= k) if lengths else None
+        steps.append((times[k - 1] - times[k - 2], size * slots, useful))
     return steps
 
 
-def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[float, int]]:
-    """(seconds, attended slots) of each prefill-free engine step with an exact token count."""
+def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[float, int, int]]:
+    """(seconds, attended slots, useful slots: the same) of each prefill-free engine step with an exact token count."""
     first_tokens = {r.first_token_s for r in records if r.first_token_s is not None}
     samples = sorted(samples, key=lambda s: s.step)
     steps = []
@@ -85,22 +101,28 @@ def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> 
         if previous.tokens_stored_exact is False:  # not recorded (older runs): taken as exact
             continue
         # Each request in flight before the step attends its stored tokens and the one it feeds in.
-        steps.append((sample.t_s - previous.t_s, previous.tokens_stored + previous.running))
+        slots = previous.tokens_stored + previous.running
+        steps.append((sample.t_s - previous.t_s, slots, slots))
     return steps
 
 
-def decode_traffic(steps: list[tuple[float, int]], weight_bytes: int, kv_bytes_per_token: int) -> dict:
-    """Totals over decode steps: count, seconds, bytes per step, achieved bytes per second."""
-    seconds = sum(s for s, _ in steps)
-    kv_bytes = sum(slots for _, slots in steps) * kv_bytes_per_token
-    total = len(steps) * weight_bytes + kv_bytes
+def decode_traffic(steps: list[tuple[float, int, int | None]], weight_bytes: int, kv_bytes_per_token: int) -> dict:
+    """Totals over decode steps: count, seconds, bytes per step and achieved bytes per second, total and
+    useful (the useful figures None where a step lacks them)."""
+    seconds = sum(s for s, _, _ in steps)
+    kv_bytes = sum(slots for _, slots, _ in steps) * kv_bytes_per_token
+    known = all(useful is not None for _, _, useful in steps)
+    useful_kv = sum(useful for _, _, useful in steps) * kv_bytes_per_token if known else None
+    weights = len(steps) * weight_bytes
     return {
         "decode_steps": len(steps),
         "decode_s": seconds,
         "steps_per_s": len(steps) / seconds if seconds else None,
         "weight_bytes_per_step": weight_bytes,
         "kv_bytes_per_step_mean": kv_bytes / len(steps) if steps else None,
-        "achieved_gb_s": total / seconds / 1e9 if seconds else None,
+        "achieved_gb_s": (weights + kv_bytes) / seconds / 1e9 if seconds else None,
+        "useful_kv_bytes_per_step_mean": useful_kv / len(steps) if steps and useful_kv is not None else None,
+        "useful_gb_s": (weights + useful_kv) / seconds / 1e9 if seconds and useful_kv is not None else None,
     }
 
 
@@ -133,12 +155,14 @@ def run_bandwidth(
     if not steps:
         return None
     found = decode_traffic(steps, weights, kv_per_token)
-    achieved = found["achieved_gb_s"]
-    peak_here = peak if result.device == "cuda" else None
+    achieved, useful = found["achieved_gb_s"], found["useful_gb_s"]
+    gpus = int(engine.get("tensor_parallel_size") or 1)  # each reads its share: the peaks add up
+    peak_here = peak * gpus if result.device == "cuda" and peak else None
     return DecodeBandwidth(
         run=result.label,
         device=result.device,
         **found,
         peak_gb_s=peak_here,
         share_of_peak=achieved / peak_here if achieved and peak_here else None,
+        useful_share_of_peak=useful / peak_here if useful and peak_here else None,
     )

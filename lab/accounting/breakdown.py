@@ -1,15 +1,22 @@
 """Where the KV-cache memory went, per backend/mode: the PagedAttention paper's Figure 2 for a run.
 
 From one backend/mode's typed records (no torch, no vllm): its result (hf: per-batch shapes and the
-cache tensors' own bytes; vLLM: the KV pool), its request records and its KV samples (vLLM: one per
-engine step; hf/continuous: one per engine step, with each request's blocks). The categories and how
-each backend maps onto them are defined in `lab.accounting.kv` (hf/continuous: `lab.accounting.continuous`).
+cache tensors' own bytes; the paged engines: their pool), its request records and its KV samples
+(the paged engines: one per engine step, with the engine's own per-step sums). The categories, D
+(the memory each approach sets aside for KV) and how each backend maps onto them: `lab.accounting.kv`;
+the paged pools: `lab.accounting.paged`.
 
-Time-averaged. Each step's breakdown is weighted by how long that step took, so the shares are
+Time-averaged. Each step's breakdown is weighted by how long it lasted, so the shares are
 slot-seconds: what the memory held on average over the timed pass, as the paper's "average
-percentage of memory wastes". vLLM: step i lasts `t_s[i] - t_s[i-1]` (its samples' runner-clock
-times). hf: from the batch record's `step_s` (the clock at each step) where it has them, else each
-of a batch's N steps lasts `(end_s - start_s) / N`.
+percentage of memory wastes". Paged engines: a sample holds until the next one (`t_s[i+1] - t_s[i]`;
+the time before the first sample, the hand-over and the first step, has no sample). hf: from the
+batch record's `step_s` (the clock at each step) where it has them, else each of a batch's N steps
+lasts `(end_s - start_s) / N`.
+
+Two views of the same slot-seconds: shares of D (free pool blocks under "external fragmentation &
+others", as the paper books them) and shares of the memory held (free blocks left out). The
+residual ("other") above 1% of the memory held fails the run's check. The torch allocator's slack
+that cannot be traced to the KV tensors is not KV: `allocator_slack_bytes`, reported in MiB apart.
 
 Measurement against arithmetic (`checks` of each entry):
 - hf: the cache tensors' bytes at the end of each batch against batch x slots x bytes per token,
@@ -17,29 +24,26 @@ Measurement against arithmetic (`checks` of each entry):
   any call so far (transformers keeps a static cache's length across calls, warm-up included); on
   CUDA also the allocator's peak minus the weights against the cache bytes (the rest is activations
   and logits).
-- vLLM: blocks in use as the scheduler reported them against sum(ceil(tokens / block_size)) over
-  the requests running at that step, rebuilt from the records (a request runs from the step of its
-  first token to the step of its last, one token per step). A step where they differ by more than
-  2% is counted and the likely reason given.
+- paged: the pool's used blocks against the blocks in the running requests' tables, per step (the
+  residual); hf/continuous also its tables against ceil(tokens / block_size). vLLM runs without
+  step facts: `lab.accounting.vllm_rebuild`.
 """
 
 from __future__ import annotations
 
-import bisect
-
-from lab.accounting.continuous import continuous_breakdown
+from lab.accounting import paged
+from lab.accounting.continuous import block_check
 from lab.accounting.kv import (
     CATEGORIES,
     SlotBreakdown,
-    blocks_needed,
+    allocator_rounding_slots,
     dynamic_batch_step,
     dynamic_cache_slots,
-    final_tokens,
     integrate,
-    paged_step,
     static_batch_step,
     static_cache_slots,
 )
+from lab.accounting.vllm_rebuild import rebuilt_breakdown
 from lab.records import BackendResult, BreakdownEntry, HfBatch, KvSample, RequestRecord
 
 TOLERANCE = 0.02  # arithmetic and measurement "agree" within 2%
@@ -58,16 +62,21 @@ APPROACH = {
 # ----------------------------------------------------------------------------- hf
 
 
-def hf_batch_steps(batch: HfBatch, static: bool, bytes_per_token: int) -> list[tuple[float, SlotBreakdown]]:
-    """(duration s, breakdown) of each decoding step of one hf batch (see module docstring)."""
+def hf_batch_steps(
+    batch: HfBatch, static: bool, bytes_per_token: int, model: dict | None = None, gpus: int = 1
+) -> list[tuple[float, SlotBreakdown]]:
+    """(duration s, breakdown) of each decoding step of one hf batch (see module docstring).
+
+    External fragmentation: with `model` (a CUDA run's model facts), the caching allocator's rounding
+    of the K/V tensors at that step's size (`kv.allocator_rounding_slots`), on each of `gpus`
+    tensor-parallel ranks (each holds kv_heads / gpus of every token); else 0 (the CPU has no caching
+    allocator: nothing to trace).
+    """
     steps = batch.generated_tokens
     if steps < 1:
         return []
     size, width = batch.batch_size, batch.padded_prompt_tokens
     durations = step_durations_s(batch)
-    external = None
-    if batch.peak_reserved_bytes is not None and batch.peak_allocated_bytes is not None:
-        external = (batch.peak_reserved_bytes - batch.peak_allocated_bytes) / bytes_per_token
     measured = batch.cache_bytes
     slots_per_sequence = batch.cache_slots_per_sequence or width + steps - 1
     final_slots = static_cache_slots(size, slots_per_sequence) if static else dynamic_cache_slots(size, width, steps)
@@ -78,8 +87,20 @@ def hf_batch_steps(batch: HfBatch, static: bool, bytes_per_token: int) -> list[t
             step_slots = static_batch_step(batch.prompt_tokens, batch.output_tokens, step, slots_per_sequence)
         else:
             step_slots = dynamic_batch_step(batch.prompt_tokens, batch.output_tokens, step)
+        per_sequence = slots_per_sequence if static else width + step - 1
+        external = _rounding(size, per_sequence, model, gpus) if model else 0.0
         out.append((durations[step - 1], step_slots + SlotBreakdown(external_fragmentation=external, other=other)))
     return out
+
+
+def _rounding(batch_size: int, slots_per_sequence: int, model: dict, gpus: int) -> float:
+    """Rounding slots over every rank: one rank's (its kv_heads / gpus heads) x gpus, in whole-token slots."""
+    heads = model["num_kv_heads"]
+    per_rank = max(heads // gpus, 1)
+    rank_slots = allocator_rounding_slots(
+        batch_size, slots_per_sequence, model["num_layers"], per_rank, model["head_dim"], model["dtype_bytes"]
+    )
+    return rank_slots * per_rank * gpus / heads
 
 
 def step_durations_s(batch: HfBatch) -> list[float]:
@@ -135,127 +156,52 @@ def hf_cache_checks(result: BackendResult) -> dict:
 
 def hf_breakdown(result: BackendResult) -> dict:
     static, bytes_per_token = is_static_cache(result), result.kv_bytes_per_token
-    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token)]
+    model = result.model if result.device == "cuda" else None
+    gpus = int((result.engine or {}).get("tensor_parallel_size") or 1)
+    steps = [s for b in result.hf_batches for s in hf_batch_steps(b, static, bytes_per_token, model, gpus)]
     return {
         "slot_seconds": integrate(steps),
         "duration_s": sum(w for w, _ in steps),
         "checks": hf_cache_checks(result),
-        "external_note": None
+        "external_note": "the caching allocator's rounding of the K/V tensors (512 B granules)"
         if result.device == "cuda"
-        else "not measurable on the CPU (no caching allocator to read)",
+        else "none traceable on the CPU (no caching allocator): 0",
+        "budget": "the cache tensors (allocated per call; no budget beyond them)",
+        "method": "the batches' shapes and the cache tensors' bytes",
     }
 
 
-# ----------------------------------------------------------------------------- vLLM
+# ----------------------------------------------------------------------------- the paged pools
 
 
-def vllm_running_per_sample(samples: list[KvSample], records: list[RequestRecord]) -> list[list[tuple[int, int]]]:
-    """For each KV sample, the running requests as (tokens stored, final tokens), rebuilt from records.
+def paged_breakdown(result: BackendResult, samples: list[KvSample], records: list[RequestRecord]) -> dict | None:
+    """vLLM or hf/continuous: each sample's step sums (`lab.accounting.paged`), each held until the next.
 
-    A request runs from the sample at its first token (stored = prompt) to the sample before its last
-    (it is freed in the step that finishes it), one token per step: stored = P + (step - first step).
+    vLLM samples without step facts (older runs) are rebuilt from the records instead
+    (`lab.accounting.vllm_rebuild`); hf/continuous samples always carry them.
     """
-    times = [s.t_s for s in samples]
-    running: list[list[tuple[int, int]]] = [[] for _ in samples]
-    for r in records:
-        if not r.ok or r.first_token_s is None:
-            continue
-        first = bisect.bisect_left(times, r.first_token_s)
-        end = bisect.bisect_left(times, r.end_s)
-        if first >= len(samples):
-            continue
-        final = final_tokens(r.prompt_tokens, r.output_tokens)
-        for i in range(first, min(end, len(samples))):
-            stored = r.prompt_tokens + samples[i].step - samples[first].step
-            running[i].append((min(stored, final), final))
-    return running
-
-
-def vllm_block_check(
-    samples: list[KvSample], running: list[list[tuple[int, int]]], block_size: int, engine: dict
-) -> dict:
-    """Blocks in use (measured) against sum(ceil(tokens / block_size)) of the rebuilt running requests."""
-    rows, measured_bs, arith_bs = [], 0.0, 0.0
-    previous = 0.0
-    for sample, reqs in zip(samples, running):
-        weight, previous = sample.t_s - previous, sample.t_s
-        arith = sum(blocks_needed(t, block_size) for t, _ in reqs)
-        measured = sample.blocks_used
-        if measured is None:
-            continue
-        measured_bs += measured * weight
-        arith_bs += arith * weight
-        off = abs(measured - arith) / measured if measured else (1.0 if arith else 0.0)
-        rows.append(
-            {
-                "step": sample.step,
-                "blocks_used": measured,
-                "arithmetic_blocks": arith,
-                "running": sample.running,
-                "rebuilt_running": len(reqs),
-                "tokens_stored": sample.tokens_stored,
-                "rebuilt_tokens": sum(t for t, _ in reqs),
-                "tokens_stored_exact": sample.tokens_stored_exact,
-                "off": off,
-            }
-        )
-    bad = [r for r in rows if r["off"] > TOLERANCE]
-    return {
-        "kind": "vLLM blocks",
-        "formula": "sum over running requests of ceil(tokens / block_size)",
-        "steps": len(rows),
-        "agree": len(rows) - len(bad),
-        "total": len(rows),
-        "disagreeing_steps": bad[:20],
-        "max_off": max((r["off"] for r in rows), default=0.0),
-        "time_averaged_off": abs(measured_bs - arith_bs) / measured_bs if measured_bs else 0.0,
-        "tokens_stored_match": all(
-            r["tokens_stored"] == r["rebuilt_tokens"] for r in rows if r["tokens_stored"] is not None
-        ),
-        "reasons": disagreement_reasons(bad, engine),
-    }
-
-
-def disagreement_reasons(bad: list[dict], engine: dict) -> list[str]:
-    """Why measured blocks and arithmetic differ at the given steps (empty when none do)."""
-    if not bad:
-        return []
-    reasons = []
-    if any(r["running"] != r["rebuilt_running"] or r["tokens_stored_exact"] is False for r in bad):
-        reasons.append(
-            "the scheduler ran requests this process could not see (a chunked prefill not yet "
-            "producing a token, or a preempted request): their blocks are held but not in the arithmetic"
-        )
-    if engine.get("async_scheduling"):
-        reasons.append(
-            "async scheduling: the next step is scheduled, and its slots allocated, before this step's output is seen"
-        )
-    if any(r["arithmetic_blocks"] > r["blocks_used"] for r in bad):
-        reasons.append(
-            "fewer blocks in use than the arithmetic needs: a request preempted (its blocks freed while "
-            "it waits to be recomputed) is rebuilt here as still running, or a step without a sample "
-            "shifted the rebuilt token counts"
-        )
-    return reasons or ["not explained by the recorded figures"]
-
-
-def vllm_breakdown(result: BackendResult, samples: list[KvSample], records: list[RequestRecord]) -> dict:
     engine = result.engine or {}
-    block_size = engine["block_size"]
+    block_size = engine.get("block_size")
+    if not samples or not block_size:
+        return None
     samples = sorted(samples, key=lambda s: s.step)
-    running = vllm_running_per_sample(samples, records)
-    steps, previous, usage_s = [], 0.0, 0.0
-    for sample, reqs in zip(samples, running):
-        weight, previous = sample.t_s - previous, sample.t_s
-        steps.append((weight, paged_step(reqs, block_size, sample.blocks_used)))
-        usage_s += (sample.kv_usage or 0.0) * weight
-    duration = sum(w for w, _ in steps)
+    if not all(s.has_step_facts for s in samples):
+        return rebuilt_breakdown(result, samples, records) if result.backend == "vllm" else None
+    weights = paged.forward_weights([s.t_s for s in samples])
+    steps = [(w, paged.sample_breakdown(s, block_size)) for s, w in zip(samples, weights)]
+    checks = {"kind": "paged pool", "pool": paged.pool_check(samples, weights)}
+    if result.label == "hf/continuous":
+        checks["tables"] = block_check(samples, block_size)
+    usable = samples[0].usable_blocks
+    null = " (its null block left out)" if result.backend == "vllm" else " (its two reserved blocks beside it)"
     return {
         "slot_seconds": integrate(steps),
-        "duration_s": duration,
-        "pool_occupancy_mean": usage_s / duration if duration else None,
-        "checks": vllm_block_check(samples, running, block_size, engine),
+        "duration_s": sum(weights),
+        "checks": checks,
         "external_note": None,
+        "saturation": paged.saturation(samples, weights),
+        "budget": f"the KV pool: {usable:,} usable blocks x {block_size} slots{null}",
+        "method": "the engine's own per-step facts: every running request's blocks and tokens",
     }
 
 
@@ -267,21 +213,19 @@ def run_breakdown(
 ) -> BreakdownEntry | None:
     """One finished backend/mode's breakdown, or None where it recorded nothing to account."""
     engine = result.engine or {}
-    if result.backend == "vllm":
-        if not samples or not engine.get("block_size"):
-            return None
-        found = vllm_breakdown(result, samples, records)
-    elif result.label == "hf/continuous":
-        if not samples or not engine.get("block_size"):
-            return None
-        found = continuous_breakdown(result, samples, records)
+    if result.backend == "vllm" or result.label == "hf/continuous":
+        found = paged_breakdown(result, samples, records)
     elif engine.get("batches"):
         found = hf_breakdown(result)
     else:
         return None
+    if found is None:
+        return None
     slots: SlotBreakdown = found["slot_seconds"]
     total, duration = slots.total(), found["duration_s"]
     bytes_per_token = result.kv_bytes_per_token
+    checks = dict(found["checks"], residual=residual_check(slots))
+    saturation = found.get("saturation")
     return BreakdownEntry(
         run=result.label,
         backend=result.backend,
@@ -296,7 +240,36 @@ def run_breakdown(
         mean_slots_held=total / duration if duration else None,
         mean_kv_bytes_held=total / duration * bytes_per_token if duration and bytes_per_token else None,
         kv_bytes_per_token=bytes_per_token,
-        pool_occupancy_mean=found.get("pool_occupancy_mean"),
-        weighting="time: each step weighted by its duration",
-        checks=found["checks"],
+        pool_occupancy_mean=(saturation or {}).get("pool_occupancy_mean"),
+        weighting="time: each step weighted by how long its state lasted",
+        checks=checks,
+        budget_shares=slots.budget_shares(),
+        budget=found.get("budget"),
+        mean_budget_slots=slots.budget() / duration if duration else None,
+        free_slot_seconds=slots.free,
+        method=found.get("method"),
+        saturation=saturation,
+        allocator_slack_bytes=allocator_slack_bytes(result),
     )
+
+
+def residual_check(slots: SlotBreakdown) -> dict:
+    """The residual ("other") as a share of the memory held and of D, against `paged.RESIDUAL_LIMIT`."""
+    held, budget = slots.total(), slots.budget()
+    of_held = slots.other / held if held else 0.0
+    return {
+        "share_of_held": of_held,
+        "share_of_budget": slots.other / budget if budget else 0.0,
+        "limit": paged.RESIDUAL_LIMIT,
+        "ok": of_held <= paged.RESIDUAL_LIMIT,
+    }
+
+
+def allocator_slack_bytes(result: BackendResult) -> int | None:
+    """The torch allocator's peak reserved - peak allocated bytes (CUDA only): activations, logits, freed
+    caches, graph pools; never a KV share. Split over G ranks the figures are rank 0's: x G."""
+    memory = result.memory or {}
+    reserved, allocated = memory.get("peak_reserved_bytes"), memory.get("peak_allocated_bytes")
+    if reserved is None or allocated is None:
+        return None
+    return (reserved - allocated) * int((result.engine or {}).get("tensor_parallel_size") or 1)

@@ -195,6 +195,20 @@ def capacity_arithmetic(
     }
 
 
+def workload_budget_bytes(
+    requests: Sequence[tuple[int, int]], bytes_per_token: int, block_size: int, share: float, context_tokens: int = 0
+) -> int:
+    """A KV budget the workload fills: `share` of the blocks its `(prompt, output)` requests hold at their
+    final lengths all at once; at least the largest request's, and the model's context (vLLM refuses a
+    pool that cannot hold one request of `context_tokens`); plus 2 blocks (vLLM's null block and
+    transformers' second trash block). In bytes:
+    (max(ceil(share x sum_i ceil(f_i / B)), max_i ceil(f_i / B), ceil(context / B)) + 2) x B x bytes per token,
+    f_i = P_i + O_i - 1."""
+    needs = [blocks_needed(final_tokens(p, o), block_size) for p, o in requests]
+    blocks = max(math.ceil(share * sum(needs)), max(needs), blocks_needed(context_tokens, block_size)) + 2
+    return blocks * block_size * bytes_per_token
+
+
 def concurrency_levels(limit: int, given: tuple[int, ...] | None) -> list[int]:
     """The curve's points: `given` up to `limit`, else 1, 2, 4, ... and `limit` itself."""
     if limit < 1:

@@ -16,12 +16,9 @@ sequence and attends densely under a mask of `max_batch_tokens x (pool tokens + 
 elements of the model's dtype, allocated once, full size, beside the pool (none with flash). The mask
 grows with the pool, so the lab caps `max_batch_tokens` (`auto_max_batch_tokens`).
 
-The breakdown. Each KV sample (`lab.backends.hf_continuous`) lists the running requests as
-`(request_id, tokens_stored, blocks)`, read from the engine's block tables after the step. A request
-holding b blocks of size B with t tokens stored, that will store f = prompt + output - 1 at most:
-token states t, reservation min(bB, f) - t, internal fragmentation the rest of its bB slots.
-Blocks the pool counts as used beyond the requests' tables are "other". External fragmentation is
-0: any free block fits any request. Steps are weighted by their duration, as for vLLM.
+The breakdown is vLLM's (`lab.accounting.paged`): each KV sample (`lab.backends.hf_continuous`)
+sums the running requests' `(tokens stored, blocks)` read from the engine's block tables after the
+step. `block_check` holds those tables against ceil(tokens / block_size).
 """
 
 from __future__ import annotations
@@ -29,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lab.accounting import capacity
-from lab.accounting.kv import SlotBreakdown, blocks_needed, final_tokens, integrate
+from lab.accounting.kv import blocks_needed, final_tokens
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from lab.errors import LabInputError
-from lab.records import BackendResult, KvSample, RequestRecord
+from lab.records import KvSample
 
 DEFAULT_MAX_BATCH_TOKENS = 8192  # transformers' own default (PagedAttentionMemoryHandler)
 MIN_AUTO_BATCH_TOKENS = 64
@@ -122,53 +119,7 @@ def auto_max_batch_tokens(pool_tokens: int, pool_bytes: int, dtype_bytes: int, n
     return tokens
 
 
-# ----------------------------------------------------------------------------- the breakdown
-
-
-def request_step(tokens: int, request_final_tokens: int, blocks: int, block_size: int) -> SlotBreakdown:
-    """One running request holding `blocks` blocks (measured) and `tokens` tokens: see the module docstring."""
-    slots = blocks * block_size
-    reservation = max(min(slots, request_final_tokens) - tokens, 0)
-    internal = max(slots - tokens - reservation, 0)
-    return SlotBreakdown(
-        token_states=tokens, reservation=reservation, internal_fragmentation=internal, block_tail=internal
-    )
-
-
-def sample_step(sample: KvSample, finals: dict[int, int], block_size: int) -> SlotBreakdown:
-    """All running requests of one KV sample, plus the pool's blocks no request table holds ("other")."""
-    total = SlotBreakdown(external_fragmentation=0.0)  # paging: any free block fits any request
-    held = 0
-    for request_id, tokens, blocks in sample.per_request or []:
-        total = total + request_step(tokens, finals.get(request_id, tokens), blocks, block_size)
-        held += blocks
-    extra_blocks = max((sample.blocks_used or 0) - held, 0)
-    return total + SlotBreakdown(other=extra_blocks * block_size)
-
-
-def final_tokens_by_request(records: list[RequestRecord]) -> dict[int, int]:
-    """request_id -> P + O - 1, the most tokens it ever stores (from the records of the same pass)."""
-    return {r.request_id: final_tokens(r.prompt_tokens, r.output_tokens) for r in records}
-
-
-def continuous_breakdown(result: BackendResult, samples: list[KvSample], records: list[RequestRecord]) -> dict:
-    """The time-weighted breakdown of an hf/continuous run (the shape `lab.accounting.breakdown` expects)."""
-    block_size = (result.engine or {})["block_size"]
-    samples = sorted(samples, key=lambda s: s.step)
-    finals = final_tokens_by_request(records)
-    steps, previous, usage_s = [], 0.0, 0.0
-    for sample in samples:
-        weight, previous = sample.t_s - previous, sample.t_s
-        steps.append((weight, sample_step(sample, finals, block_size)))
-        usage_s += (sample.kv_usage or 0.0) * weight
-    duration = sum(w for w, _ in steps)
-    return {
-        "slot_seconds": integrate(steps),
-        "duration_s": duration,
-        "pool_occupancy_mean": usage_s / duration if duration else None,
-        "checks": block_check(samples, block_size),
-        "external_note": None,
-    }
+# ----------------------------------------------------------------------------- its block tables
 
 
 def block_check(samples: list[KvSample], block_size: int) -> dict:
@@ -212,15 +163,17 @@ def block_check(samples: list[KvSample], block_size: int) -> dict:
 # ----------------------------------------------------------------------------- steps: bandwidth, capacity
 
 
-def decode_steps(samples: list[KvSample]) -> list[tuple[float, int]]:
-    """(seconds, attended slots) of each step without prefill work, as `lab.accounting.bandwidth` counts
-    vLLM's: the previous sample's stored tokens plus one per running request (the token each step feeds in)."""
+def decode_steps(samples: list[KvSample]) -> list[tuple[float, int, int]]:
+    """(seconds, attended slots, useful slots: the same) of each step without prefill work, as
+    `lab.accounting.bandwidth` counts vLLM's: the previous sample's stored tokens plus one per running
+    request (the token each step feeds in)."""
     samples = sorted(samples, key=lambda s: s.step)
     steps = []
     for previous, sample in zip(samples, samples[1:]):
         if sample.prefill_requests or previous.tokens_stored is None:
             continue
-        steps.append((sample.t_s - previous.t_s, previous.tokens_stored + (previous.running or 0)))
+        slots = previous.tokens_stored + (previous.running or 0)
+        steps.append((sample.t_s - previous.t_s, slots, slots))
     return steps
 
 

@@ -12,34 +12,38 @@ is the forward pass that produces output token k; after it the dynamic cache hol
 `padded prompt + k - 1` slots per sequence.
 
 Where the memory goes: the categories of the PagedAttention paper's Figure 2 (Kwon et al., SOSP
-2023), for a slot held at one step by one request:
+2023), per step, over D, the memory each approach sets aside for KV (its KV budget):
 
-- token_states: holds the K/V of one of the request's own tokens (prompt or generated).
-- reservation: empty now, and will hold one of the request's own tokens before it finishes.
+- token_states: holds the K/V of one of the request's own tokens (prompt or generated), a prompt
+  already scheduled included.
+- reservation: empty now, and will hold one of the request's own tokens before it finishes (a
+  paged engine's look-ahead slot for the token in flight included).
 - internal_fragmentation: inside the request's allocation, and will never hold one of its own
   tokens: left padding to the batch's longest prompt; the tokens a finished sequence keeps
   generating while its batch runs on ("finished-sequence waste"); the tail of a max-length
-  reservation beyond the request's final length; the part of a request's last vLLM block that its
+  reservation beyond the request's final length; the part of a request's last block that its
   final token never reaches.
-- external_fragmentation: memory the allocator holds that no tensor uses (torch's reserved minus
-  allocated bytes, CUDA only). None where it cannot be measured (the CPU has no caching allocator to
-  read): shares are then over the other four, and the report says so.
-- other: memory the engine measurably holds beyond what the arithmetic explains (vLLM: blocks in
-  use minus the blocks of the requests we can see running; hf: cache bytes beyond batch x slots x
-  bytes per token).
+- external_fragmentation (with `free`, "external fragmentation & others" in the paper): a paged
+  pool's free blocks (`free`, held by no request); for the hf caches only allocator memory that can
+  be traced to the KV tensors (the CUDA caching allocator's rounding of each cache tensor). Slack of
+  the allocator that cannot be traced to them (activations, logits, graph pools) is not KV: the report
+  gives it in MiB beside the table, never as a share.
+- other: the residual, memory the engine measurably holds beyond what the arithmetic explains (a
+  paged pool: used blocks beyond the requests' tables; hf: cache bytes beyond batch x slots x bytes
+  per token). A residual above 1% fails the run's own check.
+
+D is a paged engine's pool (its usable blocks; `lab.accounting.paged`), and for the hf caches the
+cache tensors themselves (they are allocated per call, with no budget beyond them). Two views: shares
+of D (`budget_shares`, free blocks included) and shares of the memory held (`shares`, free left out).
 
 How each approach maps (per step; `lab.accounting.breakdown` integrates over time):
 
-| approach | token_states | reservation | internal_fragmentation | external | other |
+| approach | token_states | reservation | internal_fragmentation | external (& free) | other |
 | --- | --- | --- | --- | --- | --- |
-| hf dynamic (sequential, batched) | own stored tokens | 0: the cache grows one slot per step | padding + finished-sequence waste | allocator (CUDA) | cache bytes - arithmetic |
-| hf static cache | own stored tokens | own tokens still to come | padding + slots past the request's final length | allocator (CUDA) | cache bytes - arithmetic |
+| hf dynamic (sequential, batched) | own stored tokens | 0: the cache grows one slot per step | padding + finished-sequence waste | allocator rounding of the cache tensors (CUDA) | cache bytes - arithmetic |
+| hf static cache | own stored tokens | own tokens still to come | padding + slots past the request's final length | as dynamic | cache bytes - arithmetic |
 | static, max length (capacity's Orca-Max analogue) | as static | as static | as static, with max length slots | - | - |
-| vLLM | own stored tokens | empty slots of its last block its own tokens will reach | the rest of its last block | 0: any free block fits any request | measured blocks - arithmetic |
-
-Free blocks of vLLM's pool, which no request holds, are in no category: the pool is reserved up front
-whatever the load, so `lab.accounting.breakdown` reports its occupancy beside the shares, and
-`lab.accounting.capacity` compares approaches under one fixed budget.
+| paged (vLLM, hf/continuous) | stored tokens, scheduled prompts included | empty slots of its blocks its own tokens will reach, look-ahead included | the rest of its last block | free pool blocks | used blocks - the requests' blocks |
 """
 
 from __future__ import annotations
@@ -131,7 +135,8 @@ class SlotBreakdown:
     """Slots (or slot-seconds, once weighted by time) by category; see the module docstring.
 
     `external_fragmentation` is None where it was not measured (0.0 where it cannot exist, as for
-    paged blocks); padding, finished, unused_tail and block_tail split internal fragmentation by cause.
+    paged blocks); padding, finished, unused_tail and block_tail split internal fragmentation by cause;
+    `free` is a paged pool's slots no request holds: in the budget view only.
     """
 
     token_states: float = 0.0
@@ -143,10 +148,15 @@ class SlotBreakdown:
     finished: float = 0.0  # detail of internal_fragmentation
     unused_tail: float = 0.0  # detail of internal_fragmentation
     block_tail: float = 0.0  # detail of internal_fragmentation
+    free: float = 0.0  # a paged pool's free slots: part of D, held by no request
 
     def total(self) -> float:
         """Slots held: the sum of the five categories (external counted as 0 where unmeasured)."""
         return sum(getattr(self, name) or 0.0 for name in CATEGORIES)
+
+    def budget(self) -> float:
+        """Slots of D, the KV budget: the slots held plus the pool's free slots."""
+        return self.total() + self.free
 
     def scaled(self, factor: float) -> SlotBreakdown:
         """Every figure x factor (e.g. a step's duration, to integrate over time)."""
@@ -163,12 +173,24 @@ class SlotBreakdown:
         return SlotBreakdown(**values)
 
     def shares(self) -> dict[str, float | None]:
-        """Each category / total: fractions that sum to 1 (external None where unmeasured)."""
+        """Shares of the memory held: each category / total, fractions that sum to 1 (external None
+        where unmeasured)."""
         total = self.total()
         return {
             name: (None if getattr(self, name) is None else (getattr(self, name) / total if total else 0.0))
             for name in CATEGORIES
         }
+
+    def budget_shares(self) -> dict[str, float | None]:
+        """Shares of D: as `shares`, over the budget, with the free slots under external fragmentation."""
+        budget = self.budget()
+        out = {}
+        for name in CATEGORIES:
+            value = getattr(self, name)
+            if name == "external_fragmentation" and (value is not None or self.free):
+                value = (value or 0.0) + self.free
+            out[name] = None if value is None else (value / budget if budget else 0.0)
+        return out
 
 
 def integrate(weighted: Iterable[tuple[float, SlotBreakdown]]) -> SlotBreakdown:
@@ -216,6 +238,23 @@ def dynamic_cache_slots(batch_size: int, padded_prompt_tokens: int, step: int) -
 def static_cache_slots(batch_size: int, max_cache_len: int) -> int:
     """Slots a static cache reserves up front: batch x max cache length, whatever the step."""
     return batch_size * max_cache_len
+
+
+ALLOCATOR_GRANULE_BYTES = 512  # the CUDA caching allocator rounds every block up to a multiple of 512 B
+
+
+def allocator_rounding_slots(
+    batch_size: int, slots_per_sequence: int, num_layers: int, kv_heads: int, head_dim: int, dtype_bytes_: int
+) -> float:
+    """Slots' worth of allocator memory the K/V tensors of an hf cache hold beyond their own bytes.
+
+    Each layer keeps a K and a V tensor of batch x kv_heads x slots x head_dim elements; the CUDA
+    caching allocator rounds each up to a multiple of ALLOCATOR_GRANULE_BYTES. The extra bytes /
+    kv_bytes_per_token: the part of the allocator's slack that can be traced to the KV tensors.
+    """
+    tensor = batch_size * kv_heads * slots_per_sequence * head_dim * dtype_bytes_
+    extra = -(-tensor // ALLOCATOR_GRANULE_BYTES) * ALLOCATOR_GRANULE_BYTES - tensor
+    return 2 * num_layers * extra / kv_bytes_per_token(num_layers, kv_heads, head_dim, dtype_bytes_)
 
 
 def dynamic_batch_step(prompt_tokens: Sequence[int], output_tokens: Sequence[int], step: int) -> SlotBreakdown:

@@ -20,6 +20,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lab.backends.base import Backend, Clock
+from lab.backends.hf_parallel import close_tensor_parallel, load_tensor_parallel
 from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import HfBatch, RequestRecord
 from lab.workloads import Request
@@ -40,17 +41,24 @@ class StepTimer:
 
 
 class HfBackend(Backend):
+    @property
+    def ranks(self) -> int:
+        """torchrun ranks the model is split over, one GPU each (`lab.backends.hf_parallel`)."""
+        return self.spec.engine.tensor_parallel_size
+
     def load(self) -> None:
         torch.manual_seed(self.spec.engine.seed)
         dtype = getattr(torch, TORCH_DTYPES[self.dtype])
-        if has_weights(self.model_path):
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        if self.ranks > 1:
+            model = load_tensor_parallel(self.model_path, dtype, self.ranks, self.device)
+        elif has_weights(self.model_path):
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device)
         else:
             # No saved weights (e.g. synthetic:llama-8b): seeded random init, straight on the device.
             config = AutoConfig.from_pretrained(self.model_path)
             with torch.device(self.device):
                 model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()
         # Prompts arrive as token ids: a folder without a tokenizer runs too (its config's ids pad).
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer(self.model_path) else None
         self.pad_id = self._pad_id()
@@ -155,7 +163,7 @@ class HfBackend(Backend):
             output_tokens=[r.output_tokens for r in batch],
             start_s=start_s,
             end_s=end_s,
-            **cache_tensor_stats(out.past_key_values),
+            **cache_tensor_stats(out.past_key_values, self.ranks),
         )
         if self.device == "cuda":
             stat.peak_allocated_bytes = torch.cuda.max_memory_allocated()
@@ -169,6 +177,7 @@ class HfBackend(Backend):
             "weights_allocated_bytes": self.weights_allocated_bytes,
             "cache_implementation": "static" if self.spec.mode == "static-cache" else "dynamic",
             "batch_size": 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size,
+            "tensor_parallel_size": self.ranks,  # torchrun ranks; the allocator figures are rank 0's GPU's
             "batches": [b.to_dict() for b in getattr(self, "batch_stats", [])],
         }
 
@@ -191,13 +200,17 @@ class HfBackend(Backend):
 
     def close(self) -> None:
         self.model = None
+        if self.ranks > 1:
+            close_tensor_parallel()
 
 
-def cache_tensor_stats(cache) -> dict:
+def cache_tensor_stats(cache, ranks: int = 1) -> dict:
     """Bytes and shape of the key/value tensors a transformers cache object holds.
 
     Works for DynamicCache and StaticCache (transformers 5: `cache.layers[i].keys/values`, shape
-    (batch, kv_heads, slots, head_dim)); returns {} for an unknown cache type.
+    (batch, kv_heads, slots, head_dim)); returns {} for an unknown cache type. Under tensor
+    parallelism each of the `ranks` ranks holds num_kv_heads / ranks heads (hf_parallel):
+    cache_bytes = this rank's bytes x ranks, the cache over every GPU; cache_bytes_per_gpu = this rank's.
     """
     layers = getattr(cache, "layers", None)
     if not layers:
@@ -210,7 +223,12 @@ def cache_tensor_stats(cache) -> dict:
             if tensor is not None and hasattr(tensor, "nbytes"):
                 total += tensor.nbytes
                 slots = int(tensor.shape[-2])
-    return {"cache_class": type(cache).__name__, "cache_bytes": total, "cache_slots_per_sequence": slots}
+    return {
+        "cache_class": type(cache).__name__,
+        "cache_bytes": total * ranks,
+        "cache_bytes_per_gpu": total,
+        "cache_slots_per_sequence": slots,
+    }
 
 
 BACKEND = HfBackend

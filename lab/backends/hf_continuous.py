@@ -43,6 +43,8 @@ import gc
 import time
 
 from lab.accounting.continuous import check_requests_fit
+from lab.accounting.kv import final_tokens
+from lab.accounting.paged import step_sums
 from lab.backends.base import Clock
 from lab.backends.hf import HfBackend
 from lab.backends.hf_continuous_engine import NO_EOS, build_manager, describe, plan_pool, set_attention
@@ -68,6 +70,7 @@ class HfContinuousBackend(HfBackend):
         self._samples: list[KvSample] = []
         self._clock: Clock | None = None
         self._lab_ids: dict[str, int] = {}
+        self._finals: dict[str, int] = {}  # the most tokens each request stores: P + O - 1
         self._step_token_times: dict[str, list[float]] = {}  # perf_counter of the step that made each token
         self._first_step_end: dict[str, float] = {}  # perf_counter after the first step that ran each request
         self._submitted: dict[str, float] = {}  # perf_counter at add_request
@@ -105,7 +108,7 @@ class HfContinuousBackend(HfBackend):
         check_requests_fit(lengths, self._info["num_blocks"], self._info["block_size"])
         self._calls += 1
         self._samples, self._step_token_times, self._first_step_end, self._submitted = [], {}, {}, {}
-        self._lab_ids = {}
+        self._lab_ids, self._finals = {}, {}
         self._clock = clock
         steps_before = getattr(self._manager, "current_batch", None)
         pending = self._submit(requests)
@@ -146,6 +149,7 @@ class HfContinuousBackend(HfBackend):
                 raise RuntimeError("transformers' continuous batching manager refused a request (is it stopping?)")
             pending[key] = request
             self._lab_ids[key] = request.request_id
+            self._finals[key] = final_tokens(request.prompt_tokens, request.output_tokens)
         return pending
 
     def _collect(self, pending: dict[str, Request]) -> dict:
@@ -186,6 +190,13 @@ class HfContinuousBackend(HfBackend):
             for key, state in active.items()
         ]
         used = view.num_blocks - view.free_blocks()
+        sums = step_sums(
+            (
+                (tokens, self._finals.get(key, tokens), blocks, 0, not active[key].generated_tokens)
+                for key, (_, tokens, blocks) in zip(active, per_request)
+            ),
+            view.block_size,
+        )
         self._samples.append(
             KvSample(
                 t_s=self._clock.since_start(now),
@@ -198,6 +209,13 @@ class HfContinuousBackend(HfBackend):
                 tokens_stored=sum(tokens for _, tokens, _ in per_request),
                 tokens_stored_exact=True,
                 blocks_free=view.num_blocks - used,
+                usable_blocks=view.num_blocks,
+                held_blocks=sums.held_blocks,
+                token_state_slots=sums.token_state_slots,
+                reservation_slots=sums.reservation_slots,
+                lookahead_slots=sums.lookahead_slots,
+                internal_slots=sums.internal_slots,
+                scheduled_prompt_slots=sums.scheduled_prompt_slots,
                 per_request=per_request,
                 batch_requests=len(generated_before),
                 prefill_requests=sum(1 for n in generated_before.values() if n == 0),
@@ -214,7 +232,9 @@ class HfContinuousBackend(HfBackend):
         - `running`: requests holding blocks after the step; `waiting`: queued, not yet scheduled;
         - `tokens_stored`: the sum of the running requests' `current_len()` (tokens whose K/V are
           written), exact (`tokens_stored_exact` is always true);
-        - `per_request`: `[request_id, tokens_stored, blocks]` of each running request;
+        - `per_request`: `[request_id, tokens_stored, blocks]` of each running request, and their sums
+          as `lab.accounting.paged` defines them (`usable_blocks`: the pool, `held_blocks`,
+          `token_state_slots`, `reservation_slots`, `internal_slots`; no look-ahead here);
         - `batch_requests`: requests the step ran (those active before it), of which
           `prefill_requests` had no token yet (prompt work) and `finished` left after it.
         """

@@ -24,8 +24,9 @@ passes (`_SchedulerStatsTap`): no extra call into the engine, one attribute read
 
 Environment: on CPU the KV pool must be sized (vLLM's CPU default asks for 92 % of RAM and refuses to
 start): `kv_cache_memory_bytes` (honoured by the CPU worker) or the legacy `VLLM_CPU_KVCACHE_SPACE`
-(GiB; when set, vLLM's CPU platform lets it override `kv_cache_memory_bytes`). This backend sets no
-environment variables.
+(GiB; when set, vLLM's CPU platform lets it override `kv_cache_memory_bytes`). The one environment
+variable this backend sets: on the CPU with tensor parallelism, `VLLM_CPU_OMP_THREADS_BIND` where unset
+(`lab.hardware.gpus.cpu_rank_binding`), recorded in `engine_info`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from lab.accounting import kv
+from lab.accounting.paged import vllm_step_sums
 from lab.backends.base import Backend, Clock
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
+from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step_facts
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
+from lab.hardware.gpus import cpu_rank_binding
 from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
@@ -87,27 +91,31 @@ class _InFlight:
 
 
 class _SchedulerStatsTap:
-    """Keeps the `SchedulerStats` of the engine-core message that the last `step()` consumed.
+    """Keeps the `SchedulerStats` (and the lab's step facts) of the engine-core message that the last
+    `step()` consumed.
 
     `LLMEngine.step()` calls `engine_core.get_output()` once and gets one `EngineCoreOutputs`: one
     engine step's outputs plus, with stats on, that step's `scheduler_stats`. Shadowing `get_output`
-    on this one client instance lets us read them; the message itself is untouched. Same names in
-    vLLM 0.26 and 0.32 (`EngineCoreClient.get_output`, `EngineCoreOutputs.scheduler_stats`).
+    on this one client instance lets us read them; the step facts the lab's scheduler class added
+    (`lab.backends.vllm_step_facts`) are taken out before vLLM's own loggers see the stats. Same names
+    in vLLM 0.26 and 0.32 (`EngineCoreClient.get_output`, `EngineCoreOutputs.scheduler_stats`).
     """
 
     def __init__(self, engine_core) -> None:
         self._get_output = engine_core.get_output
         self.stats = None
+        self.facts: dict | None = None
         engine_core.get_output = self._get_output_and_keep_stats
 
     def _get_output_and_keep_stats(self, *args, **kwargs):
         outputs = self._get_output(*args, **kwargs)
         self.stats = getattr(outputs, "scheduler_stats", None)
+        self.facts = take_step_facts(self.stats) if self.stats is not None else None
         return outputs
 
     def take(self):
-        stats, self.stats = self.stats, None
-        return stats
+        stats, facts, self.stats, self.facts = self.stats, self.facts, None, None
+        return stats, facts
 
 
 class VllmBackend(Backend):
@@ -127,12 +135,18 @@ class VllmBackend(Backend):
     def load(self) -> None:
         if self.device == "cpu":
             check_cpu_block_size(self.spec.engine.block_size)
+            if self.spec.engine.tensor_parallel_size > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+                # The engine core and its workers inherit it; vllm-cpu's default needs a NUMA node per worker.
+                binding = cpu_rank_binding(self.spec.engine.tensor_parallel_size, sorted(os.sched_getaffinity(0)))
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
         kwargs = self.engine_kwargs()
         self._llm = vllm.LLM(**kwargs)
         engine = self._llm.llm_engine
         self._tap = _SchedulerStatsTap(engine.engine_core) if self.spec.engine.sample_kv_every_step else None
         self._num_blocks = int(engine.vllm_config.cache_config.num_gpu_blocks or 0)
         self._info = describe_engine(self._llm.llm_engine.vllm_config, self._num_blocks, self.device, kwargs)
+        self._info["step_facts"] = "scheduler_cls" in kwargs
+        self._info["step_facts_verified"] = vllm.__version__ in VERIFIED_VLLM
 
     def engine_kwargs(self) -> dict:
         """The `vllm.LLM` arguments this run uses (also written into engine_info)."""
@@ -146,8 +160,14 @@ class VllmBackend(Backend):
             # The scheduler's stats are what KV samples are made of; without samples, off as in `vllm bench`.
             "disable_log_stats": not e.sample_kv_every_step,
         }
+        if e.sample_kv_every_step:  # vLLM's own scheduler, plus the step facts the breakdown needs
+            kwargs["scheduler_cls"] = SCHEDULER_CLS
+        if e.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = e.max_num_seqs
         if e.max_model_len is not None:
             kwargs["max_model_len"] = e.max_model_len
+        if e.tensor_parallel_size > 1:  # one worker process per GPU, children of the engine core
+            kwargs["tensor_parallel_size"] = e.tensor_parallel_size
         if not has_weights(self.model_path):
             kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
         if not has_tokenizer(self.model_path):
@@ -207,9 +227,9 @@ class VllmBackend(Backend):
             for output in outputs:
                 new_tokens = len(output.outputs[0].token_ids) if output.outputs else 0
                 in_flight.update(progress[output.request_id], new_tokens, output.finished, now)
-            stats = self._tap.take() if self._tap is not None else None
+            stats, facts = self._tap.take() if self._tap is not None else (None, None)
             if sample_kv and stats is not None:
-                self._samples.append(self._kv_sample(step, now, stats, in_flight))
+                self._samples.append(self._kv_sample(step, now, stats, facts, in_flight))
             step += 1
         return [self._record(p, clock) for p in progress.values()]
 
@@ -279,15 +299,20 @@ class VllmBackend(Backend):
         With async scheduling (vLLM 0.26's default on GPU; off on CPU) the scheduler has already
         placed the next step when it reports, so `blocks_used` also covers each running request's
         next token: at most one block per request more than `tokens_stored` needs.
+
+        The scheduler's own facts (`lab.backends.vllm_step_facts`), summed as `lab.accounting.paged`
+        defines them: `usable_blocks` (num_blocks - 1), `blocks_free`, `held_blocks` (the running
+        requests' tables), `token_state_slots` (scheduled prompts included), `reservation_slots`
+        (of which `lookahead_slots`), `internal_slots`, `scheduled_prompt_slots`.
         """
         return list(self._samples)
 
-    def _kv_sample(self, step: int, now: float, stats, in_flight: _InFlight) -> KvSample:
+    def _kv_sample(self, step: int, now: float, stats, facts: dict | None, in_flight: _InFlight) -> KvSample:
         usage = float(stats.kv_cache_usage)
         running = int(stats.num_running_reqs)
         blocks_used = kv.blocks_used_from_usage(usage, self._num_blocks) if self._num_blocks > 1 else None
         overcounted = in_flight.requests > running  # some request was preempted
-        return KvSample(
+        sample = KvSample(
             t_s=now,
             step=step,
             kv_usage=usage,
@@ -298,6 +323,15 @@ class VllmBackend(Backend):
             tokens_stored=None if overcounted else in_flight.tokens_stored,
             tokens_stored_exact=in_flight.requests == running,
         )
+        if facts is not None:
+            sums = vllm_step_sums(facts, self._info["block_size"])
+            usable = kv.usable_blocks(int(facts["num_blocks"]))
+            sample.usable_blocks, sample.blocks_free = usable, int(facts["free_blocks"])
+            sample.blocks_used = usable - sample.blocks_free  # exact, not from the rounded usage
+            sample.held_blocks, sample.token_state_slots = sums.held_blocks, sums.token_state_slots
+            sample.reservation_slots, sample.lookahead_slots = sums.reservation_slots, sums.lookahead_slots
+            sample.internal_slots, sample.scheduled_prompt_slots = sums.internal_slots, sums.scheduled_prompt_slots
+        return sample
 
     # -- what the engine says about itself ----------------------------------------------------------
 

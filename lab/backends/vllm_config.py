@@ -14,8 +14,14 @@ from lab.errors import LabInputError
 
 def describe_engine(config, num_blocks: int, device: str, kwargs: dict) -> dict:
     """The engine's own account of itself, for result.json's `engine`: the KV pool (null block included
-    in `num_blocks`), the scheduler's limits, compilation, and the `vllm.LLM` arguments asked for."""
+    in `num_blocks`), the scheduler's limits, compilation, and the `vllm.LLM` arguments asked for.
+
+    With tensor parallelism every GPU holds every block, for its share of the KV heads
+    (`get_num_kv_heads` is per GPU; heads are replicated where the GPUs outnumber them): `kv_pool_bytes`
+    and `kv_bytes_per_block` are one GPU's, `kv_pool_bytes_total` the sum over the GPUs, and
+    `kv_tokens_capacity` the tokens the pool holds whatever the number of GPUs."""
     cache, sched, model = config.cache_config, config.scheduler_config, config.model_config
+    gpus = int(getattr(config.parallel_config, "tensor_parallel_size", 1) or 1)
     compilation = config.compilation_config
     block_bytes = kv_bytes_per_block(config)
     usable = kv.usable_blocks(num_blocks)
@@ -33,13 +39,17 @@ def describe_engine(config, num_blocks: int, device: str, kwargs: dict) -> dict:
         "block_size": cache.block_size,
         "kv_tokens_capacity": usable * cache.block_size,
         "kv_bytes_per_block": block_bytes,
-        "kv_pool_bytes": num_blocks * block_bytes if block_bytes else None,
+        "kv_pool_bytes": num_blocks * block_bytes if block_bytes else None,  # per GPU
+        "kv_pool_bytes_total": num_blocks * block_bytes * gpus if block_bytes else None,
+        "tensor_parallel_size": gpus,
+        "kv_heads_per_gpu": _kv_heads_per_gpu(config),
         "kv_cache_dtype": str(cache.cache_dtype),
         "kv_cache_memory_bytes": cache.kv_cache_memory_bytes,
         "gpu_memory_utilization": cache.gpu_memory_utilization,
         "kv_cache_memory_bytes_requested": kwargs.get("kv_cache_memory_bytes"),
         "gpu_memory_utilization_requested": kwargs.get("gpu_memory_utilization"),
         "vllm_cpu_kvcache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE") or None,
+        "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") if device == "cpu" else None,
         "max_num_seqs": sched.max_num_seqs,
         "max_num_batched_tokens": sched.max_num_batched_tokens,
         "max_model_len": model.max_model_len,
@@ -55,6 +65,13 @@ def describe_engine(config, num_blocks: int, device: str, kwargs: dict) -> dict:
         "dtype": str(model.dtype),
         "kv_sampling": "EngineCoreOutputs.scheduler_stats, read as each step() passes it",
     }
+
+
+def _kv_heads_per_gpu(config) -> int | None:
+    try:
+        return int(config.model_config.get_num_kv_heads(config.parallel_config))
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _enum_name(value) -> str | None:

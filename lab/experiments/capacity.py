@@ -2,21 +2,23 @@
 
 The question of the PagedAttention paper's Figure 13a (`lab.paper`), asked of this lab's engines.
 The arithmetic is `lab.accounting.capacity`'s; this module measures the same points, each in its
-own process through `lab.experiments.steps.execute_run`, as every experiment run is:
+own process through `lab.experiments.backend_run.execute_run`, as every experiment run is:
 - vLLM with `kv_cache_memory_bytes` = B: the requests per step it actually ran (from its KV samples);
 - hf/continuous with the same pool (transformers' paged cache, `lab.accounting.continuous`): the same,
   from its own samples;
 - hf/batched at the batch size the arithmetic allows (and hf/static-cache at the static capacity):
   the cache tensors' bytes, checked against B, and the throughput at that point;
 - the curve: throughput against concurrency, hf/batched at batch sizes 1, 2, 4, ... up to its
-  capacity and vLLM with `max_num_seqs` 1, 2, 4, ... up to its own (where the engine settings
-  carry `max_num_seqs`).
+  capacity and vLLM with `max_num_seqs` (`EngineSettings.max_num_seqs`) 1, 2, 4, ... up to the
+  most requests it ran at once at the budget; drawn as capacity.png.
 The budget bounds the KV cache only: weights, activations and the CUDA context are outside it. The
 workload's lengths and the model's bytes per token come from `lab resolve` through the launcher,
 so nothing is tokenized in this process.
 
-Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md and runs/<point>/ for each
-measured point; written as `.tmp-<run-id>` and renamed when complete, never overwriting.
+Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md, capacity.png (the curve, where
+one was measured) and runs/<point>/ for each measured point; written as `.tmp-<run-id>` and renamed
+when complete, never overwriting. It runs wherever `lab experiment` runs: the launcher it is given
+(native or Docker) starts every point.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from lab import run_folder as rf
 from lab.accounting.capacity import batched_requests as paged_batches
 from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
-from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, run_label
+from lab.accounting.parallel import kv_bytes_per_token_per_gpu
+from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
 from lab.experiments.backend_run import execute_run
 from lab.experiments.steps import Finished, manifest, model_build, resolve_once
 from lab.experiments.timeout import default_timeout_s, describe_timeout
@@ -39,7 +42,7 @@ from lab.launchers.base import Echo, Launcher
 from lab.launchers.supervisor import Supervisor
 from lab.metrics import summarize_records
 from lab.records import BackendResult, KvSample, RequestRecord
-from lab.report.capacity import render_capacity
+from lab.report.capacity import render_capacity, write_capacity_plot
 
 COLLECTOR_INTERVAL_MS = 15  # the experiment's default
 
@@ -71,7 +74,8 @@ def run_capacity(
         measured = measure_all(spec, base, arithmetic, points, echo) if spec.measure else []
         data = capacity_data(spec, facts, arithmetic, [p for p, _ in measured])
         rf.write_json(folder.capacity_json, data)
-        rf.atomic_write(folder.capacity_md, render_capacity(data))
+        drawn = write_capacity_plot(folder, data)
+        rf.atomic_write(folder.capacity_md, render_capacity(data, drawn))
         experiment = ExperimentSpec(
             base.engine, (("hf", "batched"), ("vllm", "offline")), collect=spec.collect, timeout_s=spec.timeout_s
         )
@@ -88,12 +92,18 @@ def run_capacity(
 
 
 def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
-    """The workload's (prompt, output) lengths and the model's KV bytes per token, as `lab resolve` found them."""
+    """The workload's (prompt, output) lengths and the model's KV bytes per token, as `lab resolve` found them.
+
+    Split over G GPUs the budget is per GPU (vLLM's `kv_cache_memory_bytes` is), and so are the bytes
+    per token: one GPU's share of the KV heads (`lab.accounting.parallel`).
+    """
     model = resolved["model"]
     max_len = spec.max_len or run.engine.max_model_len or model["max_position_embeddings"]
+    gpus = run.engine.tensor_parallel_size
     return {
         "lengths": [tuple(pair) for pair in resolved["lengths"]],
-        "kv_bytes_per_token": model["kv_bytes_per_token"],
+        "kv_bytes_per_token": kv_bytes_per_token_per_gpu(model, gpus) if gpus > 1 else model["kv_bytes_per_token"],
+        "tensor_parallel_size": gpus,
         "max_len": max_len,
         "dtype": resolved["dtype"],
     }
@@ -138,7 +148,7 @@ def measure_all(
         measure(
             f"hf-static-cache-b{static}", RunSpec("hf", "static-cache", dataclasses.replace(engine, batch_size=static))
         )
-    if spec.curve and supports_max_num_seqs():
+    if spec.curve:
         limit = budget_point.get("max_running") or arithmetic["paged"]["concurrency"]
         for seqs in concurrency_levels(limit, spec.concurrency):
             run = RunSpec("vllm", "offline", dataclasses.replace(engine, max_num_seqs=seqs))
@@ -216,11 +226,6 @@ def vllm_batched_requests(samples: list[KvSample], records: list[RequestRecord])
     return paged_batches(samples, lambda s: (s.running or 0) + ends.get(s.t_s, 0))
 
 
-def supports_max_num_seqs() -> bool:
-    """Whether the engine settings carry vLLM's `max_num_seqs` (needed for the vLLM curve)."""
-    return "max_num_seqs" in {f.name for f in dataclasses.fields(EngineSettings)}
-
-
 # ----------------------------------------------------------------------------- capacity.json
 
 
@@ -254,14 +259,17 @@ def capacity_data(spec: CapacitySpec, facts: dict, arithmetic: dict, measured: l
             "requests": len(lengths),
             "mean_prompt_tokens": sum(p for p, _ in lengths) / len(lengths),
             "mean_output_tokens": sum(o for _, o in lengths) / len(lengths),
-            "budget_covers": "the KV cache only (weights, activations and the CUDA context are outside it)",
+            "budget_covers": "the KV cache only (weights, activations and the CUDA context are outside it)"
+            + (
+                f", on each of {facts['tensor_parallel_size']} GPUs (KV bytes per token: one GPU's share)"
+                if facts.get("tensor_parallel_size", 1) > 1
+                else ""
+            ),
+            "tensor_parallel_size": facts.get("tensor_parallel_size", 1),
         },
         "arithmetic": arithmetic,
         "measured": measured,
         "curve": curve_rows(measured),
-        "vllm_curve_note": None
-        if supports_max_num_seqs() or not (spec.measure and spec.curve)
-        else "vLLM curve skipped: EngineSettings has no max_num_seqs field to limit concurrency with",
         "paper_fig13a_mean_batched_requests": dict(paper.FIG13A_MEAN_BATCHED),
     }
 

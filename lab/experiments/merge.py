@@ -6,13 +6,24 @@ figures keep their source in their name and beside them:
 - nvml_*: NVML, read by the collector process: `tree_gpu_mib` is the GPU memory of the backend's
   whole process tree (vLLM's engine core is a child process), `device_used_mib` the whole GPU's;
 - rss_*: psutil, resident memory of the same process tree (host RAM; the figure on a CPU run);
-- allocator: the torch allocator inside the backend process (transformers on CUDA only).
+- allocator: the torch allocator inside the backend process (transformers on CUDA only; with
+  tensor parallelism rank 0's GPU, and `allocator_per_rank` every rank's).
+With several GPUs, `nvml_*` figures are summed over the GPUs the backend's tree used (`gpus_used`; the
+collector reads every GPU of the host), and `per_gpu` gives each GPU's own peaks. `energy`: joules
+per timed pass and per output token (`lab.accounting.energy`).
 """
 
 from __future__ import annotations
 
 from lab import run_folder as rf
-from lab.hardware.timeline import read_timeline, summarize_timeline
+from lab.accounting.energy import energy_summary
+from lab.hardware.timeline import (
+    gpus_holding_tree,
+    per_gpu_peaks,
+    read_timeline,
+    restricted_to_gpus,
+    summarize_timeline,
+)
 from lab.metrics import summarize_records
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
@@ -47,7 +58,8 @@ def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
         collected = read_timeline(part.timeline) if rf.existing(part.timeline) else {"samples": []}
         timeline.extend(collected["samples"])
         result = BackendResult.from_dict(rf.read_json(part.result))
-        summary = summarize_run(result, part_records, collected["samples"])
+        ranks = [BackendResult.from_dict(rf.read_json(r.result)) for r in part.ranks() if r.result.exists()]
+        summary = summarize_run(result, part_records, collected["samples"], ranks)
         summary.collector = collector_facts(collected)
         summaries.append(summary)
     rf.write_jsonl(folder.records, (r.to_dict() for r in records))
@@ -56,9 +68,16 @@ def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
     rf.write_json(folder.summary, {"runs": [s.to_dict() for s in summaries]})
 
 
-def summarize_run(result: BackendResult, records: list[RequestRecord], samples: list[dict]) -> RunSummary:
+def summarize_run(
+    result: BackendResult, records: list[RequestRecord], samples: list[dict], ranks: list[BackendResult] = ()
+) -> RunSummary:
+    """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures."""
     engine = dict(result.engine or {})
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
+    metrics = summarize_records(records) if records else None
+    used = gpus_holding_tree(samples)
+    own = restricted_to_gpus(samples, used) if used else samples  # the collector reads every GPU
+    window = result.phase("generate")
     return RunSummary(
         backend=result.backend,
         mode=result.mode,
@@ -72,22 +91,29 @@ def summarize_run(result: BackendResult, records: list[RequestRecord], samples: 
         warmup=result.warmup,
         generate_s=result.generate_s,
         passes_s=result.passes_s,
-        metrics=summarize_records(records) if records else None,
+        metrics=metrics,
         memory={
-            "whole_process": timeline_peaks(samples),
-            "generate_phase": timeline_peaks(samples, result.phase("generate")),
+            "whole_process": timeline_peaks(own),
+            "generate_phase": timeline_peaks(own, window),
             "allocator": result.memory,
+            "gpus_used": used,
+            "per_gpu": {"whole_process": per_gpu_peaks(own), "generate_phase": per_gpu_peaks(in_window(own, window))},
+            "allocator_per_rank": [r.memory for r in (result, *ranks)] if ranks else None,
         },
         engine=engine,
+        energy=energy_summary(result.phases, samples, (metrics or {}).get("output_tokens"), result.energy_meter),
     )
+
+
+def in_window(samples: list[dict], window: tuple[float, float] | None) -> list[dict]:
+    """The samples taken within `window` (epoch seconds); all of them without one."""
+    return samples if window is None else [s for s in samples if window[0] <= s["t"] <= window[1]]
 
 
 def timeline_peaks(samples: list[dict], window: tuple[float, float] | None = None) -> dict:
     """Peak of each memory figure over the samples (within `window`, epoch seconds, if given), the
     collector's own fold (`summarize_timeline`) under the summary's names."""
-    if window is not None:
-        samples = [s for s in samples if window[0] <= s["t"] <= window[1]]
-    stats = summarize_timeline(samples)
+    stats = summarize_timeline(in_window(samples, window))
     peaks: dict = {"samples": stats["samples"]}
     peaks.update({name: stats[key] for name, key in PEAKS.items()})
     peaks["source"] = ",".join(stats["sources"]) or None

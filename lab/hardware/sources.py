@@ -78,6 +78,15 @@ class NvmlSource:
     def read(self, tree_pids: set[int]) -> list[dict]:
         return [read_gpu(self._nvml, index, handle, tree_pids) for index, handle in self._handles]
 
+    def energy_mj(self) -> dict[str, int | None]:
+        """{str(NVML index): NVML's total-energy counter} of each selected GPU: millijoules since the
+        driver loaded (`nvmlDeviceGetTotalEnergyConsumption`, Volta and later); None where unsupported."""
+        return {str(i): nvml_lib.call(self._nvml.nvmlDeviceGetTotalEnergyConsumption, h) for i, h in self._handles}
+
+    def gpus_holding(self, pids: set[int]) -> list[int]:
+        """NVML indices of the selected GPUs on which any of `pids` has a context."""
+        return [i for i, h in self._handles if set(gpu_process_bytes(self._nvml, h)) & pids]
+
     def close(self) -> None:
         nvml_lib.call(self._nvml.nvmlShutdown)
 
@@ -103,10 +112,12 @@ def open_source(gpu_indices: list[int] | None = None, nvml: Any = None) -> NvmlS
 
 def read_gpu(nvml: Any, index: int, handle: Any, tree_pids: set[int]) -> dict:
     """One GPU's figures. A query the GPU does not support (power on some boards, utilisation
-    under MIG) gives None rather than failing the sample."""
+    under MIG, the energy counter before Volta) gives None rather than failing the sample.
+    `energy_mj`: NVML's total-energy counter, millijoules since the driver loaded."""
     mem = nvml_lib.call(nvml.nvmlDeviceGetMemoryInfo, handle)
     util = nvml_lib.call(nvml.nvmlDeviceGetUtilizationRates, handle)
     power_mw = nvml_lib.call(nvml.nvmlDeviceGetPowerUsage, handle)
+    energy_mj = nvml_lib.call(nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
     proc_bytes = gpu_process_bytes(nvml, handle)
     proc_gpu_mib, tree_gpu_mib, other_gpu_mib = attribute_to_tree(proc_bytes, tree_pids)
     return {
@@ -115,6 +126,7 @@ def read_gpu(nvml: Any, index: int, handle: Any, tree_pids: set[int]) -> dict:
         "device_total_mib": mib(mem.total) if mem is not None else None,
         "gpu_util_pct": util.gpu if util is not None else None,
         "power_w": round(power_mw / 1000, 1) if power_mw is not None else None,
+        "energy_mj": energy_mj,
         "tree_gpu_mib": tree_gpu_mib,
         "proc_gpu_mib": proc_gpu_mib,
         "other_gpu_mib": other_gpu_mib,

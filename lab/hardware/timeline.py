@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lab.hardware.sources import combine_gpus
 from lab.run_folder import JsonLines
 
 
@@ -127,3 +128,62 @@ def read_timeline(path: Path) -> dict:
     out["torn_line"] = lines.torn_line
     out["complete"] = out["summary"] is not None and lines.torn_line is None
     return out
+
+
+# --- several GPUs ----------------------------------------------------------------------------------
+
+
+def gpus_holding_tree(samples: Iterable[dict]) -> list[int]:
+    """NVML indices of the GPUs on which some sample saw the backend's tree hold memory."""
+    return sorted({g["gpu"] for s in samples for g in s.get("gpus") or () if g.get("tree_gpu_mib")})
+
+
+def restricted_to_gpus(samples: Iterable[dict], gpus: list[int]) -> list[dict]:
+    """The samples with only `gpus` kept in each and its top-level figures summed again over them.
+
+    The collector reads every GPU of the host; a run's own figures (whole-GPU memory, power) must not
+    include the GPUs it left idle, or another user's.
+    """
+    keep = set(gpus)
+    out = []
+    for s in samples:
+        chosen = [g for g in s.get("gpus") or () if g.get("gpu") in keep]
+        if s.get("gpus"):
+            s = {**s, **combine_gpus(chosen), "gpus": chosen}
+        out.append(s)
+    return out
+
+
+def per_gpu_peaks(samples: Iterable[dict]) -> dict[str, dict]:
+    """{str(gpu): {samples, nvml_tree_peak_mib, nvml_device_peak_mib, device_total_mib, peak_power_w,
+    mean_gpu_util_pct}} over the samples: each GPU's own peaks (the sum over GPUs is the summary's)."""
+    out: dict[str, dict] = {}
+    utils: dict[str, list[float]] = {}
+    for s in samples:
+        for g in s.get("gpus") or ():
+            row = out.setdefault(
+                str(g["gpu"]),
+                {
+                    "samples": 0,
+                    "nvml_tree_peak_mib": None,
+                    "nvml_device_peak_mib": None,
+                    "device_total_mib": None,
+                    "peak_power_w": None,
+                },
+            )
+            row["samples"] += 1
+            for name, key in (
+                ("nvml_tree_peak_mib", "tree_gpu_mib"),
+                ("nvml_device_peak_mib", "device_used_mib"),
+                ("device_total_mib", "device_total_mib"),
+                ("peak_power_w", "power_w"),
+            ):
+                value = g.get(key)
+                if value is not None and (row[name] is None or value > row[name]):
+                    row[name] = value
+            if g.get("gpu_util_pct") is not None:
+                utils.setdefault(str(g["gpu"]), []).append(g["gpu_util_pct"])
+    for gpu, row in out.items():
+        values = utils.get(gpu)
+        row["mean_gpu_util_pct"] = round(sum(values) / len(values), 1) if values else None
+    return dict(sorted(out.items(), key=lambda item: int(item[0])))

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from lab.hardware.gpus import native_gpu_env
 from lab.launchers.base import Echo
 from lab.launchers.process import LabProcess
 
@@ -15,8 +16,9 @@ class NativeLauncher:
 
     runtime = "native"
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    def __init__(self, cache_dir: Path | None = None, gpus: str | None = None) -> None:
         self.cache_dir = cache_dir
+        self.gpus = gpus  # LAB_GPUS (NVML indices), or None: the caller's CUDA_VISIBLE_DEVICES, if any
 
     def setup(self, echo: Echo) -> None:
         """Nothing to build: the engines are installed in this Python's environment."""
@@ -29,10 +31,10 @@ class NativeLauncher:
         return [sys.executable, "-m", "lab", *args]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **native_gpu_env(self.gpus))
         if self.cache_dir is not None:
             env["LAB_CACHE_DIR"] = str(self.cache_dir)
         return env
 
     def describe(self) -> dict:
-        return {"runtime": self.runtime, "python": sys.executable}
+        return {"runtime": self.runtime, "python": sys.executable, "gpus": self.gpus}

@@ -181,9 +181,9 @@ def build_model(
     """Build `synthetic:NAME` into `<cache>/models/<safe-name>` and return that folder.
 
     Writes config.json, generation_config.json, the tokenizer and, when `weights` (default: the
-    shape's `save_weights`: yes for tiny and llama-1b, no for llama-8b, whose 16 GB are not worth
-    writing), seeded random weights as safetensors in the shape's dtype. Without weights the marker
-    says `has_weights: false` and backends initialise randomly.
+    shape's `save_weights`: yes for tiny, tiny-tp and llama-1b, no for llama-8b and llama-70b, whose
+    16 and 141 GB are not worth writing), seeded random weights as safetensors in the shape's dtype.
+    Without weights the marker says `has_weights: false` and backends initialise randomly.
 
     An existing complete build is returned as it is, unless `force`, or it was built with another
     seed or format, or it lacks weights that are now asked for. The build happens in a temporary

@@ -66,6 +66,23 @@ SYNTHETIC: dict[str, ModelShape] = {
             rope_theta=10000.0,
             save_weights=True,
         ),
+        # synthetic:tiny with 4 query and 4 KV heads, so that 1, 2 or 4 tensor-parallel ranks each hold
+        # whole KV heads (transformers splits KV heads over ranks and cannot replicate them): the
+        # tensor-parallel tests.
+        ModelShape(
+            "synthetic:tiny-tp",
+            num_layers=2,
+            hidden_size=256,
+            num_heads=4,
+            num_kv_heads=4,
+            head_dim=64,
+            intermediate_size=512,
+            vocab_size=2048,
+            max_position_embeddings=2048,
+            dtype="float32",
+            rope_theta=10000.0,
+            save_weights=True,
+        ),
         # TinyLlama-1.1B.
         ModelShape(
             "synthetic:llama-1b",
@@ -92,6 +109,23 @@ SYNTHETIC: dict[str, ModelShape] = {
             num_kv_heads=8,
             head_dim=128,
             intermediate_size=14336,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+            dtype="bfloat16",
+            rope_theta=500000.0,
+            save_weights=False,
+        ),
+        # Llama-3-70B: 141 GB of weights in bf16, more than one 80 GB GPU holds, so it runs with
+        # --tensor-parallel-size 2 or more; never saved (vLLM load_format="dummy"; transformers
+        # initialises each rank's shard on its own GPU, lab.backends.hf_parallel).
+        ModelShape(
+            "synthetic:llama-70b",
+            num_layers=80,
+            hidden_size=8192,
+            num_heads=64,
+            num_kv_heads=8,
+            head_dim=128,
+            intermediate_size=28672,
             vocab_size=128256,
             max_position_embeddings=8192,
             dtype="bfloat16",
@@ -131,7 +165,7 @@ def llama_num_parameters(
     per layer: q (H x nh*d) + k, v (H x kv*d each) + o (nh*d x H) + gate, up, down (H x I each)
                + 2 RMSNorm weights (H each)
     total: embedding (V x H) + layers x per layer + final norm (H) + lm_head (V x H, unless tied).
-    TinyLlama-1.1B: 1,100,048,384; Llama-3-8B: 8,030,261,248.
+    TinyLlama-1.1B: 1,100,048,384; Llama-3-8B: 8,030,261,248; Llama-3-70B: 70,553,706,496.
     """
     q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
     attention = hidden_size * q_dim + 2 * hidden_size * kv_dim + q_dim * hidden_size

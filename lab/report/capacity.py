@@ -1,13 +1,24 @@
-"""capacity.md: a capacity run's arithmetic, measured points and curve, beside the paper's Figure 13a.
+"""capacity.md and capacity.png: a capacity run's arithmetic, measured points and curve, beside the
+paper's Figure 13a.
 
 Renders capacity.json's data (`lab.experiments.capacity.capacity_data`); computes nothing.
 """
 
 from __future__ import annotations
 
+import io
+from typing import TYPE_CHECKING
+
 from tabulate import tabulate
 
 from lab import paper
+from lab import run_folder as rf
+from lab.report.figure import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CAPACITY_PLOT = "capacity"
 
 
 def _num(value, digits: int = 1) -> str:
@@ -16,7 +27,7 @@ def _num(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
-def render_capacity(data: dict) -> str:
+def render_capacity(data: dict, plot_drawn: bool = False) -> str:
     c, a = data["conditions"], data["arithmetic"]
     by_point = {p["point"]: p for p in data["measured"]}
     padded = by_point.get(f"hf-batched-b{a['padded']['concurrency']}")
@@ -108,9 +119,44 @@ def render_capacity(data: dict) -> str:
                 tablefmt="github",
             ),
         ]
-    if data.get("vllm_curve_note"):
-        lines += ["", data["vllm_curve_note"]]
+    if plot_drawn:
+        lines += ["", f"![Throughput against concurrency]({CAPACITY_PLOT}.png)"]
     return "\n".join(lines) + "\n"
+
+
+def capacity_figure(data: dict) -> Figure | None:
+    """Output tokens/s against concurrency (hf batch size, vLLM max_num_seqs), one line per approach; None
+    without a measured curve point."""
+    by_approach: dict[str, list[tuple[int, float]]] = {}
+    for row in data["curve"]:
+        if row["status"] == "ok" and row.get("output_tokens_per_s"):
+            by_approach.setdefault(row["approach"], []).append((row["concurrency"], row["output_tokens_per_s"]))
+    if not by_approach:
+        return None
+    fig = new_figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for approach, points in sorted(by_approach.items()):
+        points.sort()
+        ax.plot([c for c, _ in points], [t for _, t in points], "o-", label=approach)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency: hf batch size / vLLM max_num_seqs (log scale)")
+    ax.set_ylabel("output tokens/s (timed pass)")
+    c = data["conditions"]
+    ax.set_title(f"Throughput against concurrency, KV budget {c['kv_budget_bytes'] / 2**20:,.0f} MiB", loc="left")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def write_capacity_plot(folder: rf.RunFolder, data: dict) -> bool:
+    """capacity.png where the curve has points; whether it was drawn."""
+    fig = capacity_figure(data)
+    if fig is None:
+        return False
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    rf.atomic_write(folder.plot(CAPACITY_PLOT), png.getvalue())
+    return True
 
 
 def _measured(point: dict | None) -> str:

@@ -19,6 +19,7 @@ from lab.metrics import ratio
 from lab.records import RunSummary
 from lab.report.format import MIB, fmt
 from lab.report.run_view import RunView
+from lab.report.scaling import scaling_section
 
 # (label, where in a summary entry); units in the labels.
 METRICS = (
@@ -34,9 +35,11 @@ METRICS = (
     ("NVML process tree peak MiB", ("memory", "whole_process", "nvml_tree_peak_mib")),
     ("RSS tree peak MiB (psutil)", ("memory", "whole_process", "rss_tree_peak_mib")),
     ("allocator peak allocated MiB (torch)", ("memory", "allocator", "peak_allocated_bytes")),
-    ("KV pool MiB (paged engines)", ("engine", "kv_pool_bytes")),
+    ("KV pool MiB (paged engines; vLLM: per GPU)", ("engine", "kv_pool_bytes")),
+    ("J per output token", ("energy", "j_per_output_token")),
+    ("mean power W (GPUs used)", ("energy", "mean_power_w")),
 )
-MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines)"}
+MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines; vLLM: per GPU)"}
 
 
 def identity(run: RunView) -> dict:
@@ -68,6 +71,7 @@ def conditions(run: RunView) -> dict:
         "batch size": engine.get("batch_size"),
         "block size": engine.get("block_size"),
         "KV pool": engine.get("kv_cache_memory_bytes") or engine.get("gpu_memory_utilization"),
+        "GPUs per backend/mode": engine.get("tensor_parallel_size", 1),
         "runtime": manifest.get("runtime"),
         "git commit": ((manifest.get("host") or {}).get("git") or {}).get("commit"),
     }
@@ -162,6 +166,8 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
         f"Ratios are each run / {letters[0]}: above 1 means more (a rate: faster; a latency or a peak: "
         "slower or larger). Failed backends show '-'.",
     ]
+    if scaling := scaling_section(runs, letters):
+        lines += [""] + scaling
     failed = [f"- {x}: {e.label}: {e.error}" for x, r in zip(letters, runs) for e in r.runs if not e.ok]
     if failed:
         lines += ["", "Failures:", ""] + failed

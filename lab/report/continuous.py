@@ -45,7 +45,7 @@ def settings_lines(runs: list[RunSummary]) -> list[str]:
 
 def check_line(entry: BreakdownEntry) -> str:
     """The breakdown's check line: block tables read from the engine against ceil(tokens / block_size)."""
-    c = entry.checks
+    c = entry.checks["tables"]
     text = (
         f"- {entry.run}: block tables read from transformers' paged cache vs {c['formula'].split(',')[0]}: "
         f"{c['agree']}/{c['total']} steps within {TOLERANCE:.0%}, largest difference {100 * c['max_off']:.1f}%; "

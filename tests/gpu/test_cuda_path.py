@@ -78,3 +78,12 @@ def test_torch_allocator_figures_for_transformers(cuda_run):
     assert alloc["peak_reserved_bytes"] >= alloc["peak_allocated_bytes"]
     nvml = runs["hf/batched"]["memory"]["whole_process"]["nvml_tree_peak_mib"]
     assert nvml * 2**20 >= alloc["peak_reserved_bytes"], "NVML sees at least what the allocator reserved"
+
+
+def test_every_backend_has_energy_per_output_token_on_its_one_gpu(cuda_run):
+    _, runs = cuda_run
+    for label, run in runs.items():
+        energy = run["energy"]
+        assert energy["available"] and len(energy["gpus"]) == 1, (label, energy)
+        assert energy["method"] == "nvml energy counter", label
+        assert energy["energy_j"] > 0 and energy["j_per_output_token"] > 0, label

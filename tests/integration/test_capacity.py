@@ -1,8 +1,9 @@
 """`lab capacity` on synthetic:tiny with a budget of ten vLLM blocks: arithmetic by hand, then measured.
 
-One vLLM engine start and two transformers processes, each in its own process as `lab experiment`
-runs them. synthetic:tiny stores 1,024 KV bytes per token (2 x 2 layers x 1 KV head x 64 x 4 B), so
-the budget of 10 x 32 x 1,024 B holds 320 token slots; vLLM makes it 10 blocks of 32, 9 usable.
+Two vLLM engine starts (at the budget, and the curve's point at max_num_seqs 2) and five transformers
+processes, each in its own process as `lab experiment` runs them. synthetic:tiny stores 1,024 KV
+bytes per token (2 x 2 layers x 1 KV head x 64 x 4 B), so the budget of 10 x 32 x 1,024 B holds 320
+token slots; vLLM makes it 10 blocks of 32, 9 usable.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def capacity_run(tiny_model, tmp_path_factory):
     engine = EngineSettings(
         model=str(tiny_model), workload=f"file:{workload}", device="cpu", block_size=32, max_model_len=256
     )
-    spec = CapacitySpec(engine, BUDGET_BYTES, max_len=128, curve=False, collect=False)
+    spec = CapacitySpec(engine, BUDGET_BYTES, max_len=128, concurrency=(2,), collect=False)
     results = folder / "results"
     finished = run_capacity(spec, results, NativeLauncher(tiny_model.parent.parent), lambda _: None)
     assert finished.failed == [] and finished.runs >= 2
@@ -46,6 +47,8 @@ def test_the_run_folder_is_complete_and_final(capacity_run):
         assert (run_dir / name).is_file()
     assert rf.read_json(run_dir / rf.MANIFEST)["kind"] == "capacity"
     assert "Orca (Max) 7.00" in (run_dir / rf.CAPACITY_MD).read_text()
+    assert "![Throughput against concurrency](capacity.png)" in (run_dir / rf.CAPACITY_MD).read_text()
+    assert (run_dir / "capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_arithmetic_by_hand(capacity_run):
@@ -78,3 +81,20 @@ def test_vllm_runs_more_requests_at_once_and_the_simulation_predicts_it(capacity
     )
     assert abs(vllm["max_running"] - simulated["concurrency"]) <= 1
     assert vllm["mean_running"] == pytest.approx(simulated["mean_running"], rel=0.15)
+
+
+def test_the_curve_has_points_for_vllm_limited_by_max_num_seqs(capacity_run):
+    data = capacity_run[2]
+    curve = {(r["approach"], r["concurrency"]): r for r in data["curve"]}
+    assert set(curve) == {("hf/batched", 2), ("hf/batched", 3), ("vllm/offline", 2)}
+    assert all(r["status"] == "ok" and r["output_tokens_per_s"] > 0 for r in curve.values())
+    vllm = next(p for p in data["measured"] if p["point"] == "vllm-offline-c2")
+    assert vllm["max_num_seqs"] == 2 and vllm["max_running"] <= 2  # the engine honoured the setting
+    assert 1 < curve[("vllm/offline", 2)]["mean_running"] <= 2
+
+
+def test_hf_continuous_runs_in_the_same_pool(capacity_run):
+    point = next(p for p in capacity_run[2]["measured"] if p["point"] == "hf-continuous-budget")
+    assert point["status"] == "ok" and point["requests"] == len(LENGTHS)
+    assert point["kv_pool_bytes"] == (10 - 2) * 32 * 1024  # transformers' two reserved blocks in the same budget
+    assert point["max_running"] > capacity_run[2]["arithmetic"]["padded"]["concurrency"]

@@ -3,6 +3,7 @@ no run folder (`lab experiment`, `lab capacity`), no files in --out (`lab run`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,10 @@ def assert_refused(proc, fragment, results):
         (["--timeout", "0"], "--timeout must be more than 0"),
         (["--timeout", "-5"], "--timeout must be more than 0"),
         (["--hf-continuous", "graphs=on"], "--hf-continuous: cannot read 'graphs=on'"),
+        (["--max-num-seqs", "0"], "--max-num-seqs must be 1-"),
+        (["--kv-cache-memory", "workload:2"], "give a share in (0, 1]"),
+        (["--kv-cache-memory", "workload:most"], "write workload:SHARE"),
+        (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be 1-64"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):
@@ -183,6 +188,21 @@ def test_report_names_the_damaged_line_of_a_run_folder(tmp_path):
     proc = lab("report", str(run_dir))
     assert proc.returncode == 2, proc.stderr
     assert f"{records}, line 2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "gpu_env, fragment",
+    [
+        ({"LAB_GPUS": "0"}, "--tensor-parallel-size 2 needs 2 GPUs, but this run may use 1 (LAB_GPUS=0)"),
+        ({"LAB_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": "2,3"}, "disagree: set one of them"),
+    ],
+)
+def test_more_gpus_than_the_run_may_use_is_refused(gpu_env, fragment, results):
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_GPUS", "CUDA_VISIBLE_DEVICES")}
+    proc = lab(
+        "experiment", "--device", "cuda", "--tensor-parallel-size", "2", "--results", str(results), env=env | gpu_env
+    )
+    assert_refused(proc, fragment, results)
 
 
 def test_unknown_option_exits_2(results):

@@ -19,6 +19,7 @@ import pytest
 from lab import run_folder as rf
 from lab.accounting.breakdown import run_breakdown
 from lab.accounting.kv import blocks_needed
+from lab.accounting.paged import forward_weights
 from lab.backends.base import Clock
 from lab.backends.hf_continuous import HfContinuousBackend
 from lab.backends.hf_continuous_hooks import VERIFIED_TRANSFORMERS
@@ -209,13 +210,16 @@ def test_breakdown_shares_add_to_100_percent_and_match_the_tables(run_folder):
     assert sum(v for v in shares.values() if v is not None) == pytest.approx(1.0)
     assert shares["external_fragmentation"] == 0.0 and shares["other"] == 0.0
     # Paged: a running request leaves at most block_size - 1 slots of its last block empty.
+    assert sum(entry.budget_shares.values()) == pytest.approx(1.0)  # of D: the pool's free blocks included
+    # Paged: a running request leaves at most block_size - 1 slots of its last block empty.
     samples = run_folder["hf/continuous"].kv_samples
-    running_s = sum(s.running * (s.t_s - p) for s, p in zip(samples, [0.0] + [x.t_s for x in samples]))
+    running_s = sum(s.running * w for s, w in zip(samples, forward_weights([x.t_s for x in samples])))
     empty_s = entry.slot_seconds["reservation"] + entry.slot_seconds["internal_fragmentation"]
     assert 0 < empty_s <= (BLOCK_SIZE - 1) * running_s
     assert shares["token_states"] > entries["hf/batched"].shares["token_states"]  # no padding, no finished sequences
-    check = entry.checks
-    assert check["agree"] == check["total"] > 0 and check["pool_matches_tables"]
+    tables = entry.checks["tables"]
+    assert tables["agree"] == tables["total"] > 0 and tables["pool_matches_tables"]
+    assert entry.checks["residual"]["ok"] and entry.checks["pool"]["steps_with_residual"] == 0
     assert 0 < entry.pool_occupancy_mean < 1
 
 

@@ -14,6 +14,7 @@ import pytest
 from lab.backends.base import Clock
 from lab.backends.vllm import DEFAULT_CPU_KV_CACHE_BYTES, VllmBackend
 from lab.backends.vllm_config import check_cpu_block_size
+from lab.backends.vllm_step_facts import FACTS_KEY, SCHEDULER_CLS, take_step_facts
 from lab.config import EngineSettings, RunSpec
 from lab.errors import LabInputError
 from lab.workloads import Request
@@ -143,6 +144,25 @@ def test_pinned_kv_bytes_win_over_utilisation():
     assert kwargs["kv_cache_memory_bytes"] == 1 << 28
     assert "gpu_memory_utilization" not in kwargs
     assert "load_format" not in kwargs  # not a local folder: vLLM loads it as usual
+
+
+def test_kv_samples_bring_the_step_facts_scheduler_and_max_num_seqs_reaches_vllm():
+    sampled = VllmBackend(_spec("m", max_num_seqs=4), "org/model", "cuda", "bfloat16").engine_kwargs()
+    assert sampled["scheduler_cls"] == SCHEDULER_CLS and sampled["max_num_seqs"] == 4
+    plain = VllmBackend(_spec("m", sample_kv_every_step=False), "org/model", "cuda", "bfloat16").engine_kwargs()
+    assert "scheduler_cls" not in plain and "max_num_seqs" not in plain  # vLLM's own scheduler and limit, as bench
+
+
+def test_the_step_facts_leave_vllms_own_stats_as_they_were():
+    class FakeStats:  # SchedulerStats' one free-form field, as the engine core sends it
+        kv_connector_stats = {"connector": {"bytes": 1}, FACTS_KEY: {"free_blocks": 3}}
+
+    stats = FakeStats()
+    assert take_step_facts(stats) == {"free_blocks": 3} and stats.kv_connector_stats == {"connector": {"bytes": 1}}
+    alone = FakeStats()
+    alone.kv_connector_stats = {FACTS_KEY: {"free_blocks": 3}}
+    take_step_facts(alone)
+    assert alone.kv_connector_stats is None and take_step_facts(alone) is None
 
 
 @pytest.mark.engine

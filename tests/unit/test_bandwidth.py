@@ -31,15 +31,38 @@ def test_an_untied_embedding_table_is_not_read_by_a_decode_step():
 
 
 def test_hf_dynamic_steps_attend_the_padded_prompt_plus_the_tokens_so_far():
-    batch = HfBatch(batch_size=3, padded_prompt_tokens=10, step_s=[0.5, 0.6, 0.8], cache_slots_per_sequence=12)
+    batch = HfBatch(
+        batch_size=3,
+        padded_prompt_tokens=10,
+        step_s=[0.5, 0.6, 0.8],
+        cache_slots_per_sequence=12,
+        prompt_tokens=[10, 4, 7],
+        output_tokens=[3, 3, 2],
+    )
     steps = bandwidth.hf_decode_steps(batch, static=False)
-    # step 1 is the prefill; step k attends W + k - 1 slots per sequence
-    assert steps == [(pytest.approx(0.1), 3 * 11), (pytest.approx(0.2), 3 * 12)]
+    # step 1 is the prefill; step k attends W + k - 1 slots per sequence; useful: P_i + k - 1 while O_i >= k
+    assert steps == [(pytest.approx(0.1), 3 * 11, 11 + 5 + 8), (pytest.approx(0.2), 3 * 12, 12 + 6)]
 
 
-def test_hf_static_steps_attend_every_slot_of_the_cache():
-    batch = HfBatch(batch_size=2, padded_prompt_tokens=10, step_s=[0.5, 0.6, 0.8], cache_slots_per_sequence=40)
-    assert [slots for _, slots in bandwidth.hf_decode_steps(batch, static=True)] == [80, 80]
+def test_hf_static_steps_attend_every_slot_of_the_cache_but_only_own_tokens_are_useful():
+    batch = HfBatch(
+        batch_size=2,
+        padded_prompt_tokens=10,
+        step_s=[0.5, 0.6, 0.8],
+        cache_slots_per_sequence=40,
+        prompt_tokens=[10, 6],
+        output_tokens=[3, 3],
+    )
+    assert [(slots, useful) for _, slots, useful in bandwidth.hf_decode_steps(batch, static=True)] == [
+        (80, 11 + 7),
+        (80, 12 + 8),
+    ]
+
+
+def test_older_hf_batches_without_lengths_have_no_useful_figure():
+    batch = HfBatch(batch_size=2, padded_prompt_tokens=10, step_s=[0.5, 0.6], cache_slots_per_sequence=40)
+    found = bandwidth.decode_traffic(bandwidth.hf_decode_steps(batch, static=True), 0, 1)
+    assert found["useful_kv_bytes_per_step_mean"] is None and found["useful_gb_s"] is None
 
 
 def test_hf_batches_without_step_times_give_no_steps():
@@ -55,14 +78,16 @@ def test_vllm_steps_skip_prefills_and_count_the_fed_token():
     ]
     records = [RequestRecord(i, 1, 1, 0.0, first, 1.0) for i, first in enumerate((0.10, 0.10, 0.15))]
     steps = bandwidth.vllm_decode_steps(samples, records)
-    assert steps == [(pytest.approx(0.02), 22), (pytest.approx(0.01), 33)]
+    assert steps == [(pytest.approx(0.02), 22, 22), (pytest.approx(0.01), 33, 33)]  # paged: every slot is useful
 
 
 def test_decode_traffic_is_bytes_over_seconds():
-    found = bandwidth.decode_traffic([(0.5, 100), (0.5, 300)], weight_bytes=1_000_000_000, kv_bytes_per_token=10)
+    steps = [(0.5, 100, 50), (0.5, 300, 150)]
+    found = bandwidth.decode_traffic(steps, weight_bytes=1_000_000_000, kv_bytes_per_token=10)
     assert found["decode_steps"] == 2 and found["steps_per_s"] == 2.0
-    assert found["kv_bytes_per_step_mean"] == 2000
+    assert found["kv_bytes_per_step_mean"] == 2000 and found["useful_kv_bytes_per_step_mean"] == 1000
     assert found["achieved_gb_s"] == pytest.approx((2e9 + 4000) / 1e9)
+    assert found["useful_gb_s"] == pytest.approx((2e9 + 2000) / 1e9)
 
 
 def test_peak_comes_from_the_manifest_and_a_cpu_run_has_no_share(tmp_path):

@@ -191,7 +191,8 @@ class FakeNvml:
     """A fake of the pynvml module's few functions the collector calls: NOT NVML, only a stand-in
     with the same names and return shapes, to unit-test per-process attribution on a machine
     without a GPU. `gpus` is a list of dicts: used/total bytes, util %, power mW (None: the
-    query raises, as on boards that do not support it), compute/graphics: {pid: bytes or None}."""
+    query raises, as on boards that do not support it), energy_mj (the total-energy counter; None:
+    unsupported), compute/graphics: {pid: bytes or None}."""
 
     class NVMLError(Exception):
         pass
@@ -230,6 +231,11 @@ class FakeNvml:
         if h.get("power_mw") is None:
             raise self.NVMLError("Not Supported")
         return h["power_mw"]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if h.get("energy_mj") is None:
+            raise self.NVMLError("Not Supported")
+        return h["energy_mj"]
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         return [SimpleNamespace(pid=p, usedGpuMemory=b) for p, b in h.get("compute", {}).items()]

@@ -3,22 +3,18 @@
 import pytest
 
 from lab.accounting.continuous import (
-    CHECK_KIND,
     auto_max_batch_tokens,
     batched_requests,
     block_check,
     bytes_per_block,
     check_requests_fit,
-    continuous_breakdown,
     decode_steps,
     mask_bytes,
     num_blocks_for_budget,
     pool_budget_bytes,
-    request_step,
-    sample_step,
 )
 from lab.errors import LabInputError
-from lab.records import BackendResult, KvSample, RequestRecord
+from lab.records import KvSample
 
 GIB = 2**30
 TINY_KV_BYTES_PER_TOKEN = 2 * 2 * 1 * 64 * 4  # synthetic:tiny: 2 x layers x kv_heads x head_dim x fp32
@@ -75,38 +71,6 @@ def test_auto_batch_tokens_halve_until_the_mask_fits_in_the_pool():
     assert auto_max_batch_tokens(10**9, 10, 2, needs_mask=True) == 64  # never below 64
 
 
-def test_a_request_step_splits_its_blocks():
-    # 40 tokens stored in 2 blocks of 32 (64 slots), 59 at most: 19 reserved for its own tokens, 5 never used.
-    step = request_step(40, 59, 2, 32)
-    assert (step.token_states, step.reservation, step.internal_fragmentation, step.block_tail) == (40, 19, 5, 5)
-    assert request_step(64, 64, 2, 32).total() == 64  # a full last block wastes nothing
-
-
-def test_a_sample_adds_pool_blocks_no_table_holds_as_other():
-    sample = KvSample(t_s=0.1, step=0, blocks_used=4, per_request=[[7, 40, 2], [8, 10, 1]])
-    step = sample_step(sample, {7: 59, 8: 10}, 32)
-    assert step.token_states == 50 and step.reservation == 19
-    assert step.internal_fragmentation == 5 + 22 and step.other == 32 and step.external_fragmentation == 0.0
-
-
-def test_the_breakdown_weights_steps_by_duration_and_shares_add_to_one():
-    records = [RequestRecord(0, 30, 3, 0.0, 0.1, 0.5)]  # stores 32 tokens at most
-    samples = [
-        KvSample(step=0, t_s=0.1, blocks_used=1, kv_usage=0.5, per_request=[[0, 30, 1]]),
-        KvSample(step=1, t_s=0.4, blocks_used=1, kv_usage=0.5, per_request=[[0, 31, 1]]),
-        KvSample(step=2, t_s=0.5, blocks_used=0, kv_usage=0.0, per_request=[]),
-    ]
-    result = BackendResult("hf", "continuous", status="ok", engine={"block_size": 32})
-    found = continuous_breakdown(result, samples, records)
-    slots = found["slot_seconds"]
-    assert slots.token_states == pytest.approx(0.1 * 30 + 0.3 * 31)
-    assert slots.reservation == pytest.approx(0.1 * 2 + 0.3 * 1)
-    assert slots.internal_fragmentation == 0
-    assert sum(v for v in slots.shares().values() if v is not None) == pytest.approx(1.0)
-    assert found["duration_s"] == pytest.approx(0.5) and found["pool_occupancy_mean"] == pytest.approx(0.5 * 0.4 / 0.5)
-    assert found["checks"]["kind"] == CHECK_KIND and found["checks"]["agree"] == 3
-
-
 def test_the_block_check_names_blocks_allocated_ahead():
     samples = [KvSample(t_s=0.1, step=0, blocks_used=3, per_request=[[0, 32, 2], [1, 10, 1]])]  # 32 tokens, 2 blocks
     check = block_check(samples, 32)
@@ -121,7 +85,7 @@ def test_decode_steps_skip_prompt_work():
         KvSample(step=2, t_s=0.30, tokens_stored=40, running=3, prefill_requests=1),
         KvSample(step=3, t_s=0.36, tokens_stored=43, running=3, prefill_requests=0),
     ]
-    assert decode_steps(samples) == [(pytest.approx(0.05), 22), (pytest.approx(0.06), 43)]
+    assert decode_steps(samples) == [(pytest.approx(0.05), 22, 22), (pytest.approx(0.06), 43, 43)]
 
 
 def test_batched_requests_are_time_weighted():

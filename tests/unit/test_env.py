@@ -9,7 +9,20 @@ from types import SimpleNamespace
 import lab
 from lab.hardware import env, nvml
 
-KEYS = {"lab_version", "git", "python", "platform", "cpu", "memory", "torch", "transformers", "vllm", "nvml"}
+KEYS = {
+    "lab_version",
+    "git",
+    "python",
+    "platform",
+    "cpu",
+    "memory",
+    "torch",
+    "transformers",
+    "accelerate",
+    "vllm",
+    "nvml",
+    "gpu_env",
+}
 
 
 class FakeNvml:
@@ -96,6 +109,7 @@ def test_every_broken_part_becomes_an_error_entry(monkeypatch):
         "vllm_facts",
         "nvml_facts",
         "distribution_facts",
+        "gpu_env_facts",
     ):
         monkeypatch.setattr(env, name, lambda *a, **k: boom())
     e = env.collect_environment()
@@ -160,3 +174,11 @@ def test_gpu_count_says_why_there_is_none():
     assert nvml.gpu_count(FakeNvml()) == (1, None)
     count, reason = nvml.gpu_count(NoDriver())
     assert count == 0 and "Driver Not Loaded" in reason
+
+
+def test_gpu_env_records_the_multicast_switches_and_gpu_choice(monkeypatch):
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("LAB_GPUS", "0,1")
+    monkeypatch.delenv("RANK", raising=False)
+    facts = env.gpu_env_facts()
+    assert facts["NCCL_NVLS_ENABLE"] == "0" and facts["LAB_GPUS"] == "0,1" and "RANK" not in facts

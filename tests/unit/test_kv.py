@@ -12,7 +12,8 @@ import math
 import pytest
 
 from lab.accounting import capacity, kv
-from lab.accounting.breakdown import hf_batch_steps, step_durations_s, vllm_block_check, vllm_running_per_sample
+from lab.accounting.breakdown import hf_batch_steps, step_durations_s
+from lab.accounting.vllm_rebuild import vllm_block_check, vllm_running_per_sample
 from lab.models import resolve
 from lab.records import HfBatch, KvSample, RequestRecord
 
@@ -145,6 +146,18 @@ def test_paged_simulation_preempts_the_newest_request_when_blocks_run_out():
         capacity.simulate_paged([(16, 2)], num_blocks=4, block_size=4)  # 17 tokens: 5 blocks > 3
 
 
+def test_a_budget_sized_from_the_workload_holds_a_share_of_its_final_blocks():
+    # Final lengths 20 and 40 tokens: 2 + 3 blocks of 16. Half: ceil(2.5) = 3 blocks, at least the largest
+    # request's 3, plus 2 reserved (vLLM's null block, transformers' trash blocks).
+    assert capacity.workload_budget_bytes([(17, 4), (30, 11)], 2, 16, 0.5) == (3 + 2) * 16 * 2
+    assert (
+        capacity.workload_budget_bytes([(17, 4), (30, 11)], 2, 16, 0.1) == (3 + 2) * 16 * 2
+    )  # never below one request
+    assert capacity.workload_budget_bytes([(17, 4), (30, 11)], 2, 16, 1.0) == (5 + 2) * 16 * 2
+    # vLLM needs one request of the context in the pool: a 256-token context is 16 blocks.
+    assert capacity.workload_budget_bytes([(17, 4), (30, 11)], 2, 16, 0.5, context_tokens=256) == (16 + 2) * 16 * 2
+
+
 def test_paged_capacity_sizes_the_pool_as_vllm_does():
     # 11 blocks x 16 tokens x 1 B: the first is the null block.
     assert capacity.paged_capacity(11 * 16, 1, 16, [(17, 4)] * 3).max_running == 3
@@ -166,10 +179,24 @@ def test_hf_batch_steps_from_a_fake_batch_record():
     assert [w for w, _ in steps] == [0.2] * 5
     total = kv.integrate(steps)
     assert total.token_states == pytest.approx(79 * 0.2) and total.other == 0
-    assert total.external_fragmentation is None  # CPU record: no allocator figures
-    cuda_batch = dataclasses.replace(fake_batch, peak_reserved_bytes=1000, peak_allocated_bytes=840)
-    cuda = kv.integrate(hf_batch_steps(cuda_batch, static=False, bytes_per_token=8))
-    assert cuda.external_fragmentation == pytest.approx(20.0)  # (1000 - 840) / 8 slots for 5 x 0.2 s
+    assert total.external_fragmentation == 0.0  # CPU: no caching allocator, nothing traced to the KV tensors
+    # The allocator's slack is no KV share: peak reserved - peak allocated never enters the breakdown.
+    cuda_batch = dataclasses.replace(fake_batch, peak_reserved_bytes=10**6, peak_allocated_bytes=840)
+    assert kv.integrate(hf_batch_steps(cuda_batch, static=False, bytes_per_token=8)) == total
+
+
+def test_hf_external_fragmentation_is_the_allocators_rounding_of_the_kv_tensors():
+    # 1 layer, 1 KV head, head_dim 64, fp32: 256 B per token per sequence, 512 B per token (K and V).
+    # Batch 2 x 3 slots: 1,536 B tensors, a multiple of 512; batch 1 x 3 slots: 768 B -> 1,024 B each.
+    assert kv.allocator_rounding_slots(2, 3, 1, 1, 64, 4) == 0
+    assert kv.allocator_rounding_slots(1, 3, 1, 1, 64, 4) == 2 * 256 / 512
+    fake_model = {"num_layers": 1, "num_kv_heads": 1, "head_dim": 64, "dtype_bytes": 4}
+    fake_batch = HfBatch(
+        batch_size=1, padded_prompt_tokens=2, generated_tokens=2, prompt_tokens=[2], output_tokens=[2], end_s=1.0
+    )
+    steps = hf_batch_steps(fake_batch, static=False, bytes_per_token=512, model=fake_model)
+    # step 1: 2 slots (512 B tensors: no rounding); step 2: 3 slots (768 B: 256 B each of K and V)
+    assert [s.external_fragmentation for _, s in steps] == [0.0, 1.0]
 
 
 def test_vllm_running_requests_rebuilt_from_fake_records():

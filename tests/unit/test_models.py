@@ -22,6 +22,11 @@ def test_synthetic_shapes_are_the_real_models_shapes():
     assert (eight_b.num_layers, eight_b.hidden_size, eight_b.num_heads, eight_b.num_kv_heads) == (32, 4096, 32, 8)
     assert (eight_b.intermediate_size, eight_b.vocab_size, eight_b.max_position_embeddings) == (14336, 128256, 8192)
     assert eight_b.rope_theta == 500000.0
+    seventy_b = SYNTHETIC["synthetic:llama-70b"]
+    seventy = (seventy_b.num_layers, seventy_b.hidden_size, seventy_b.num_heads, seventy_b.num_kv_heads)
+    assert seventy == (80, 8192, 64, 8)
+    assert (seventy_b.intermediate_size, seventy_b.vocab_size, seventy_b.head_dim) == (28672, 128256, 128)
+    assert seventy_b.num_parameters() == 70_553_706_496  # Llama-3-70B's published count
 
 
 def test_head_dim_is_hidden_over_heads_and_never_16():
@@ -30,8 +35,11 @@ def test_head_dim_is_hidden_over_heads_and_never_16():
         assert shape.head_dim >= 64  # vLLM's CPU attention kernels reject head_dim 16
 
 
-def test_only_llama_8b_skips_weights_by_default():
-    assert {name for name, shape in SYNTHETIC.items() if not shape.save_weights} == {"synthetic:llama-8b"}
+def test_only_the_large_shapes_skip_weights_by_default():
+    assert {name for name, shape in SYNTHETIC.items() if not shape.save_weights} == {
+        "synthetic:llama-8b",
+        "synthetic:llama-70b",
+    }
 
 
 def test_kv_bytes_per_token_hand_computed():

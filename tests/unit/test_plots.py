@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from lab import paper
 from lab import run_folder as rf
-from lab.records import BackendResult, BreakdownEntry, RunSummary
+from lab.records import BackendResult, RunSummary
 from lab.report import memory_plot, plots
 from lab.report.analyses import analyse
 from lab.report.html import table_to_html
@@ -155,10 +155,7 @@ def test_a_breakdown_entry_maps_onto_the_papers_categories_in_percent():
         "external_fragmentation": None,
         "other": 0.125,
     }  # external not measured: left out
-    entry = BreakdownEntry(
-        "hf/static-cache", "hf", "static-cache", "", shares, {}, False, None, {}, 1.0, None, None, None, None, "", {}
-    )
-    assert plots.paper_categories_pct(entry) == {
+    assert plots.paper_categories_pct(shares) == {
         "token states": 25.0,
         "reservation": 50.0,
         "internal fragmentation": 12.5,
@@ -166,21 +163,28 @@ def test_a_breakdown_entry_maps_onto_the_papers_categories_in_percent():
     }
 
 
-def test_kv_breakdown_puts_the_papers_bars_beside_ours():
-    ours = {
+def test_kv_breakdown_puts_the_papers_bars_beside_ours_and_the_memory_held_apart():
+    of_budget = {
         "hf/static-cache": {"token states": 25.0, "reservation": 75.0},
-        "vllm/offline": {"token states": 95.0, "internal fragmentation": 5.0},
+        "vllm/offline": {"token states": 45.0, "internal fragmentation": 5.0, "external fragmentation & other": 50.0},
     }
-    fig = plots.kv_breakdown_figure(ours)
-    ax = fig.axes[0]
+    of_held = {
+        "hf/static-cache": {"token states": 25.0, "reservation": 75.0},
+        "vllm/offline": {"token states": 90.0, "internal fragmentation": 10.0},
+    }
+    fig = plots.kv_breakdown_figure(of_budget, of_held)
+    ax, held = fig.axes[0], fig.axes[1]
     names = [t.get_text() for t in ax.get_xticklabels()]
     assert names[:4] == ["paper:\nOrca (Max)", "paper:\nOrca (Pow2)", "paper:\nOrca (Oracle)", "paper:\nvLLM"]
     assert names[4:] == ["this run:\nhf/static-cache", "this run:\nvllm/offline"]
     token_states = next(c for c in ax.containers if c.get_label() == "token states")
-    assert [b.get_height() for b in token_states] == pytest.approx([20.4, 26.8, 38.2, 96.3, 25.0, 95.0])
+    assert [b.get_height() for b in token_states] == pytest.approx([20.4, 26.8, 38.2, 96.3, 25.0, 45.0])
     rest = next(c for c in ax.containers if c.get_label() == "not broken down")
     assert rest[3].get_height() == pytest.approx(3.7)  # the paper gives vLLM's token states only
-    assert plots.kv_breakdown_figure({}) is None
+    held_states = next(c for c in held.containers if c.get_label() == "token states")
+    assert [t.get_text() for t in held.get_xticklabels()] == ["hf/static-cache", "vllm/offline"]
+    assert [b.get_height() for b in held_states] == pytest.approx([25.0, 90.0])
+    assert plots.kv_breakdown_figure({}, {}) is None
 
 
 def test_the_papers_orca_bars_add_up_to_the_whole():
@@ -205,7 +209,8 @@ def test_report_html_is_self_contained(run_dir: Path):
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resource"
     assert "<script" not in page
-    assert page.count("<table>") == 5  # throughput, latency, memory, KV breakdown, decode bandwidth: report.md's tables
+    # throughput, latency, memory, KV breakdown (of D, of the memory held), decode bandwidth: report.md's tables
+    assert page.count("<table>") == 6
     assert "<details><summary>manifest.json</summary>" in page
     assert "hf/static-cache" in page and "Conditions" in page
 
