@@ -1,40 +1,56 @@
-"""The `lab` command line: with `lab.cli_options` and `lab.cli_images`, the only place that reads argv and
-the environment and builds the config.
+"""The `lab` command line: with `lab.cli_options`, `lab.cli_images` and `lab.cli_models`, the only place that
+reads argv and the environment and builds the config.
 
 Exit codes: 0 done; 1 a run or step failed (its error is recorded); 2 bad input (the message says
-what to change).
+what to change); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
-from tabulate import tabulate
 
 from lab import run_folder as rf
 from lab.cli_images import images
+from lab.cli_models import models
 from lab.cli_options import (
     DEFAULT_CPU_MODEL,
     apply_preset,
     cache_dir_option,
     check_engine_inputs,
     check_gpus,
+    check_inputs,
     default_model,
     engine_options,
     engine_settings,
+    fault_injection,
     handle_errors,
     lab_gpus,
     parse_bytes,
+    parse_concurrency,
+    parse_gpus,
     progress,
+    report_failures,
     results_option,
     runtime_option,
+    timeout_option,
 )
-from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
-from lab.errors import LabInputError
+from lab.config import (
+    BACKEND_MODES,
+    MAX_TIMEOUT_S,
+    CapacitySpec,
+    ExperimentSpec,
+    RunSpec,
+    check_mode,
+    check_range,
+    parse_backends,
+)
+from lab.errors import Interrupted, LabInputError
 from lab.experiments.capacity import run_capacity
 from lab.experiments.offline import run_experiment
 from lab.experiments.presets import PRESETS, preset_options
@@ -45,14 +61,9 @@ from lab.hardware.gpus import multicast_env
 from lab.launchers import torchrun
 from lab.launchers.base import Launcher
 from lab.launchers.choose import choose_launcher
-from lab.launchers.native import NativeLauncher
-from lab.models.build import build_model
-from lab.models.resolve import resolve_model
-from lab.models.shapes import SYNTHETIC
 from lab.report.compare import render_comparison
 from lab.report.writer import write_report
 from lab.runner import resolve_inputs, run_backend
-from lab.workloads import check_workload_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,64 +77,6 @@ def env(as_json: bool) -> None:
     """Python, torch, CUDA, GPUs, transformers, vLLM and NVML as this machine has them."""
     data = collect_environment()
     click.echo(json.dumps(data, indent=2, default=str) if as_json else format_environment(data))
-
-
-@cli.group()
-def models() -> None:
-    """Build and list local models."""
-
-
-@models.command("list")
-def models_list() -> None:
-    """The built-in synthetic models and their shapes."""
-    rows = [
-        [
-            name,
-            s.architecture,
-            s.num_layers,
-            s.hidden_size,
-            s.num_heads,
-            s.num_kv_heads,
-            s.head_dim,
-            s.vocab_size,
-            s.max_position_embeddings,
-            s.dtype,
-        ]
-        for name, s in SYNTHETIC.items()
-    ]
-    click.echo(
-        tabulate(
-            rows,
-            headers=[
-                "name",
-                "architecture",
-                "layers",
-                "hidden",
-                "heads",
-                "kv heads",
-                "head_dim",
-                "vocab",
-                "context",
-                "dtype",
-            ],
-            tablefmt="github",
-        )
-    )
-
-
-@models.command("build")
-@click.argument("name")
-@cache_dir_option
-@click.option("--no-weights", is_flag=True, help="Config and tokenizer only; backends then use random init.")
-@click.option("--force", is_flag=True, help="Rebuild even if the model is in the cache.")
-@handle_errors
-def models_build(name: str, cache_dir: Path | None, no_weights: bool, force: bool) -> None:
-    """Build a synthetic model (config, seeded weights, tokenizer) or check a local/hub model; print its path."""
-    if name.startswith("synthetic:"):
-        path = build_model(name, cache_dir, weights=False if no_weights else None, force=force, progress=progress)
-    else:
-        path = resolve_model(name, cache_dir, progress=progress)
-    click.echo(str(path))
 
 
 @cli.command(hidden=True)
@@ -163,7 +116,12 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
 @cache_dir_option
 @handle_errors
 def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
-    """One backend/mode in this process: load, warm-up, timed pass, records in --out."""
+    """One backend/mode in this process: load, warm-up, timed pass, records in --out.
+
+    \b
+    Exit codes: 0 ok; 1 the run failed (result.json says why); 2 bad input (nothing written);
+    128+N stopped by signal N (the engine is closed first).
+    """
     if spec_file:
         if not spec_file.is_file():
             raise LabInputError(f"spec file not found: {spec_file}")
@@ -177,9 +135,10 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
     torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
+    signal.signal(signal.SIGTERM, Interrupted.on_signal)  # so that the engine is closed, not orphaned
     out, say = torchrun.rank_out(out), torchrun.log_prefix()
     click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
-    result = run_backend(spec, out, cache_dir)
+    result = run_backend(spec, out, cache_dir, on_phase=fault_injection(spec.label))
     click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
     sys.exit(0 if result.ok else 1)
 
@@ -204,26 +163,40 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     help="A named experiment whose options apply unless given here; tutorial: the tutorial's own run "
     "(synthetic:gpt2, seed, 50 new tokens, context 512, hf/sequential and vLLM) beside its figures.",
 )
+@timeout_option
 @cache_dir_option
 @handle_errors
 def experiment(
-    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, preset, cache_dir, model, **kw
+    backends, results_dir, runtime, collector_interval_ms, no_collector, tag, preset, timeout_s, cache_dir, model, **kw
 ) -> None:
-    """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
+    """Every backend/mode in its own process on the same workload, the collector beside each; then the report.
+
+    \b
+    Exit codes:
+      0    every backend/mode succeeded
+      1    at least one failed, crashed or timed out: its error is recorded, and the run folder
+           and its report are written all the same (the last line of stdout)
+      2    bad input: nothing was started and nothing written
+      130  Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP: every process and container the run
+           started was stopped, and its temporary folder removed (no run folder)
+    """
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
     kw["device"] = device
-    spec = ExperimentSpec(engine_settings(model, **kw), runs, collector_interval_ms, not no_collector, preset)
+    engine = engine_settings(model, **kw)
+    spec = ExperimentSpec(engine, runs, collector_interval_ms, not no_collector, preset, timeout_s)
     progress(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
         f"device {device}, runtime {launcher.runtime}"
     )
-    run_dir = run_experiment(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(run_dir).report.read_text(encoding="utf-8"))
-    click.echo(str(run_dir))
+    finished = run_experiment(spec, results_dir, launcher, progress, tag)
+    click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
+    report_failures(finished.failed, finished.runs)
+    click.echo(str(finished.path))
+    sys.exit(1 if finished.failed else 0)
 
 
 @cli.command()
@@ -256,34 +229,44 @@ def experiment(
 @runtime_option
 @click.option("--no-collector", is_flag=True, help="Run the points without the NVML/psutil collector.")
 @click.option("--label", "tag", default="capacity", show_default=True, help="Added to the run id.")
+@timeout_option
 @cache_dir_option
 @handle_errors
 def capacity(
-    kv_budget, max_len, concurrency, measure, curve, results_dir, runtime, no_collector, tag, cache_dir, model, **kw
+    kv_budget,
+    max_len,
+    concurrency,
+    measure,
+    curve,
+    results_dir,
+    runtime,
+    no_collector,
+    tag,
+    timeout_s,
+    cache_dir,
+    model,
+    **kw,
 ) -> None:
-    """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput."""
+    """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput.
+
+    Exit codes as `lab experiment`'s: 1 when a measured point failed (recorded in capacity.json).
+    """
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
-    if max_len is not None and max_len < 1:
-        raise LabInputError(f"--max-len must be at least 1, got {max_len}")
-    try:
-        levels = tuple(int(c) for c in concurrency.split(",") if c.strip()) if concurrency else None
-    except ValueError:
-        raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {concurrency!r}") from None
-    if levels is not None and (not levels or min(levels) < 1):
-        raise LabInputError(f"--concurrency takes positive integers, e.g. 1,2,4,8; got {concurrency!r}")
     kw["device"] = device
-    spec = CapacitySpec(
-        engine_settings(model, **kw), parse_bytes(kv_budget), max_len, levels, measure, curve, not no_collector
-    )
+    levels = parse_concurrency(concurrency)
+    engine = engine_settings(model, **kw)
+    spec = CapacitySpec(engine, parse_bytes(kv_budget), max_len, levels, measure, curve, not no_collector, timeout_s)
     progress(
         f"lab capacity: {model}, workload {spec.engine.workload}, KV budget {spec.kv_budget_bytes:,} bytes, "
         f"device {device}, runtime {launcher.runtime}"
     )
-    run_dir = run_capacity(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(run_dir).capacity_md.read_text(encoding="utf-8"))
-    click.echo(str(run_dir))
+    finished = run_capacity(spec, results_dir, launcher, progress, tag)
+    click.echo(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"))
+    report_failures(finished.failed, finished.runs, "measured points")
+    click.echo(str(finished.path))
+    sys.exit(1 if finished.failed else 0)
 
 
 def device_and_launcher(
@@ -303,15 +286,6 @@ def device_and_launcher(
         tensor_parallel_size=tensor_parallel_size,
     )
     return device, launcher
-
-
-def check_inputs(launcher, model: str, workload: str) -> None:
-    """Fail fast on the model and workload; in containers the model is checked in the hf container (the
-    host may not reach its folder or hub)."""
-    if isinstance(launcher, NativeLauncher):
-        check_engine_inputs(model, workload)
-    else:
-        check_workload_name(workload)
 
 
 @cli.command()
@@ -354,9 +328,10 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
     """Sample NVML (or psutil where NVML is missing) for a process tree until it exits."""
     if pid is None and pid_file is None:
         raise LabInputError("give --pid PID or --pid-file FILE")
-    if not 1 <= interval_ms <= 1000:
-        raise LabInputError(f"--interval-ms must be 1-1000, got {interval_ms}")
-    indices = [int(i) for i in gpus.split(",")] if gpus else None
+    check_range("--pid", pid, 1, 2**31 - 1)
+    check_range("--interval-ms", interval_ms, 1, 1000, "15 is ~66 samples a second")
+    check_range("--max-seconds", max_seconds, 0.001, MAX_TIMEOUT_S, "or leave it out to run until the process exits")
+    indices = parse_gpus(gpus)
     summary = run_collector(
         out,
         pid=pid,
@@ -371,6 +346,7 @@ def collect(pid, pid_file, out, run_name, interval_ms, gpus, stop_file, max_seco
 
 
 cli.add_command(images)
+cli.add_command(models)
 
 
 def main() -> None:

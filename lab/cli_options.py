@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from lab.config import WARMUPS, EngineSettings
+from lab.config import MAX_BYTES, WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
-from lab.errors import LabInputError
+from lab.errors import Interrupted, LabInputError, StepFailed
+from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S
 from lab.hardware import nvml
 from lab.hardware.device import resolve_device
 from lab.hardware.gpus import check_gpu_request
+from lab.launchers.base import Launcher
+from lab.launchers.native import NativeLauncher
 from lab.models.resolve import check_model_name
+from lab.runner import PhaseHook
 from lab.workloads import check_workload_name
 
+TEST_FAULT_ENV = "LAB_TEST_FAULT"  # tests only: see fault_injection()
 DEFAULT_GPU_MODEL = "synthetic:llama-1b"
 DEFAULT_CPU_MODEL = "synthetic:tiny"
 
@@ -42,8 +49,8 @@ def parse_bytes(text: str | None) -> int | None:
         value = int(float(number) * factor)
     except ValueError:
         raise LabInputError(f"cannot read {text!r} as a size: write e.g. 4GiB, 512MiB or 1000000") from None
-    if value <= 0:
-        raise LabInputError(f"size {text!r} must be positive")
+    if not 0 < value <= MAX_BYTES:
+        raise LabInputError(f"size {text!r} must be more than 0 and at most 1PiB: write e.g. 4GiB or 512MiB")
     return value
 
 
@@ -229,7 +236,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         kv_cache_memory_bytes=None if workload_share is not None else parse_bytes(kw["kv_cache_memory"]),
         kv_cache_workload_share=workload_share,
         gpu_memory_utilization=kw["gpu_memory_utilization"],
-        block_size=kw["block_size"] or default_block_size(kw["device"]),
+        block_size=default_block_size(kw["device"]) if kw["block_size"] is None else kw["block_size"],
         max_model_len=kw["max_model_len"],
         enable_prefix_caching=kw["prefix_caching"],
         sample_kv_every_step=kw["kv_samples"],
@@ -241,17 +248,34 @@ def engine_settings(model: str, **kw) -> EngineSettings:
 
 
 def handle_errors(func):
-    """LabInputError -> its message on stderr and exit code 2."""
+    """The lab's exceptions -> a message on stderr and their exit code (lab.errors), never a traceback:
+    LabInputError 2, StepFailed 1, an interrupt 128 + the signal (Ctrl-C without a handler: SIGINT)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except LabInputError as exc:
+        except (LabInputError, StepFailed) as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(LabInputError.exit_code)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            click.echo(f"lab: interrupted by {interrupted.signal_name}", err=True)
+            sys.exit(interrupted.exit_code)
 
     return wrapper
+
+
+def timeout_option(func):
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=float,
+        default=None,
+        help="Seconds each backend/mode may run (load included) before it is stopped, with every process "
+        f"it started, and recorded as failed. Default: sized from the workload, {LOAD_ALLOWANCE_S:g} s + "
+        f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1).",
+    )(func)
 
 
 def lab_gpus() -> str | None:
@@ -279,3 +303,63 @@ def apply_preset(ctx: click.Context, preset: dict, given: dict) -> dict:
         if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
             out[name] = value
     return out
+
+
+def report_failures(failed: list[str], total: int, what: str = "backend/modes") -> None:
+    """Say on stderr which backend/modes (or measured points) failed: the exit code will be 1."""
+    if failed:
+        progress(f"lab: {len(failed)} of {total} {what} failed ({', '.join(failed)}): exit code 1")
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """'0,1' -> [0, 1]; None: every GPU."""
+    if not text:
+        return None
+    try:
+        indices = [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        indices = []
+    if not indices or min(indices) < 0:
+        raise LabInputError(f"--gpus takes GPU indices, e.g. 0 or 0,1; got {text!r}")
+    return indices
+
+
+def fault_injection(label: str) -> PhaseHook | None:
+    """Test-only fault injection: LAB_TEST_FAULT=<backend/mode>:hang|sigkill makes that backend hang or
+    kill itself with SIGKILL when its first timed pass starts (engine loaded and warmed up), so the
+    tests of time limits and crashes run the real engines. Read here only; never set it otherwise."""
+    target, _, action = os.environ.get(TEST_FAULT_ENV, "").partition(":")
+    if target != label:
+        return None
+    if action not in ("hang", "sigkill"):
+        raise LabInputError(f"{TEST_FAULT_ENV}={target}:{action}: the action is hang or sigkill")
+
+    def inject(phase: str) -> None:
+        if phase not in ("repeat", "generate"):
+            return
+        click.echo(f"lab: {TEST_FAULT_ENV}: {action} at the start of the timed pass")
+        if action == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:
+            time.sleep(3600)
+
+    return inject
+
+
+def check_inputs(launcher: Launcher, model: str, workload: str) -> None:
+    """Fail fast on the model and workload; in containers the model is checked in the hf container (the
+    host may not reach its folder or hub)."""
+    if isinstance(launcher, NativeLauncher):
+        check_engine_inputs(model, workload)
+    else:
+        check_workload_name(workload)
+
+
+def parse_concurrency(text: str | None) -> tuple[int, ...] | None:
+    """'1,2,4,8' -> (1, 2, 4, 8); None: the default points (CapacitySpec checks they are positive)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise LabInputError(f"--concurrency takes integers, e.g. 1,2,4,8; got {text!r}") from None

@@ -31,6 +31,26 @@ WARMUPS = ("shapes", "full-pass", "first-batch", "none")
 # --gpu-memory-utilization is given.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: room for a tiny model's runs, far below vLLM's CPU default (92 %)
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.5  # the fraction the GPU reference figures were taken with
+BLOCK_SIZES = (8, 16, 32, 64, 128)
+# Ranges of the numeric options: beyond these a value is a typo, not an experiment.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 10**7  # requests, tokens, batch size, context length
+MAX_REPEATS = 100
+MAX_BYTES = 2**50  # 1 PiB: more memory than any one machine has
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_range(option: str, value: float | None, low: float, high: float, fix: str = "") -> None:
+    """LabInputError naming `option`, its range and the fix unless `value` is None or within [low, high]."""
+    if value is None or low <= value <= high:
+        return
+    raise LabInputError(
+        f"{option} must be {_number(low)}-{_number(high)}, got {_number(value)}" + (f"; {fix}" if fix else "")
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def run_label(backend: str, mode: str) -> str:
@@ -77,6 +97,14 @@ def check_mode(backend: str, mode: str) -> None:
         )
 
 
+def check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise LabInputError(
+            f"--timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s (a week), got {timeout_s:g}; "
+            "leave it out for a limit sized from the workload"
+        )
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """What every backend/mode of one experiment shares, so that the comparison is fair."""
@@ -117,27 +145,29 @@ class EngineSettings:
             raise LabInputError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
         if self.warmup not in WARMUPS:
             raise LabInputError(f"unknown warm-up {self.warmup!r}: choose from {', '.join(WARMUPS)}")
-        if self.batch_size < 1:
-            raise LabInputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 1 <= self.repeats <= 100:
-            raise LabInputError(f"--repeats must be 1-100, got {self.repeats}")
-        if self.num_requests is not None and self.num_requests < 1:
-            raise LabInputError(f"--num-requests must be at least 1, got {self.num_requests}")
-        if self.output_tokens is not None and self.output_tokens < 1:
-            raise LabInputError(f"--output-tokens must be at least 1, got {self.output_tokens}")
+        check_range("--seed", self.seed, 0, MAX_SEED, "any integer from 0 to 2^32 - 1 (numpy's and torch's range)")
+        check_range("--batch-size", self.batch_size, 1, MAX_COUNT)
+        check_range("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_range("--num-requests", self.num_requests, 1, MAX_COUNT, "or leave it out for the workload's own count")
+        check_range("--output-tokens", self.output_tokens, 1, MAX_COUNT, "or leave it out for the workload's own")
+        check_range("--max-model-len", self.max_model_len, 1, MAX_COUNT, "or leave it out for the model's context")
+        check_range("--kv-cache-memory", self.kv_cache_memory_bytes, 1, MAX_BYTES, "e.g. 4GiB")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise LabInputError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise LabInputError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}: "
+                "a fraction of the GPU's memory, e.g. 0.5"
+            )
         if self.kv_cache_workload_share is not None and not 0 < self.kv_cache_workload_share <= 1:
             raise LabInputError(
                 f"--kv-cache-memory workload:{self.kv_cache_workload_share}: give a share in (0, 1], "
                 "e.g. workload:0.25 (a pool a quarter of what every request needs at once)"
             )
-        if self.max_num_seqs is not None and self.max_num_seqs < 1:
-            raise LabInputError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
-        if not 1 <= self.tensor_parallel_size <= 64:
-            raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
+        check_range("--max-num-seqs", self.max_num_seqs, 1, MAX_COUNT, "or leave it out for vLLM's default")
+        check_range("--tensor-parallel-size", self.tensor_parallel_size, 1, 64)
+        if self.block_size not in BLOCK_SIZES:
+            raise LabInputError(
+                f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,10 +215,11 @@ class ExperimentSpec:
     collector_interval_ms: int = 15
     collect: bool = True
     preset: str | None = None  # `lab experiment --preset NAME` (lab.experiments.presets)
+    timeout_s: float | None = None  # per backend/mode; None: sized from the workload (experiments/timeout.py)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.collector_interval_ms <= 1000:
-            raise LabInputError(f"--collector-interval-ms must be 1-1000, got {self.collector_interval_ms}")
+        check_range("--collector-interval-ms", self.collector_interval_ms, 1, 1000, "15 is ~66 samples a second")
+        check_timeout(self.timeout_s)
 
     def run_specs(self) -> list[RunSpec]:
         return [RunSpec(backend, mode, self.engine) for backend, mode in self.runs]
@@ -200,6 +231,7 @@ class ExperimentSpec:
             "collector_interval_ms": self.collector_interval_ms,
             "collect": self.collect,
             "preset": self.preset,
+            "timeout_s": self.timeout_s,
         }
 
 
@@ -214,6 +246,14 @@ class CapacitySpec:
     measure: bool = True
     curve: bool = True
     collect: bool = True
+    timeout_s: float | None = None  # per measured point; None: sized from the workload
+
+    def __post_init__(self) -> None:
+        check_range("--kv-budget", self.kv_budget_bytes, 1, MAX_BYTES, "e.g. 4GiB")
+        check_range("--max-len", self.max_len, 1, MAX_COUNT, "or leave it out for --max-model-len or the context")
+        if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
+            raise LabInputError(f"--concurrency takes positive integers, e.g. 1,2,4,8; got {self.concurrency}")
+        check_timeout(self.timeout_s)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -250,6 +250,9 @@ class BackendResult(_BackendMode):
     close_error: str | None = None
     process_s: float | None = None  # set by the experiment: the process's wall time
     exit_code: int | None = None  # set by the experiment
+    exit_signal: str | None = None  # set by the experiment: the signal that ended the process ("SIGKILL")
+    timeout_s: float | None = None  # set by the experiment: the limit the process ran under (--timeout)
+    leftover_pids: list[int] | None = None  # set by the experiment: processes it left running, killed
 
     @property
     def hf_batches(self) -> list[HfBatch]:

@@ -299,16 +299,52 @@ def open_text(path: Path) -> IO[str]:
     return gzip.open(found, "rt", encoding="utf-8") if found.suffix == ".gz" else found.open(encoding="utf-8")
 
 
+class MalformedJsonLine(LabInputError):
+    """A line of a JSON lines file that is not JSON, and not a torn last line: the file is damaged."""
+
+
+class JsonLines:
+    """The rows of a JSON lines file (or its .gz twin); a missing file has none.
+
+    Only a torn last line is skipped: the last line of the file, without its newline, that is not
+    valid JSON, as a process killed while writing leaves it. Its number is then `torn_line` (after
+    iterating), so that the reader can say so. Any other line that is not JSON raises
+    MalformedJsonLine naming the file and the line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.torn_line: int | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        self.torn_line = None
+        if existing(self.path) is None:
+            return
+        with open_text(self.path) as f:
+            pending: tuple[int, str, json.JSONDecodeError] | None = None  # a bad line, torn if it is the last
+            for number, line in enumerate(f, start=1):
+                if pending is not None:
+                    raise self._malformed(*pending)
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    pending = (number, line, exc)
+            if pending is not None:
+                number, line, exc = pending
+                if line.endswith("\n"):  # a whole line that is not JSON: not torn by a killed writer
+                    raise self._malformed(*pending)
+                self.torn_line = number
+
+    def _malformed(self, number: int, line: str, exc: json.JSONDecodeError) -> MalformedJsonLine:
+        return MalformedJsonLine(
+            f"{self.path}, line {number}: not valid JSON ({exc.msg}: {line.strip()[:80]!r}). Only a torn "
+            "last line, left by a process killed while writing, is skipped; this one is not, so the file "
+            "is damaged. Fix: restore the file, or run the experiment again"
+        )
+
+
 def iter_jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSON lines file (or its .gz twin); a missing file has none. A torn line is skipped."""
-    if existing(Path(path)) is None:
-        return
-    with open_text(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    """Rows of a JSON lines file (or its .gz twin); a missing file has none (`JsonLines`)."""
+    return iter(JsonLines(path))

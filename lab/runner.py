@@ -1,7 +1,9 @@
 """One backend/mode in one process: load, warm-up, the timed pass, records.
 
 The runner owns fairness: one clock (`Clock`, synchronised with the device), warm-up outside the
-timed pass, output lengths fixed by the workload. It writes into its folder (`run_folder.PartFolder`):
+timed pass, output lengths fixed by the workload. Bad input (the model, the workload, the context)
+raises LabInputError before anything is written. Then it writes into its folder
+(`run_folder.PartFolder`):
 
     pid            this process's id, first thing (the collector watches this process tree); under
                    torchrun the agent's, parent of every rank (rank k > 0 writes into ranks/<k>/)
@@ -18,13 +20,15 @@ No compilation inside a timed pass: the warm-up runs every shape the passes will
 counters are read around the load, the warm-up and each pass (`Backend.compile_snapshot`).
 
 A failure (an exception, out of memory) is written as status "error" with its message; the process
-then exits with 1, and the experiment goes on with the next backend.
+then exits with 1, and the experiment goes on with the next backend. An interrupt closes the engine
+(vLLM's engine core with it), writes the result as interrupted and goes on up.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +37,13 @@ from lab.accounting.parallel import tensor_parallel_problem
 from lab.backends.base import Backend, Clock
 from lab.backends.registry import backend_class
 from lab.config import RunSpec
+from lab.errors import LabInputError
 from lab.hardware.device import resolve_device, resolve_dtype
 from lab.hardware.energy import EnergyMeter, open_meter
 from lab.hardware.env import collect_environment
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
-from lab.models.resolve import model_info, resolve_model
+from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenizer, model_info, resolve_model
 from lab.pass_records import CompileCount, TimedPass
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
@@ -76,23 +81,43 @@ class Inputs:
 
 def resolve_inputs(spec: RunSpec, cache_dir: Path | None) -> Inputs:
     """The spec's device, dtype, model and requests. Raises LabInputError for a model or workload that
-    cannot work (e.g. an output beyond the context)."""
+    cannot work (e.g. an output beyond the context, text prompts for a model without a tokenizer)."""
     engine = spec.engine
     device = resolve_device(engine.device)
     dtype = resolve_dtype(engine.dtype, device)
     model_path = resolve_model(engine.model, cache_dir)
     info = model_info(model_path, dtype=dtype)
-    tokenizer = load_tokenizer(model_path)
+    if has_tokenizer(model_path):
+        tokenizer = load_tokenizer(model_path)
+        vocab_ids = prompt_vocab_ids(tokenizer)
+    else:  # token counts need no tokenizer; a text prompt raises, naming the missing files
+        tokenizer, vocab_ids = MissingTokenizer(Path(model_path)), config_prompt_ids(Path(model_path))
     requests = build_workload(
         engine.workload,
         tokenizer,
-        prompt_vocab_ids(tokenizer),
-        engine.max_model_len or info["max_position_embeddings"],
+        vocab_ids,
+        context_tokens(engine.max_model_len, info),
         seed=engine.seed,
         num_requests=engine.num_requests,
         output_tokens=engine.output_tokens,
     )
     return Inputs(model_path, info, device, dtype, requests)
+
+
+def context_tokens(max_model_len: int | None, info: dict) -> int:
+    """--max-model-len, or the model's context; more than the model's context is refused."""
+    context = info["max_position_embeddings"]
+    if max_model_len is None:
+        return context
+    if context is not None and max_model_len > context:
+        raise LabInputError(
+            f"--max-model-len {max_model_len:,} exceeds the model's context of {context:,} tokens "
+            f"(max_position_embeddings in its config.json); give at most {context:,}, or leave it out"
+        )
+    return max_model_len
+
+
+PhaseHook = Callable[[str], None]
 
 
 class Phases:
@@ -101,18 +126,22 @@ class Phases:
     With an energy meter (NVML), each phase also holds every GPU's energy counter read just before
     its start and just after its end (`energy_start_mj`, `energy_end_mj`: {str(NVML index): mJ}), and
     the GPUs the backend's process tree held at its end (`gpus_used`): a timed pass's energy is then
-    exact (`lab.hardware.energy`).
+    exact (`lab.hardware.energy`). `on_start` is called with each phase's name as it starts (the
+    CLI's test-only fault injection uses it).
     """
 
-    def __init__(self, meter: EnergyMeter | None = None) -> None:
+    def __init__(self, meter: EnergyMeter | None = None, on_start: PhaseHook | None = None) -> None:
         self.items: list[dict] = []
         self.meter = meter
+        self.on_start = on_start
 
     def start(self, name: str) -> None:
         energy = self.meter.read_mj() if self.meter else None  # before the clock starts
         self.items.append({"phase": name, "start": time.time(), "end": None})
         if energy is not None:
             self.items[-1]["energy_start_mj"] = energy
+        if self.on_start is not None:
+            self.on_start(name)
 
     def end(self) -> None:
         self.items[-1]["end"] = time.time()
@@ -126,19 +155,32 @@ class Phases:
             self.end()
 
 
-def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> BackendResult:
-    """Run one backend/mode and write its folder. Returns its result (status ok or error)."""
+def run_backend(
+    spec: RunSpec, out_dir: Path, cache_dir: Path | None = None, on_phase: PhaseHook | None = None
+) -> BackendResult:
+    """Run one backend/mode and write its folder. Returns its result (status ok or error).
+
+    Bad input (a LabInputError: the model, the workload, the context) is raised before anything is
+    written. An interrupt (KeyboardInterrupt, or SIGTERM turned into one by the CLI) closes the engine,
+    writes the result as interrupted, and is raised again.
+    """
+    # NOTE: first, before torch is imported here: collect_environment() then probes torch in a child
+    # Python instead of this process, so no CUDA context is created beside vLLM's engine.
+    environment = collect_environment()
+    inputs = resolve_inputs(spec, cache_dir)
     part = rf.PartFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     part.pid.write_text(str(torchrun.tree_root_pid()))  # under torchrun: the agent, parent of every rank
     if not part.spec.exists():  # the experiment writes it itself, to start this process with it
         rf.write_json(part.spec, spec.to_dict())
     meter, meter_facts = open_meter(torchrun.tree_root_pid()) if not torchrun.rank() else (None, None)
-    phases = Phases(meter)
-    result = BackendResult(spec.backend, spec.mode, phases=phases.items, energy_meter=meter_facts)
+    phases = Phases(meter, on_phase)
+    result = BackendResult(
+        spec.backend, spec.mode, phases=phases.items, environment=environment, energy_meter=meter_facts
+    )
     backend = None
     try:
-        backend, requests = _start_backend(spec, cache_dir, phases, result)
+        backend, requests = _start_backend(spec, inputs, phases, result)
         _warm_up(spec, backend, requests, phases, result)
         records, kv_samples = _timed_passes(spec.engine.repeats, backend, requests, phases, result)
         rf.write_jsonl(part.records, (r.to_dict() for r in records))
@@ -149,11 +191,13 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
             result.error = "some requests failed; see records.jsonl"
     except BaseException as exc:  # noqa: BLE001 - every failure, OOM included, becomes a record
         if isinstance(exc, KeyboardInterrupt):
-            result.error = "interrupted"
+            result.error = f"interrupted ({exc or 'SIGINT'})"
         else:
             result.error = f"{type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc(limit=20)
         phases.end_open()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
     finally:
         if backend is not None:
             try:
@@ -166,11 +210,7 @@ def run_backend(spec: RunSpec, out_dir: Path, cache_dir: Path | None = None) -> 
     return result
 
 
-def _start_backend(spec: RunSpec, cache_dir: Path | None, phases: Phases, result: BackendResult):
-    # NOTE: first, before torch is imported here: collect_environment() then probes torch in a child
-    # Python instead of this process, so no CUDA context is created beside vLLM's engine.
-    result.environment = collect_environment()
-    inputs = resolve_inputs(spec, cache_dir)
+def _start_backend(spec: RunSpec, inputs: Inputs, phases: Phases, result: BackendResult):
     result.device, result.dtype = inputs.device, inputs.dtype
     result.model_path, result.model = str(inputs.model_path), inputs.model
     result.workload = inputs.workload(spec.engine.workload)

@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Compil
 from lab.backends import batching, compile_watch
 from lab.backends.base import Backend, Clock
 from lab.backends.hf_parallel import close_tensor_parallel, load_tensor_parallel
-from lab.models.resolve import has_weights
+from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import HfBatch, RequestRecord
 from lab.workloads import Request
 
@@ -70,7 +70,8 @@ class HfBackend(Backend):
             with torch.device(self.device):
                 model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model = model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # Prompts arrive as token ids: a folder without a tokenizer runs too (its config's ids pad).
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer(self.model_path) else None
         self.pad_id = self._pad_id()
         self.weights_allocated_bytes = self._allocated()
         self._static_cache: StaticCache | None = None
@@ -78,8 +79,9 @@ class HfBackend(Backend):
         self._graphs_at_load = compile_watch.snapshot()["graphs"]
 
     def _pad_id(self) -> int:
-        tok = self.tokenizer
-        for candidate in (tok.pad_token_id, tok.eos_token_id, self.model.config.eos_token_id):
+        tok, config = self.tokenizer, self.model.config
+        ids = (tok.pad_token_id, tok.eos_token_id) if tok is not None else (getattr(config, "pad_token_id", None),)
+        for candidate in (*ids, config.eos_token_id):
             if isinstance(candidate, list):
                 candidate = candidate[0] if candidate else None
             if candidate is not None:

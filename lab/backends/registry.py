@@ -7,6 +7,7 @@ report.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from lab.backends.base import Backend
@@ -43,4 +44,16 @@ BACKENDS: dict[str, Callable[[], type[Backend]]] = {
 
 
 def backend_class(backend: str, mode: str) -> type[Backend]:
-    return BACKENDS[run_label(backend, mode)]()
+    """The class of `backend/mode`; its engine missing from this Python is an error that names the fix."""
+    try:
+        return BACKENDS[run_label(backend, mode)]()
+    except ImportError as exc:
+        raise MissingEngine(
+            f"{run_label(backend, mode)} cannot run here: {exc} (Python {sys.executable}). Fix: install the "
+            f"engines (`make venv`, or pip install -r requirements/cpu.txt or cuda.txt), or leave {backend} "
+            "out of --backends"
+        ) from exc
+
+
+class MissingEngine(RuntimeError):
+    """A backend's engine (torch, transformers, vLLM) cannot be imported in this Python."""

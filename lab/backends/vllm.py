@@ -60,7 +60,7 @@ from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step
 from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from lab.hardware.gpus import cpu_rank_binding
-from lab.models.resolve import has_weights
+from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
@@ -188,6 +188,8 @@ class VllmBackend(Backend):
             kwargs["tensor_parallel_size"] = e.tensor_parallel_size
         if not has_weights(self.model_path):
             kwargs["load_format"] = "dummy"  # random weights from the config: same shapes, same work
+        if not has_tokenizer(self.model_path):
+            kwargs["skip_tokenizer_init"] = True  # prompts are token ids and outputs are never detokenized
         if e.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = e.kv_cache_memory_bytes
         elif e.gpu_memory_utilization is not None:

@@ -61,6 +61,7 @@ def describe_engine(config, num_blocks: int, device: str, kwargs: dict) -> dict:
         "cudagraph_mode": _enum_name(cudagraph_mode),
         "cuda_graphs": cuda_graphs,
         "load_format": kwargs.get("load_format", "auto"),
+        "skip_tokenizer_init": bool(kwargs.get("skip_tokenizer_init", False)),  # the folder has no tokenizer
         "dtype": str(model.dtype),
         "kv_sampling": "EngineCoreOutputs.scheduler_stats, read as each step() passes it",
     }

@@ -2,7 +2,7 @@
 
 The question of the PagedAttention paper's Figure 13a (`lab.paper`), asked of this lab's engines.
 The arithmetic is `lab.accounting.capacity`'s; this module measures the same points, each in its
-own process through `lab.experiments.steps.execute_run`, as every experiment run is:
+own process through `lab.experiments.backend_run.execute_run`, as every experiment run is:
 - vLLM with `kv_cache_memory_bytes` = B: the requests per step it actually ran (from its KV samples);
 - hf/continuous with the same pool (transformers' paged cache, `lab.accounting.continuous`): the same,
   from its own samples;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab import paper
@@ -34,8 +35,11 @@ from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
-from lab.experiments.steps import execute_run, manifest, model_build, resolve_once
+from lab.experiments.backend_run import execute_run
+from lab.experiments.steps import Finished, manifest, model_build, resolve_once
+from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
+from lab.launchers.supervisor import Supervisor
 from lab.metrics import passes_of, run_metrics
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.report.capacity import render_capacity, write_capacity_plot
@@ -43,13 +47,17 @@ from lab.report.capacity import render_capacity, write_capacity_plot
 COLLECTOR_INTERVAL_MS = 15  # the experiment's default
 
 
-def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "capacity") -> Path:
-    """Arithmetic for all three approaches, then the measured points; returns the finished run folder."""
-    with rf.creating(results_dir, rf.new_run_id(tag)) as folder:
+def run_capacity(
+    spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "capacity"
+) -> Finished:
+    """Arithmetic for all three approaches, then the measured points; returns the finished run folder
+    and the points that failed (each point within its time limit, as `lab experiment`'s backends)."""
+    run_id = rf.new_run_id(tag)
+    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
         started = time.time()
         launcher.setup(echo)
         base = RunSpec("vllm", "offline", dataclasses.replace(spec.engine, kv_cache_memory_bytes=spec.kv_budget_bytes))
-        resolved = resolve_once(base, folder, launcher, echo)
+        resolved = resolve_once(base, folder, processes, echo)
         facts = workload_facts(resolved, base, spec)
         arithmetic = capacity_arithmetic(
             facts["lengths"],
@@ -59,12 +67,18 @@ def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo
             facts["max_len"],
         )
         echo("arithmetic: " + ", ".join(f"{k} {v['concurrency']}" for k, v in arithmetic.items()))
-        measured = measure_all(spec, base, arithmetic, folder, launcher, echo) if spec.measure else []
+        timeout_s = spec.timeout_s or default_timeout_s(facts["lengths"], spec.engine.repeats)
+        points = Points(
+            folder, processes, spec.collect, timeout_s, describe_timeout(timeout_s, spec.timeout_s is not None)
+        )
+        measured = measure_all(spec, base, arithmetic, points, echo) if spec.measure else []
         data = capacity_data(spec, facts, arithmetic, [p for p, _ in measured])
         rf.write_json(folder.capacity_json, data)
         drawn = write_capacity_plot(folder, data)
         rf.atomic_write(folder.capacity_md, render_capacity(data, drawn))
-        experiment = ExperimentSpec(base.engine, (("hf", "batched"), ("vllm", "offline")), collect=spec.collect)
+        experiment = ExperimentSpec(
+            base.engine, (("hf", "batched"), ("vllm", "offline")), collect=spec.collect, timeout_s=spec.timeout_s
+        )
         info = manifest(
             experiment.to_dict(),
             launcher,
@@ -74,7 +88,7 @@ def run_capacity(spec: CapacitySpec, results_dir: Path, launcher: Launcher, echo
             folder,
         )
         rf.write_json(folder.manifest, dict(info, kind="capacity", capacity=spec.to_dict()))
-    return results_dir / folder.run_id
+    return Finished(results_dir / run_id, len(measured), [p["point"] for p, r in measured if not r.ok])
 
 
 def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
@@ -98,14 +112,25 @@ def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
 # ----------------------------------------------------------------------------- the measured points
 
 
+@dataclass(frozen=True)
+class Points:
+    """Where and how each measured point runs: its folder, the processes, the collector, the limit."""
+
+    folder: rf.RunFolder
+    processes: Supervisor
+    collect: bool
+    timeout_s: float
+    timeout_text: str
+
+
 def measure_all(
-    spec: CapacitySpec, base: RunSpec, arithmetic: dict, folder: rf.RunFolder, launcher: Launcher, echo: Echo
+    spec: CapacitySpec, base: RunSpec, arithmetic: dict, where: Points, echo: Echo
 ) -> list[tuple[dict, BackendResult]]:
     """The measured points: vLLM and hf/continuous at the budget, hf at its capacities, then the curve."""
     engine = base.engine
 
     def measure(name: str, run: RunSpec, **extra) -> dict:
-        point, result = measure_point(name, run, folder, launcher, spec.collect, echo)
+        point, result = measure_point(name, run, where, echo)
         points.append((dict(point, **extra), result))
         return points[-1][0]
 
@@ -131,13 +156,12 @@ def measure_all(
     return points
 
 
-def measure_point(
-    name: str, run: RunSpec, folder: rf.RunFolder, launcher: Launcher, collect: bool, echo: Echo
-) -> tuple[dict, BackendResult]:
+def measure_point(name: str, run: RunSpec, where: Points, echo: Echo) -> tuple[dict, BackendResult]:
     """Run one point in its own process (`execute_run`) and read back what it measured."""
     echo(f"{name}: starting its own process")
-    part = folder.part(name)
-    result = execute_run(run, part, launcher, echo, COLLECTOR_INTERVAL_MS if collect else None)
+    part = where.folder.part(name)
+    interval_ms = COLLECTOR_INTERVAL_MS if where.collect else None
+    result = execute_run(run, part, where.processes, echo, interval_ms, where.timeout_s, where.timeout_text)
     records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
     samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(part.kv_samples)]
     figures = point_figures(result, records, samples)

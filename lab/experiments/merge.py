@@ -128,4 +128,5 @@ def collector_facts(collected: dict) -> dict:
     header, summary = collected.get("header") or {}, collected.get("summary") or {}
     facts = {k: summary.get(k, header.get(k)) for k in COLLECTOR_FACTS}
     facts["complete"] = collected.get("complete")
+    facts["torn_line"] = collected.get("torn_line")  # a torn last line was skipped (the collector was killed)
     return facts

@@ -5,12 +5,15 @@ Offline: every request is available at t=0. The steps:
 1. build (or check) the model once, through the launcher, so no backend pays for it;
    A KV pool given as a share of the workload (`--kv-cache-memory workload:SHARE`) is sized here,
    from the workload's lengths and the model's bytes per token, before any engine starts;
-2. for each backend/mode: start `lab run` and, beside it, `lab collect` watching its process tree;
+2. for each backend/mode: start `lab run` and, beside it, `lab collect` watching its process tree,
+   within the backend's time limit (`--timeout`, default `lab.experiments.timeout`);
 3. merge what the runs wrote into records.jsonl, kv.jsonl, timeline.jsonl and summary.json;
 4. write manifest.json and the report, then rename the temporary folder to results/<run-id>/.
 
-A backend that fails is recorded with its error and the others still run; anything else that fails
-removes the temporary folder, so nothing half-written stays in results/.
+A backend that fails, crashes or runs past its limit is recorded with its reason and the others still
+run; the run folder is written all the same, and `Finished.failed` names them (exit code 1). Anything
+else that fails, and an interrupt (Ctrl-C, SIGTERM), stops every process the run started (their
+containers too) and removes the temporary folder: nothing half-written stays in results/.
 """
 
 from __future__ import annotations
@@ -23,35 +26,43 @@ from lab import run_folder as rf
 from lab.accounting.capacity import workload_budget_bytes
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import ExperimentSpec
+from lab.experiments.backend_run import execute_run
 from lab.experiments.merge import merge_runs
-from lab.experiments.steps import describe_result, execute_run, manifest, model_build, resolve_once
+from lab.experiments.steps import Finished, describe_result, manifest, model_build, resolve_once
+from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
+from lab.launchers.supervisor import Supervisor
 from lab.progress import StepBar
 from lab.report.writer import write_report
 
 
-def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "") -> Path:
-    """Run every backend/mode of `spec`; return the finished run folder."""
-    with rf.creating(results_dir, rf.new_run_id(tag)) as folder:
+def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "") -> Finished:
+    """Run every backend/mode of `spec`; return the finished run folder and what failed in it."""
+    run_id = rf.new_run_id(tag)
+    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
         started = time.time()
         launcher.setup(echo)
-        resolved = resolve_once(spec.run_specs()[0], folder, launcher, echo)
+        resolved = resolve_once(spec.run_specs()[0], folder, processes, echo)
         spec = sized_from_workload(spec, resolved, echo)
         specs = spec.run_specs()
         built = model_build(spec.engine.model, resolved)
+        timeout_s = spec.timeout_s or default_timeout_s(resolved["lengths"], spec.engine.repeats)
+        limit = describe_timeout(timeout_s, given=spec.timeout_s is not None)
+        echo(f"time limit per backend/mode: {limit}")
         interval_ms = spec.collector_interval_ms if spec.collect else None
         results = []
         bar = StepBar(len(specs))  # a live bar on a terminal; quiet in logs
         for number, run in enumerate(specs, start=1):
             with bar.step(run.label):
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: starting its own process")
-                result = execute_run(run, folder.part(run.name), launcher, bar.echo, interval_ms)
+                part = folder.part(run.name)
+                result = execute_run(run, part, processes, bar.echo, interval_ms, timeout_s, limit)
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: {describe_result(result)}")
             results.append(result)
         merge_runs(folder, [s.name for s in specs])
         rf.write_json(folder.manifest, manifest(spec.to_dict(), launcher, results, built, started, folder))
         write_report(folder.path)
-    return results_dir / folder.run_id
+    return Finished.of(results_dir / run_id, results)
 
 
 def sized_from_workload(spec: ExperimentSpec, resolved: dict, echo: Echo) -> ExperimentSpec:

@@ -1,5 +1,5 @@
-"""What every experiment does, through its launcher: resolve the model once, run one backend/mode in a
-process of its own with the collector beside it, and write the manifest.
+"""What every experiment does, through its launcher: resolve the model once and write the manifest.
+Running one backend/mode is `lab.experiments.backend_run`.
 
 This module is light (no torch, no vllm): on a Docker host it runs in a small host environment and
 starts the real work in containers through the launcher.
@@ -10,45 +10,66 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from lab import run_folder as rf
 from lab.config import RunSpec
-from lab.errors import LabInputError
+from lab.errors import LabInputError, StepFailed
 from lab.hardware.env import collect_environment
 from lab.launchers.base import Echo, Launcher
+from lab.launchers.supervisor import Supervisor
 from lab.records import BackendResult
 
 
-def resolve_once(run: RunSpec, folder: rf.RunFolder, launcher: Launcher, echo: Echo) -> dict:
+@dataclass(frozen=True)
+class Finished:
+    """A finished run folder, how many processes it ran and the names of those that failed."""
+
+    path: Path
+    runs: int
+    failed: list[str]
+
+    @classmethod
+    def of(cls, path: Path, results: list[BackendResult]) -> Finished:
+        return cls(path, len(results), [r.label for r in results if not r.ok])
+
+
+def resolve_once(run: RunSpec, folder: rf.RunFolder, processes: Supervisor, echo: Echo) -> dict:
     """Build (or check) the model once and check the workload against it, before any backend starts.
 
     Runs `lab resolve` in the hf service: a bad model or workload stops the experiment here with
-    exit 2. Returns what it found (`lab.runner.Inputs.to_dict`) and how long it took (`s`).
+    exit 2; a crash, with StepFailed (exit 1). Returns what it found (`lab.runner.Inputs.to_dict`)
+    and how long it took (`s`).
     """
     model = run.engine.model
     echo(f"model {model}: building or checking it, and the workload against it (built once, then cached)")
     rf.write_json(folder.resolve_spec, run.to_dict())
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        launcher.command("hf", ["resolve", "--spec", str(folder.resolve_spec), "--out", str(folder.resolved)]),
-        env=launcher.env(),
+    output: list[str] = []
+
+    def show(line: str) -> None:  # the build's progress, shown as it comes; errors kept for the message
+        output.append(line)
+        if not line.startswith("error: "):
+            echo(f"    {line.rstrip()}")
+
+    proc = processes.start(
+        "hf",
+        ["resolve", "--spec", str(folder.resolve_spec), "--out", str(folder.resolved)],
+        "resolve",
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
     )
-    errors = []
-    for line in proc.stderr:  # the build's progress, shown as it comes
-        errors.append(line)
-        if not line.startswith("error: "):
-            echo(f"    {line.rstrip()}")
-    stdout = proc.stdout.read()
-    returncode = proc.wait()
+    proc.pump(show)
+    returncode = processes.wait(proc)
+    processes.finish(proc)
     folder.resolve_spec.unlink()
-    if returncode == 2:
-        raise LabInputError(last_line("".join(errors)) or f"model {model!r} or its workload was not accepted")
+    if returncode == LabInputError.exit_code:
+        raise LabInputError(last_line("".join(output)) or f"model {model!r} or its workload was not accepted")
     if returncode != 0:
-        raise RuntimeError(f"resolving model {model} failed (exit {returncode}):\n{tail(''.join(errors) + stdout)}")
+        raise StepFailed(f"building or checking model {model} failed (exit {returncode}):\n{tail(''.join(output))}")
     resolved = rf.read_json(folder.resolved)
     folder.resolved.unlink()
     return dict(resolved, s=time.perf_counter() - t0)
@@ -57,79 +78,6 @@ def resolve_once(run: RunSpec, folder: rf.RunFolder, launcher: Launcher, echo: E
 def model_build(model: str, resolved: dict) -> dict:
     """The manifest's `model_build`: the model, its folder, and how long building or checking it took."""
     return {"model": model, "path": resolved["model_path"], "s": resolved["s"]}
-
-
-def execute_run(
-    run: RunSpec, part: rf.PartFolder, launcher: Launcher, echo: Echo, collector_interval_ms: int | None
-) -> BackendResult:
-    """Run one backend/mode with the collector beside it (None: without); return its result (never
-    raises for a failed run)."""
-    part.path.mkdir(parents=True)
-    rf.write_json(part.spec, run.to_dict())
-    collector = start_collector(run, part, launcher, collector_interval_ms) if collector_interval_ms else None
-    t0 = time.perf_counter()
-    with part.log.open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            launcher.command(run.backend, ["run", "--spec", str(part.spec), "--out", str(part.path)]),
-            env=launcher.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        for line in proc.stdout:  # the log keeps everything; the terminal shows the lab's own lines
-            log.write(line)
-            if line.startswith("lab:"):
-                echo(f"    {run.name}: {line[4:].strip()}")
-        returncode = proc.wait()
-    stop_collector(collector, part)
-    if part.result.exists():
-        result = BackendResult.from_dict(rf.read_json(part.result))
-    else:
-        result = BackendResult(
-            run.backend,
-            run.mode,
-            status="error",
-            error=f"the {run.backend} process exited with code {returncode} before writing its result; "
-            f"last lines of its log:\n{tail(part.log.read_text(encoding='utf-8'))}",
-        )
-        rf.write_json(part.result, result.to_dict())
-    result.process_s = time.perf_counter() - t0
-    result.exit_code = returncode
-    return result
-
-
-def start_collector(run: RunSpec, part: rf.PartFolder, launcher: Launcher, interval_ms: int) -> subprocess.Popen:
-    args = [
-        "collect",
-        "--pid-file",
-        str(part.pid),
-        "--out",
-        str(part.timeline),
-        "--run",
-        run.name,
-        "--interval-ms",
-        str(interval_ms),
-        "--stop-file",
-        str(part.stop_file),
-    ]
-    log = part.collector_log.open("w", encoding="utf-8")
-    return subprocess.Popen(
-        launcher.command("collector", args), env=launcher.env(), stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def stop_collector(proc: subprocess.Popen | None, part: rf.PartFolder) -> None:
-    """The collector stops by itself when the watched process exits; the stop file makes sure."""
-    if proc is None:
-        return
-    part.stop_file.touch()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        proc.wait(timeout=10)
-    part.stop_file.unlink(missing_ok=True)
 
 
 def manifest(

@@ -12,13 +12,12 @@ reads what is there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from lab.hardware.sources import combine_gpus
-from lab.run_folder import open_text
+from lab.run_folder import JsonLines
 
 
 class TimelineStats:
@@ -112,26 +111,22 @@ def summarize_timeline(samples: Iterable[dict]) -> dict:
 
 
 def read_timeline(path: Path) -> dict:
-    """{"header": dict|None, "samples": [dict], "summary": dict|None, "complete": bool} from a file.
+    """{"header", "samples", "summary", "complete", "torn_line"} from a file (or its .gz twin).
 
-    A torn last line (the collector was killed mid-write) is skipped; `complete` is False then,
-    and whenever the summary line is missing.
+    A torn last line (the collector was killed mid-write) is skipped and its number is `torn_line`;
+    any other line that is not JSON raises `run_folder.MalformedJsonLine`. `complete` is False when
+    a line was torn or the summary line is missing.
     """
-    out: dict[str, Any] = {"header": None, "samples": [], "summary": None, "complete": False}
-    torn = False
-    with open_text(Path(path)) as f:  # or its .gz twin
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                torn = True
-                continue
-            kind = rec.get("kind")
-            if kind == "sample":
-                out["samples"].append(rec)
-            elif kind in ("header", "summary"):
-                out[kind] = rec
-    out["complete"] = out["summary"] is not None and not torn
+    out: dict[str, Any] = {"header": None, "samples": [], "summary": None, "complete": False, "torn_line": None}
+    lines = JsonLines(Path(path))
+    for rec in lines:
+        kind = rec.get("kind")
+        if kind == "sample":
+            out["samples"].append(rec)
+        elif kind in ("header", "summary"):
+            out[kind] = rec
+    out["torn_line"] = lines.torn_line
+    out["complete"] = out["summary"] is not None and lines.torn_line is None
     return out
 
 

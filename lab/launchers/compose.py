@@ -51,8 +51,9 @@ def compose_env(
     return env
 
 
-def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[str]:
-    """`docker compose ... run --rm -T <service> lab <args>`: one backend run, one container
+def compose_run_command(service: str, args: Iterable[str], gpu: bool, container: str | None = None) -> list[str]:
+    """`docker compose ... run --rm -T [--name <container>] <service> lab <args>`: one backend run, one
+    container, named so that it can be stopped and removed by name (`lab.launchers.container`)
     (compose_cli() says which compose command; `docker compose` when none answers).
 
     `args` are the arguments after `lab` (e.g. ["run", "--spec", path, "--out", dir]). Run it with
@@ -64,4 +65,5 @@ def compose_run_command(service: str, args: Iterable[str], gpu: bool) -> list[st
     if args[:1] == ["lab"]:
         raise ValueError("compose_run_command adds `lab` itself; pass only what follows it")
     files = [arg for path in compose_files(gpu) for arg in ("-f", str(path))]
-    return [*(compose_cli() or ["docker", "compose"]), *files, "run", "--rm", "-T", service, "lab", *args]
+    name = ["--name", container] if container else []
+    return [*(compose_cli() or ["docker", "compose"]), *files, "run", "--rm", "-T", *name, service, "lab", *args]

@@ -14,6 +14,7 @@ from pathlib import Path
 from lab.errors import LabInputError
 from lab.launchers.base import Echo
 from lab.launchers.compose import compose_env, compose_files, compose_run_command
+from lab.launchers.container import ContainerProcess
 from lab.launchers.docker_engine import default_variant, require_engine
 from lab.launchers.images import (
     IMAGE_PREFIX,
@@ -68,8 +69,12 @@ class DockerLauncher:
             self._tags = image_tags(self.variant)
         return self._tags
 
-    def command(self, service: str, args: list[str]) -> list[str]:
-        return compose_run_command(service, [self._container_arg(arg) for arg in args], self.gpu)
+    def start(self, service: str, args: list[str], name: str, **popen_kwargs) -> ContainerProcess:
+        """`docker compose run` in a session of its own, its container called `name`."""
+        return ContainerProcess(self.command(service, args, name), self.env(), name, **popen_kwargs)
+
+    def command(self, service: str, args: list[str], container: str | None = None) -> list[str]:
+        return compose_run_command(service, [self._container_arg(arg) for arg in args], self.gpu, container)
 
     def _container_arg(self, arg: str) -> str:
         """A path under a mounted folder, made absolute (the container's cwd is not the host's);

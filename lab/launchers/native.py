@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lab.hardware.gpus import native_gpu_env
 from lab.launchers.base import Echo
+from lab.launchers.process import LabProcess
 
 
 class NativeLauncher:
@@ -21,6 +22,10 @@ class NativeLauncher:
 
     def setup(self, echo: Echo) -> None:
         """Nothing to build: the engines are installed in this Python's environment."""
+
+    def start(self, service: str, args: list[str], name: str, **popen_kwargs) -> LabProcess:
+        """A child process in a session of its own; `name` only labels it (no container to name)."""
+        return LabProcess(self.command(service, args), self.env(), name, **popen_kwargs)
 
     def command(self, service: str, args: list[str]) -> list[str]:
         return [sys.executable, "-m", "lab", *args]

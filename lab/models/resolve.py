@@ -7,6 +7,7 @@ starts. The functions that read a config import transformers where they run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from lab.models.configs import model_config
 from lab.models.shapes import SYNTHETIC_PREFIX, llama_num_parameters, synthetic_names, synthetic_shape
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+# Any one of these makes a folder's tokenizer loadable: fast (tokenizers), SentencePiece, BPE, WordPiece.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 HUB_PROBE_TIMEOUT_S = 3.0
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -97,6 +100,44 @@ def has_weights(path_or_id: str | Path) -> bool:
     if marker is not None:
         return bool(marker["has_weights"])
     return any(any(folder.glob(pattern)) for pattern in WEIGHT_FILE_PATTERNS)
+
+
+def has_tokenizer(path_or_id: str | Path) -> bool:
+    """Whether a model folder holds a tokenizer (`TOKENIZER_FILES`); a hub id is assumed to have one.
+
+    A folder without one still runs workloads of token counts: prompts are drawn from the config's
+    vocabulary (`config_prompt_ids`), and the backends feed token ids, never text.
+    """
+    folder = Path(path_or_id)
+    if not folder.is_dir():
+        return True
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+class MissingTokenizer:
+    """Stands in for the tokenizer of a model folder that has none: a workload of token counts never
+    calls it; a text prompt gets a LabInputError that names the missing files and the fix."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        raise LabInputError(
+            f"the workload has text prompts, but model folder {self.folder} has no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES)}). Fix: copy the model's tokenizer files into the folder, or use a "
+            'workload of token counts: sharegpt-like, or file:PATH.jsonl with {"prompt_tokens": N, '
+            '"output_tokens": N} lines'
+        )
+
+
+def config_prompt_ids(folder: Path) -> list[int]:
+    """The ids prompts draw from without a tokenizer: the config's vocabulary less its special ids."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    special: set[int] = set()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = config.get(key)
+        special.update(value if isinstance(value, list) else [] if value is None else [value])
+    return [i for i in range(int(config["vocab_size"])) if i not in special]
 
 
 # ----------------------------------------------------------------------------- the hub

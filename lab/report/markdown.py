@@ -60,6 +60,13 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     failed = [r for r in runs if not r.ok]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {r.label}: {r.error}" for r in failed]
+    torn = [r for r in runs if (r.collector or {}).get("torn_line")]
+    if torn:
+        lines += ["", "## Skipped lines", ""] + [
+            f"- {r.label}: the last line of runs/{r.name}/timeline.jsonl (line {r.collector['torn_line']}) was cut "
+            "short when the collector was stopped mid-write, and was skipped"
+            for r in torn
+        ]
     lines += [""] + plots_section(plots)
     lines += ["", "## Observations", "", "The tutorial's conclusions, each checked against this run's numbers.", ""]
     lines += [f"- **{o.claim}** {o.verdict}: {o.evidence}" for o in analyses.observations]

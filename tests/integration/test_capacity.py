@@ -34,8 +34,9 @@ def capacity_run(tiny_model, tmp_path_factory):
     )
     spec = CapacitySpec(engine, BUDGET_BYTES, max_len=128, concurrency=(2,), collect=False)
     results = folder / "results"
-    run_dir = run_capacity(spec, results, NativeLauncher(tiny_model.parent.parent), lambda _: None)
-    return results, run_dir, rf.read_json(run_dir / rf.CAPACITY_JSON)
+    finished = run_capacity(spec, results, NativeLauncher(tiny_model.parent.parent), lambda _: None)
+    assert finished.failed == [] and finished.runs >= 2
+    return results, finished.path, rf.read_json(finished.path / rf.CAPACITY_JSON)
 
 
 def test_the_run_folder_is_complete_and_final(capacity_run):

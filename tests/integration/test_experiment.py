@@ -143,8 +143,9 @@ def test_report_regenerates_identically(finished_run):
     assert (run_dir / rf.REPORT).read_text() == before
 
 
-def test_failing_backend_is_recorded_and_the_others_still_run(tiny_model, tmp_path):
-    """A KV pool too small for one sequence makes the real vLLM engine refuse to start."""
+def test_a_backend_out_of_memory_is_recorded_the_others_run_and_the_exit_code_is_1(tiny_model, tmp_path):
+    """A KV pool too small for one sequence makes the real vLLM engine refuse to start (its own
+    out-of-memory error); the run folder and its report are written all the same."""
     results = tmp_path / "results"
     proc = subprocess.run(
         [
@@ -171,14 +172,19 @@ def test_failing_backend_is_recorded_and_the_others_still_run(tiny_model, tmp_pa
         text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 backend/modes failed (vllm/offline): exit code 1" in proc.stderr
     from pathlib import Path
 
-    summary = rf.read_json(Path(proc.stdout.strip().splitlines()[-1]) / rf.SUMMARY)["runs"]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    summary = rf.read_json(run_dir / rf.SUMMARY)["runs"]
     by_name = {f"{r['backend']}/{r['mode']}": r for r in summary}
-    assert by_name["vllm/offline"]["status"] == "error" and by_name["vllm/offline"]["error"]
+    vllm_error = by_name["vllm/offline"]["error"]
+    assert by_name["vllm/offline"]["status"] == "error"
+    assert "(in its log: " in vllm_error and "memory" in vllm_error.lower(), vllm_error  # vLLM's own reason
     assert by_name["hf/sequential"]["status"] == "ok"
-    assert "## Failures" in proc.stdout
+    assert by_name["hf/sequential"]["metrics"]["output_tokens"] == 2 * 4
+    assert "## Failures" in proc.stdout and (run_dir / rf.REPORT).is_file()
 
 
 def test_repeated_timed_passes_are_each_timed_and_reported(tiny_model, tmp_path):

@@ -21,6 +21,7 @@ from lab.errors import LabInputError
 from lab.hardware.collector import ProcessTree, run_collector, sample
 from lab.hardware.sources import NvmlSource, PsutilSource, attribute_to_tree, gpu_process_bytes, open_source
 from lab.hardware.timeline import read_timeline, summarize_timeline
+from lab.run_folder import MalformedJsonLine
 
 MIB = 1024 * 1024
 
@@ -172,6 +173,15 @@ def test_read_timeline_skips_a_torn_last_line(tmp_path):
     path.write_text('{"kind":"header","source":"psutil"}\n{"kind":"sample","t":1.0,"source":"psutil"}\n{"kind":"sam')
     timeline = read_timeline(path)
     assert len(timeline["samples"]) == 1 and timeline["summary"] is None and not timeline["complete"]
+
+
+def test_read_timeline_names_the_torn_line_and_refuses_a_damaged_one(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"kind":"header","source":"psutil"}\n{"kind":"sample","t":1.0,"source":"psutil"}\n{"kind":"sam')
+    assert read_timeline(path)["torn_line"] == 3
+    path.write_text('{"kind":"header","source":"psutil"}\n{"kind":"sam\n{"kind":"sample","t":1.0,"source":"psutil"}\n')
+    with pytest.raises(MalformedJsonLine, match="t.jsonl, line 2"):
+        read_timeline(path)
 
 
 # --- NVML attribution, against a fake --------------------------------------------------------------

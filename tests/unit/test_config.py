@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.config import EngineSettings, RunSpec, parse_backends
+from lab.config import CapacitySpec, EngineSettings, ExperimentSpec, RunSpec, parse_backends
 from lab.errors import LabInputError
 
 
@@ -39,11 +39,43 @@ def test_bad_backends(text, fragment):
         ({"block_size": 7}, "--block-size"),
         ({"device": "tpu"}, "unknown device"),
         ({"output_tokens": 0}, "--output-tokens"),
+        ({"max_model_len": 0}, "--max-model-len must be 1-"),
+        ({"max_model_len": -5}, "--max-model-len must be 1-"),
+        ({"num_requests": 0}, "--num-requests must be 1-"),
+        ({"seed": -1}, "--seed must be 0-4,294,967,295"),
+        ({"seed": 2**32}, "--seed must be 0-4,294,967,295"),
+        ({"repeats": 101}, "--repeats must be 1-100"),
+        ({"kv_cache_memory_bytes": 0}, "--kv-cache-memory must be 1-"),
+        ({"gpu_memory_utilization": 0.0}, "--gpu-memory-utilization must be in"),
     ],
 )
 def test_bad_engine_settings(kw, fragment):
     with pytest.raises(LabInputError, match=fragment):
         EngineSettings(model="m", workload="seed", **kw)
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, 0.0, 8 * 24 * 3600])
+def test_a_timeout_must_be_positive_and_at_most_a_week(timeout_s):
+    engine = EngineSettings(model="m", workload="seed")
+    with pytest.raises(LabInputError, match="--timeout must be more than 0"):
+        ExperimentSpec(engine, timeout_s=timeout_s)
+    with pytest.raises(LabInputError, match="--timeout must be more than 0"):
+        CapacitySpec(engine, kv_budget_bytes=1 << 20, timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        ({"kv_budget_bytes": 0}, "--kv-budget must be 1-"),
+        ({"max_len": 0}, "--max-len must be 1-"),
+        ({"concurrency": (1, 0)}, "--concurrency takes positive integers"),
+        ({"concurrency": ()}, "--concurrency takes positive integers"),
+    ],
+)
+def test_bad_capacity_settings(kw, fragment):
+    settings = {"kv_budget_bytes": 1 << 20, **kw}
+    with pytest.raises(LabInputError, match=fragment):
+        CapacitySpec(EngineSettings(model="m", workload="seed"), **settings)
 
 
 def test_run_spec_round_trips():

@@ -1,4 +1,4 @@
-"""Run folders: atomic, never overwritten, torn lines skipped; typed records round-trip."""
+"""Run folders: atomic, never overwritten, only a torn last line skipped; typed records round-trip."""
 
 import pytest
 
@@ -46,6 +46,41 @@ def test_jsonl_round_trip_and_torn_last_line(tmp_path):
         f.write('{"a": 3')  # a writer killed mid-line
     assert rf.read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert rf.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_a_skipped_torn_last_line_is_named_by_its_number(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a"')
+    lines = rf.JsonLines(path)
+    assert list(lines) == [{"a": 1}, {"a": 2}]
+    assert lines.torn_line == 4
+    path.write_text('{"a": 1}\n')
+    assert list(lines) == [{"a": 1}] and lines.torn_line is None
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('{"a": 1}\nnot json\n{"a": 2}\n', 2),  # a malformed line in the middle
+        ('{"a": 1}\n{"a": 2\n', 2),  # the last line, but whole (it ends with its newline): not torn
+        ('{"a": 1}\n{"a": 2\n\n{"a": 3}', 2),  # a bad line followed by more, even after a blank one
+    ],
+)
+def test_any_other_malformed_line_is_an_error_naming_the_file_and_the_line(tmp_path, text, line):
+    path = tmp_path / "x.jsonl"
+    path.write_text(text)
+    with pytest.raises(rf.MalformedJsonLine, match=rf"x\.jsonl, line {line}: not valid JSON") as caught:
+        rf.read_jsonl(path)
+    assert isinstance(caught.value, LabInputError)  # `lab report` on a damaged folder exits 2
+
+
+def test_a_gzipped_jsonl_file_is_read_with_the_same_rules(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "x.jsonl.gz", "wt") as f:
+        f.write('{"a": 1}\nbad\n{"a": 2}\n')
+    with pytest.raises(rf.MalformedJsonLine, match="line 2"):
+        rf.read_jsonl(tmp_path / "x.jsonl")
 
 
 def test_atomic_write_replaces_the_whole_file_and_leaves_no_part_file(tmp_path):

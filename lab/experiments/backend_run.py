@@ -1,0 +1,153 @@
+"""One backend/mode in a process of its own, the collector beside it, within its time limit.
+
+However the process ends, the experiment gets a `BackendResult` and goes on with the next backend:
+- it wrote result.json (ok, or an error it caught itself, such as vLLM refusing a KV pool too small);
+- it died before writing one (killed by a signal, the out-of-memory killer, a crash): an error result
+  with its exit signal or code and the last lines of its log;
+- it ran past its time limit: it is stopped with every process it started, and recorded as an error
+  that names the limit.
+Whatever it left running in its process group (an orphaned engine core) is killed and listed.
+
+This module is light (no torch, no vllm): on a Docker host it runs in a small host environment.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+from lab import run_folder as rf
+from lab.config import RunSpec
+from lab.launchers.base import Echo
+from lab.launchers.process import LabProcess, LogPump
+from lab.launchers.supervisor import Supervisor
+from lab.records import BackendResult
+
+# "ValueError: ...", also after a prefix such as vLLM's "(EngineCore pid=1) ERROR ... [core.py:1] ".
+EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): (?P<message>.+)$")
+COLLECTOR_STOP_S = 30.0  # the collector stops by itself when the backend exits; this is the stop file's wait
+
+
+def execute_run(
+    run: RunSpec,
+    part: rf.PartFolder,
+    processes: Supervisor,
+    echo: Echo,
+    collector_interval_ms: int | None,
+    timeout_s: float,
+    timeout_text: str = "",
+) -> BackendResult:
+    """Run one backend/mode with the collector beside it (None: without) and return its result; never
+    raises for a failed, crashed or hung run (an interrupt, `lab.errors.Interrupted`, goes through)."""
+    part.path.mkdir(parents=True)
+    rf.write_json(part.spec, run.to_dict())
+    collector = start_collector(run, part, processes, collector_interval_ms) if collector_interval_ms else None
+    t0 = time.perf_counter()
+    log = LogPump(part.log, show=lambda line: echo(f"    {run.name}: {line[4:].strip()}"))
+    try:
+        proc = processes.start(
+            run.backend,
+            ["run", "--spec", str(part.spec), "--out", str(part.path)],
+            run.name,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        proc.pump(log)
+        returncode = processes.wait(proc, timeout_s)
+        timed_out = returncode is None
+        left = processes.stop(proc) if timed_out else processes.finish(proc)
+    finally:
+        log.close()
+    stop_collector(collector, part, processes)
+    result = read_result(run, part, proc, timed_out, timeout_text or f"{timeout_s:,.0f} s")
+    result.process_s = time.perf_counter() - t0
+    result.exit_code = proc.returncode
+    result.exit_signal = proc.exit_signal()
+    result.timeout_s = timeout_s
+    if left:
+        result.leftover_pids = left
+        echo(f"    {run.name}: killed {len(left)} process(es) it left running (pids {', '.join(map(str, left))})")
+    rf.write_json(part.result, result.to_dict())
+    return result
+
+
+def read_result(run: RunSpec, part: rf.PartFolder, proc: LabProcess, timed_out: bool, limit: str) -> BackendResult:
+    """The process's own result.json, or an error result that says how it ended."""
+    written = BackendResult.from_dict(rf.read_json(part.result)) if part.result.exists() else None
+    result = written or BackendResult(run.backend, run.mode, status="error")
+    if timed_out:
+        result.status = "error"
+        result.error = (
+            f"timed out: still running after {limit}; stopped it and every process it started (its log: "
+            f"{part.log.relative_to(part.path.parent.parent)}). Fix: a longer --timeout if the work needs it"
+        )
+    elif written is None:
+        result.error = (
+            f"the {run.backend} process {how_it_ended(proc)} before writing its result; "
+            f"last lines of its log:\n{log_tail(part)}"
+        )
+    elif not result.ok and (cause := root_cause(part, result.error or "")):
+        result.error = f"{result.error} (in its log: {cause})"
+    return result
+
+
+def root_cause(part: rf.PartFolder, error: str) -> str | None:
+    """The last exception line of the log that the recorded error does not already hold.
+
+    An engine's child process reports its own failure in the log only: vLLM's engine core raises
+    "No available memory for the cache blocks..." there, and the backend process records just
+    "Engine core initialization failed. See root cause above".
+    """
+    text = part.log.read_text(encoding="utf-8", errors="replace") if part.log.exists() else ""
+    for line in reversed(text.splitlines()):
+        found = EXCEPTION_LINE.search(line)
+        if found and not line.startswith("lab:") and found.group("message") not in error:
+            return found.group(0)
+    return None
+
+
+def how_it_ended(proc: LabProcess) -> str:
+    signal = proc.exit_signal()
+    if signal == "SIGKILL":
+        return "was killed by SIGKILL (the kernel's out-of-memory killer sends it, and `kill -9`)"
+    if signal:
+        return f"was killed by {signal}"
+    return f"exited with code {proc.returncode}"
+
+
+def log_tail(part: rf.PartFolder, lines: int = 15) -> str:
+    text = part.log.read_text(encoding="utf-8", errors="replace") if part.log.exists() else ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def start_collector(run: RunSpec, part: rf.PartFolder, processes: Supervisor, interval_ms: int) -> LabProcess:
+    args = [
+        "collect",
+        "--pid-file",
+        str(part.pid),
+        "--out",
+        str(part.timeline),
+        "--run",
+        run.name,
+        "--interval-ms",
+        str(interval_ms),
+        "--stop-file",
+        str(part.stop_file),
+    ]
+    with part.collector_log.open("w", encoding="utf-8") as log:  # the child keeps its own descriptor
+        return processes.start("collector", args, f"{run.name}-collector", stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_collector(proc: LabProcess | None, part: rf.PartFolder, processes: Supervisor) -> None:
+    """The collector stops by itself when the watched process exits; the stop file makes sure."""
+    if proc is None:
+        return
+    part.stop_file.touch()
+    if processes.wait(proc, COLLECTOR_STOP_S) is None:
+        processes.stop(proc)
+    else:
+        processes.finish(proc)
+    part.stop_file.unlink(missing_ok=True)

@@ -1,0 +1,89 @@
+"""Every process an experiment starts, and stopping all of them however the experiment ends.
+
+    with Supervisor(launcher, run_id, echo) as processes:
+        proc = processes.start("hf", ["run", ...], "hf-batched", stdout=PIPE, ...)
+        code = processes.wait(proc, timeout_s)      # None: still running after timeout_s
+        ...  processes.stop(proc) on a timeout, processes.finish(proc) after it exited
+
+While the block runs, SIGINT (Ctrl-C), SIGTERM and SIGHUP raise `lab.errors.Interrupted` in the
+orchestrator's main thread. Leaving the block for any reason stops every process still running:
+their process trees and, with Docker, their containers. Signals are ignored while that cleanup runs,
+so a second Ctrl-C cannot leave an engine half-stopped and holding its GPU.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+from typing import Any
+
+from lab.errors import Interrupted
+from lab.launchers.base import Echo, Launcher
+from lab.launchers.process import GRACE_S, LabProcess
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def process_name(run_id: str, name: str) -> str:
+    """'lab-<run-id>-<name>', in the characters Docker allows in a container name."""
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", f"lab-{run_id}-{name}")
+
+
+class Supervisor:
+    """Starts processes through `launcher` and stops those still running on the way out."""
+
+    def __init__(self, launcher: Launcher, run_id: str, echo: Echo, grace_s: float = GRACE_S) -> None:
+        self.launcher, self.run_id, self.echo, self.grace_s = launcher, run_id, echo, grace_s
+        self.running: list[LabProcess] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Supervisor:
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, Interrupted.on_signal)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)  # nothing may cut the cleanup short
+        try:
+            if self.running:
+                why = f"interrupted ({exc})" if isinstance(exc, KeyboardInterrupt) else "stopping"
+                self.echo(f"{why}: stopping {len(self.running)} process(es) this run started")
+                self.stop_all()
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+
+    def start(self, service: str, args: list[str], name: str, **popen_kwargs) -> LabProcess:
+        proc = self.launcher.start(service, args, process_name(self.run_id, name), **popen_kwargs)
+        self.running.append(proc)
+        return proc
+
+    def wait(self, proc: LabProcess, timeout_s: float | None = None) -> int | None:
+        """Its exit code, or None when it still ran after `timeout_s`."""
+        return proc.wait(timeout_s)
+
+    def stop(self, proc: LabProcess) -> list[int]:
+        """Stop it and what it started (SIGTERM, then SIGKILL after the grace period); the pids killed."""
+        try:
+            return proc.stop(self.grace_s)
+        finally:
+            self._forget(proc)
+
+    def finish(self, proc: LabProcess) -> list[int]:
+        """After it exited by itself: kill what it left behind (the pids), and forget it."""
+        try:
+            return proc.sweep()
+        finally:
+            self._forget(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):  # the newest first: a backend before its collector
+            killed = self.stop(proc)
+            self.echo(f"  stopped {proc.name}" + (f" (killed pids {', '.join(map(str, killed))})" if killed else ""))
+
+    def _forget(self, proc: LabProcess) -> None:
+        if proc in self.running:
+            self.running.remove(proc)
