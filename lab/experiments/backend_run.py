@@ -123,20 +123,17 @@ def log_tail(part: rf.PartFolder, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def collector_args(run_name: str, part: rf.PartFolder, collector_gpus: str | None, interval_ms: int) -> list[str]:
+    """`lab collect`'s arguments for one backend's process tree; `collector_gpus` from the launcher."""
+    args = ["collect", "--pid-file", str(part.pid), "--out", str(part.timeline), "--run", run_name]
+    args += ["--interval-ms", str(interval_ms), "--stop-file", str(part.stop_file)]
+    if collector_gpus:  # the backend's GPUs only: device-wide figures of other GPUs are other jobs'
+        args += ["--gpus", collector_gpus]
+    return args
+
+
 def start_collector(run: RunSpec, part: rf.PartFolder, processes: Supervisor, interval_ms: int) -> LabProcess:
-    args = [
-        "collect",
-        "--pid-file",
-        str(part.pid),
-        "--out",
-        str(part.timeline),
-        "--run",
-        run.name,
-        "--interval-ms",
-        str(interval_ms),
-        "--stop-file",
-        str(part.stop_file),
-    ]
+    args = collector_args(run.name, part, processes.launcher.collector_gpus(), interval_ms)
     with part.collector_log.open("w", encoding="utf-8") as log:  # the child keeps its own descriptor
         return processes.start("collector", args, f"{run.name}-collector", stdout=log, stderr=subprocess.STDOUT)
 

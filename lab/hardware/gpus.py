@@ -112,6 +112,23 @@ def native_gpu_env(lab_gpus: str | None) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(parse_gpu_list(lab_gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
+def collector_gpus(lab_gpus: str | None, cuda_visible: str | None) -> str | None:
+    """The NVML indices the collector reads for a native run ("2" or "0,1"), or None: every GPU.
+
+    LAB_GPUS when set; else CUDA_VISIBLE_DEVICES when it lists indices (UUIDs or "-1": None). Why:
+    the device-wide figures (memory used, power, utilization) are summed over the GPUs read, so a
+    run on GPU 2 of a shared host must not read the others, where other jobs run. CUDA_VISIBLE_DEVICES
+    indices are CUDA's order, which is NVML's (PCI bus) order on a host of one GPU model; the lab
+    sets CUDA_DEVICE_ORDER=PCI_BUS_ID itself only for LAB_GPUS, the exact way to choose GPUs.
+    """
+    if lab_gpus is not None:
+        return ",".join(parse_gpu_list(lab_gpus))
+    listed = parse_gpu_list(cuda_visible)
+    if listed and all(item.isdigit() for item in listed):
+        return ",".join(listed)
+    return None
+
+
 def multicast_env(environ: dict[str, str]) -> dict[str, str]:
     """The NVLink-multicast switches `environ` lacks, set to off (`MULTICAST_OFF`); set ones are kept."""
     return {name: value for name, value in MULTICAST_OFF.items() if name not in environ}

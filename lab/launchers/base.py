@@ -36,5 +36,8 @@ class Launcher(Protocol):
     def env(self) -> dict[str, str]:
         """The environment of that process."""
 
+    def collector_gpus(self) -> str | None:
+        """The NVML indices the collector reads ("0,1"): the backend's GPUs; None: every GPU it sees."""
+
     def describe(self) -> dict:
         """What the manifest records about how the processes were started."""

@@ -96,6 +96,10 @@ class DockerLauncher:
         lab_env = compose_env(self.variant, self.results_dir, self.cache_dir, self.gpus, self.tags)
         return {**os.environ, "PYTHONUNBUFFERED": "1", **lab_env}
 
+    def collector_gpus(self) -> str | None:
+        """The backend's device ids: the collector's container sees every GPU of the host (compose.gpu.yaml)."""
+        return self.gpus if self.gpu else None
+
     def describe(self) -> dict:
         """For the manifest: the variant, the compose files and every image's tag and id."""
         return {

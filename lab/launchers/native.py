@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from lab.hardware.gpus import native_gpu_env
+from lab.hardware.gpus import collector_gpus, native_gpu_env
 from lab.launchers.base import Echo
 from lab.launchers.process import LabProcess
 
@@ -35,6 +35,9 @@ class NativeLauncher:
         if self.cache_dir is not None:
             env["LAB_CACHE_DIR"] = str(self.cache_dir)
         return env
+
+    def collector_gpus(self) -> str | None:
+        return collector_gpus(self.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def describe(self) -> dict:
         return {"runtime": self.runtime, "python": sys.executable, "gpus": self.gpus}

@@ -16,6 +16,8 @@ import it where they run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -158,7 +160,9 @@ def build_model(
     An existing complete build is returned as it is, unless `force`, or it was built with another
     seed or format, or it lacks weights that are now asked for. The build happens in a temporary
     sibling folder that is renamed into place at the end (and removed on any failure), so the
-    folder is either complete or absent. Weights are drawn with torch.manual_seed(seed) on CUDA
+    folder is either complete or absent. Processes that build the same model at once (experiments
+    sharing a cache) take turns on a lock file beside it: the first builds, the others reuse it.
+    Weights are drawn with torch.manual_seed(seed) on CUDA
     where available, else on the CPU; the two devices draw different numbers from the same seed.
     """
     shape = synthetic_shape(name)
@@ -169,6 +173,27 @@ def build_model(
         say(f"{name}: already built in {final}")
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(final):
+        if not force and _reusable(read_build_marker(final), seed=seed, want_weights=want_weights):
+            say(f"{name}: built meanwhile by another process in {final}")
+            return final
+        _build_into(shape, final, want_weights=want_weights, seed=seed, say=say)
+    say(f"{name}: built in {final}")
+    return final
+
+
+@contextlib.contextmanager
+def _build_lock(final: Path):
+    """An exclusive lock on `<cache>/models/.<name>.lock` for as long as one build runs."""
+    with open(final.parent / f".{final.name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_into(shape: ModelShape, final: Path, *, want_weights: bool, seed: int, say: Progress) -> None:
     _remove_stale_temp_folders(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
@@ -178,8 +203,6 @@ def build_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"{name}: built in {final}")
-    return final
 
 
 def _reusable(marker: dict | None, *, seed: int, want_weights: bool) -> bool:

@@ -67,7 +67,11 @@ if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
   tp_model=synthetic:tiny-tp; big_model=synthetic:tiny-tp; max_tp=2  # CPU ranks: 2 on a 2-core machine
   export VLLM_CPU_KVCACHE_SPACE=1
 else
-  source /tmp/b/install.sh
+  if [[ -f /tmp/b/install.sh ]]; then
+    source /tmp/b/install.sh
+  else  # the transformers-only steps run before the bundle is staged (scripts/gpu/lanes.sh)
+    echo "no vLLM bundle in /tmp/b: transformers only"
+  fi
   python=python3
   anchor_model=synthetic:llama-1b; prompts=256; hf_batch=256; util=(--gpu-memory-utilization 0.5); bench_engine=()
   tp_model=synthetic:llama-8b; big_model=synthetic:llama-70b; max_tp=64

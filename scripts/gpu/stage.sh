@@ -8,4 +8,6 @@ cd /tmp/b
 missing=$(while read -r p; do [ -f "$p" ] || echo "$p"; done < parts.txt)
 if [ -n "$missing" ]; then echo "staged; still missing: $missing"; exit 0; fi
 [ -f install.sh ] || { cat $(cat parts.txt) | tar -xf - && echo "bundle complete"; }
+# Install once here, so that parallel steps (scripts/gpu/lanes.sh) never unpack into /tmp/site together.
+[ -f installed ] || { bash -c 'source /tmp/b/install.sh' && touch installed; }
 ls /tmp/b

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lab.models import build
@@ -12,8 +15,8 @@ pytestmark = pytest.mark.engine
 
 
 def _leftovers(folder):
-    """Hidden temp/old siblings of a model folder (a finished build leaves none)."""
-    return [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]
+    """Hidden temp/old siblings of a model folder (a finished build leaves none; its lock file stays)."""
+    return [p.name for p in folder.parent.iterdir() if p.name.startswith(".") and p.suffix != ".lock"]
 
 
 def test_tiny_generates_five_tokens_with_transformers(tiny_model):
@@ -59,7 +62,7 @@ def test_failed_build_leaves_no_temp_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_write_weights", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         build_model("synthetic:tiny", tmp_path)
-    assert list((tmp_path / "models").iterdir()) == []
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [".synthetic-tiny.lock"]  # no model, no temp folder
 
 
 def test_weightless_build_and_forced_rebuild(tmp_path):
@@ -79,3 +82,15 @@ def test_stale_temp_folder_of_a_dead_build_is_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_pid_alive", lambda pid: False)
     build_model("synthetic:tiny", tmp_path, weights=False)
     assert not stale.exists()
+
+
+def test_two_processes_building_one_model_at_once_both_get_the_complete_folder(tmp_path):
+    """Experiments that share a cache (one per GPU of a host) may build the same model together."""
+    command = [sys.executable, "-m", "lab", "models", "build", "synthetic:tiny", "--cache-dir", str(tmp_path)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    folder = build.model_dir("synthetic:tiny", tmp_path)
+    assert (folder / BUILD_MARKER).is_file() and (folder / "model.safetensors").is_file()
+    assert sum("tokenizer" in out for out in outputs) == 1, outputs  # trained once: the other waited and reused it
+    assert _leftovers(folder) == []

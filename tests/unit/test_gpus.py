@@ -3,12 +3,17 @@ binding of vLLM's workers: pure functions, the host's GPU count passed in."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from lab import run_folder as rf
 from lab.errors import LabInputError
+from lab.experiments.backend_run import collector_args
 from lab.hardware.gpus import (
     MULTICAST_OFF,
     check_gpu_request,
+    collector_gpus,
     cpu_rank_binding,
     docker_gpus,
     multicast_env,
@@ -84,3 +89,25 @@ def test_cpu_workers_get_even_contiguous_groups():
     assert cpu_rank_binding(2, [0, 1]) == "0|1"
     assert cpu_rank_binding(2, [3, 2, 1, 0, 4, 5, 6, 7]) == "0,1,2,3|4,5,6,7"
     assert cpu_rank_binding(4, [0, 1]) == "0|1|0|1"  # fewer CPUs than workers: they share
+
+
+@pytest.mark.parametrize(
+    ("lab_gpus", "cuda_visible", "expected"),
+    [
+        ("2", None, "2"),
+        (" 1, 3 ", "7", "1,3"),  # LAB_GPUS wins (the CLI refuses a disagreement before this)
+        (None, "2,3", "2,3"),
+        (None, "GPU-5f1c", None),  # a UUID is no NVML index: read every GPU
+        (None, "-1", None),
+        (None, None, None),
+    ],
+)
+def test_the_collector_reads_only_the_runs_gpus(lab_gpus, cuda_visible, expected):
+    assert collector_gpus(lab_gpus, cuda_visible) == expected
+
+
+@pytest.mark.parametrize(("gpus", "expected_tail"), [("2", ["--gpus", "2"]), (None, ["--stop-file", "/r/p/stop"])])
+def test_lab_collect_is_told_the_runs_gpus(gpus, expected_tail):
+    args = collector_args("hf-batched", rf.PartFolder(Path("/r/p")), gpus, 15)
+    assert args[0] == "collect"
+    assert args[-2:] == expected_tail

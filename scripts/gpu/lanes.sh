@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# measure.sh steps in parallel lanes, one lane per GPU (or per GPU set), on a host of several GPUs.
+#
+#   scripts/gpu/lanes.sh start PLAN   start the lanes in the background (setsid) and return at once
+#   scripts/gpu/lanes.sh wait SECONDS print each lane's progress until every lane is done, or SECONDS
+#   scripts/gpu/lanes.sh pack         $OUT/lane-<n>.tgz: each lane's logs and its steps' run folders
+#
+# PLAN is a file of lines `GPUS STEP [VAR=VALUE ...]` (scripts/gpu/plans/*.txt); the lines of one GPUS
+# run one after another in that lane, e.g.
+#   0   llama-8b-sharegpt-seq
+#   1   smoke GPU_TESTS=tests/gpu/test_hf_continuous_gpu.py
+#   2,3 tp-8b TP=2          (starts when the lanes of GPU 2 and of GPU 3 are done)
+# Each step runs as `LAB_GPUS=GPUS CUDA_VISIBLE_DEVICES=GPUS measure.sh STEP` (the lab then reads NVML
+# on those GPUs alone, and the tests' own CUDA calls see them alone), so the lanes' figures stay apart. Steps that need vLLM wait until
+# scripts/gpu/stage.sh has installed the bundle (/tmp/b/installed); the transformers-only steps
+# (TRANSFORMERS_ONLY below) start at once, while the bundle is still being staged.
+# Why lanes: a session's device time buys four times the GPU time on a four-GPU host, and calls
+# need not be cut at 560 s: a lane runs on between calls while `wait` keeps the machine held.
+# Lanes share the host's CPUs and disk; the manifest of every run records the host, and the README
+# says which runs ran beside others.
+set -uo pipefail
+state=/tmp/lanes
+TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static smoke-hf "
+
+lane_name() { echo "${1//,/_}"; }
+
+run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
+  local gpus=$1 name; name=$(lane_name "$1")
+  local dir=$state/lane-$name
+  mkdir -p "$dir/out"
+  if [[ $gpus == *,* ]]; then  # a lane of several GPUs starts once the plan's lanes of each of them are done
+    for g in ${gpus//,/ }; do
+      grep -q "^$g " "$state/plan" || continue
+      echo "$(date -u +%T) waiting for lane $g" >> "$dir/status"
+      until tail -n1 "$state/lane-$g/status" 2>/dev/null | grep -q "lane done"; do sleep 5; done
+    done
+  fi
+  while read -r lane_gpus step vars; do
+    [[ $lane_gpus == "$gpus" ]] || continue
+    local key=$step
+    [[ $step == smoke && $vars == *hf_continuous* ]] && key=smoke-hf
+    if [[ $TRANSFORMERS_ONLY != *" $key "* ]]; then
+      echo "$(date -u +%T) $step: waiting for the vLLM bundle" >> "$dir/status"
+      until [[ -f /tmp/b/installed ]]; do sleep 5; done
+    fi
+    echo "$(date -u +%T) $step $vars: start" >> "$dir/status"
+    local t0=$SECONDS
+    # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
+    env LAB_GPUS="$gpus" CUDA_VISIBLE_DEVICES="$gpus" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars scripts/gpu/measure.sh "$step" > "$dir/$step.stdout" 2>&1
+    echo "$(date -u +%T) $step $vars: exit $? after $((SECONDS - t0)) s" >> "$dir/status"
+  done < "$state/plan"
+  echo "$(date -u +%T) lane done" >> "$dir/status"
+}
+
+case "${1:-}" in
+start)
+  plan=${2:?usage: scripts/gpu/lanes.sh start PLAN}
+  mkdir -p "$state"
+  grep -v '^\s*#' "$plan" | grep -v '^\s*$' > "$state/plan"
+  for gpus in $(awk '{print $1}' "$state/plan" | awk '!seen[$0]++'); do
+    setsid nohup bash "$0" run-lane "$gpus" > "$state/lane-$(lane_name "$gpus").log" 2>&1 < /dev/null &
+    echo "lane $gpus: $(awk -v g="$gpus" '$1 == g {print $2}' "$state/plan" | tr '\n' ' ')"
+  done
+  ;;
+run-lane)
+  run_lane "$2"
+  ;;
+wait)
+  deadline=$((SECONDS + ${2:?usage: scripts/gpu/lanes.sh wait SECONDS}))
+  while ((SECONDS < deadline)); do
+    running=$(for s in "$state"/lane-*/status; do tail -n1 "$s" | grep -q "lane done" || echo "$s"; done)
+    [[ -z $running ]] && break
+    sleep 20
+  done
+  for s in "$state"/lane-*/status; do echo "== ${s%/status}"; tail -n4 "$s"; done
+  nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
+  ;;
+pack)  # what finished, and what a running step has written so far
+  mkdir -p "${OUT:-/tmp/out}"
+  for dir in "$state"/lane-*/; do
+    name=$(basename "$dir")
+    for step in $(ls "$dir"/*.stdout 2>/dev/null | xargs -n1 basename | sed 's/\.stdout$//'); do
+      OUT="$dir/out" scripts/gpu/measure.sh pack "$step" > /dev/null 2>&1
+    done
+    tar -C "$dir" -czf "${OUT:-/tmp/out}/$name.tgz" . && ls -la "${OUT:-/tmp/out}/$name.tgz"
+  done
+  ;;
+*)
+  echo "usage: scripts/gpu/lanes.sh start PLAN | wait SECONDS | pack" >&2; exit 2
+  ;;
+esac
