@@ -16,6 +16,8 @@
 # (TRANSFORMERS_ONLY below) start at once, while the bundle is still being staged.
 # Why lanes: a session's device time buys four times the GPU time on a four-GPU host, and calls
 # need not be cut at 560 s: a lane runs on between calls while `wait` keeps the machine held.
+# Run it from a copy outside the checkout (`cp -r . /tmp/labsrc`): a later call replaces the
+# checkout's files under the running lanes.
 # Lanes share the host's CPUs and disk; the manifest of every run records the host, and the README
 # says which runs ran beside others.
 set -uo pipefail
@@ -47,7 +49,8 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     local t0=$SECONDS
     # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
     env LAB_GPUS="$gpus" CUDA_VISIBLE_DEVICES="$gpus" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars scripts/gpu/measure.sh "$step" > "$dir/$step.stdout" 2>&1
-    echo "$(date -u +%T) $step $vars: exit $? after $((SECONDS - t0)) s" >> "$dir/status"
+    local rc=$?
+    echo "$(date -u +%T) $step $vars: exit $rc after $((SECONDS - t0)) s" >> "$dir/status"
   done < "$state/plan"
   echo "$(date -u +%T) lane done" >> "$dir/status"
 }
