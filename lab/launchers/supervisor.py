@@ -50,7 +50,7 @@ class Supervisor:
         try:
             if self.running:
                 why = f"interrupted ({exc})" if isinstance(exc, KeyboardInterrupt) else "stopping"
-                self.echo(f"{why}: stopping {len(self.running)} process(es) this run started")
+                self._say(f"{why}: stopping {len(self.running)} process(es) this run started")
                 self.stop_all()
         finally:
             for signum, handler in self._previous.items():
@@ -82,7 +82,16 @@ class Supervisor:
     def stop_all(self) -> None:
         for proc in reversed(list(self.running)):  # the newest first: a backend before its collector
             killed = self.stop(proc)
-            self.echo(f"  stopped {proc.name}" + (f" (killed pids {', '.join(map(str, killed))})" if killed else ""))
+            self._say(f"  stopped {proc.name}" + (f" (killed pids {', '.join(map(str, killed))})" if killed else ""))
+
+    def _say(self, message: str) -> None:
+        """Echo, unless the output is gone: when a whole process group is stopped, the terminal or the
+        pipe reading this process's output may close first, and a failed write must not skip the
+        cleanup and leave an engine holding its GPU."""
+        try:
+            self.echo(message)
+        except OSError:
+            pass
 
     def _forget(self, proc: LabProcess) -> None:
         if proc in self.running:

@@ -118,5 +118,20 @@ def test_sigterm_during_a_supervised_run_stops_every_process_and_restores_the_ha
     assert [p.name for p in started] == ["lab-run-1-hf-batched", "lab-run-1-collector"]
 
 
+def test_a_closed_output_does_not_stop_the_cleanup():
+    """A group SIGTERM can close the pipe that reads the orchestrator's output before it cleans up."""
+
+    def closed_pipe(message: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(Interrupted):
+        with Supervisor(FakeLauncher(), "run-2", closed_pipe, grace_s=2) as processes:
+            started = [processes.start("vllm", [], "vllm-offline"), processes.start("collector", [], "collector")]
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert wait_gone([p.pid for p in started]) == []
+    assert processes.running == []
+
+
 def test_process_names_are_valid_container_names():
     assert process_name("20261126-1000-my label!-ab12", "hf-batched") == "lab-20261126-1000-my-label--ab12-hf-batched"
