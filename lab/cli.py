@@ -27,6 +27,8 @@ from lab.cli_options import (
     engine_settings,
     handle_errors,
     lab_gpus,
+    online_options,
+    online_settings,
     parse_bytes,
     progress,
     results_option,
@@ -159,6 +161,7 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
     help="sequential|batched|static-cache|static-cache-eager|continuous for hf; offline for vllm.",
 )
 @engine_options
+@online_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
 @cache_dir_option
 @handle_errors
@@ -186,6 +189,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 
 @cli.command()
 @engine_options(repeats=3)
+@online_options
 @click.option(
     "--backends",
     default="hf,vllm",
@@ -212,6 +216,7 @@ def experiment(
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
+    online_settings(kw)  # bad rates or SLOs: exit 2 before anything starts
     device = resolve_device(kw["device"], progress)
     check_gpus(device, kw["tensor_parallel_size"])
     launcher = choose_launcher(runtime, cache_dir, results_dir, progress, lab_gpus(), kw["tensor_parallel_size"])

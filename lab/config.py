@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from lab.continuous_settings import ContinuousSettings
 from lab.errors import LabInputError
+from lab.online_settings import OnlineSettings
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
@@ -107,10 +108,13 @@ class EngineSettings:
     kv_cache_workload_share: float | None = None
     # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
     tensor_parallel_size: int = 1
+    # Online serving (issue 16): arrivals over time at each offered rate; the default is offline.
+    online: OnlineSettings = field(default_factory=OnlineSettings)
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
         object.__setattr__(self, "hf_continuous", ContinuousSettings.coerce(self.hf_continuous))
+        object.__setattr__(self, "online", OnlineSettings.coerce(self.online))
         if self.device not in DEVICES:
             raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
@@ -140,7 +144,7 @@ class EngineSettings:
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), online=self.online.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineSettings:
@@ -216,4 +220,4 @@ class CapacitySpec:
     collect: bool = True
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), engine=self.engine.to_dict())
