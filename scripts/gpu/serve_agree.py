@@ -47,7 +47,8 @@ def main() -> int:
         gap = abs(lab[key] - bench[key]) / bench[key]
         verdict = "ok" if gap <= tolerance else "OUTSIDE"
         failed |= gap > tolerance
-        print(f"{key}: lab {lab[key]:.4g}, vllm bench serve {bench[key]:.4g}, gap {gap:.1%} ({verdict}, limit {tolerance:.0%})")
+        print(f"{key}: lab {lab[key]:.4g}, vllm bench serve {bench[key]:.4g}, gap {gap:.1%}", end=" ")
+        print(f"({verdict}, limit {tolerance:.0%})")
     return 1 if failed else 0
 
 
