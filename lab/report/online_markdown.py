@@ -86,3 +86,31 @@ def sustained_section(runs: list[RunSummary], online: OnlineSettings) -> list[st
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
     ]
+
+
+def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
+    """`lab compare`'s online section: normalized latency (s/token) of every backend/mode of every run at
+    each offered rate, '*' where saturated; [] where no run swept. `labelled`: (run letter, its runs)."""
+    rows = [(letter, run) for letter, runs in labelled for run in runs if run.sweep]
+    if not rows:
+        return []
+    rates = sorted({p["offered_rate_per_s"] for _, run in rows for p in run.sweep if p.get("offered_rate_per_s")})
+    table = []
+    for letter, run in rows:
+        by_rate = {p.get("offered_rate_per_s"): p for p in run.sweep}
+        cells = [_latency_cell(by_rate.get(rate)) for rate in rates]
+        table.append([letter, run.label, *cells])
+    headers = ["run", "backend/mode", *[f"{fmt(rate, 2)} req/s" for rate in rates]]
+    return [
+        "## Online serving: normalized latency (s per output token) at each offered rate",
+        "",
+        tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+        "'*': saturated at that rate; '-': not run (skipped after saturation, or not in that run's sweep).",
+    ]
+
+
+def _latency_cell(point: dict | None) -> str:
+    if point is None:
+        return "-"
+    return fmt(point.get("normalized_latency_s"), 4) + ("*" if point.get("saturated") else "")

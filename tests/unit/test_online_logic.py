@@ -20,7 +20,8 @@ from lab.online_metrics import (
     sweep_metrics,
 )
 from lab.online_settings import OnlineSettings, parse_rates
-from lab.records import RequestRecord
+from lab.records import RequestRecord, RunSummary
+from lab.report.online_markdown import sweep_comparison
 from lab.workloads import Request
 
 
@@ -128,3 +129,17 @@ def test_sustained_rate_is_the_last_rate_before_the_first_failure():
     assert sustained_rate(points, bound_s=0.015) == (1.0, True)
     assert sustained_rate(points, slos=True) == (2.0, True)
     assert sustained_rate(points[:2], bound_s=1.0) == (2.0, False)  # never failed: at least 2
+
+
+def test_compare_lines_up_every_runs_sweep_by_rate_and_marks_saturation():
+    a = RunSummary("vllm", "offline", status="ok", sweep=[
+        {"offered_rate_per_s": 1.0, "normalized_latency_s": 0.01, "saturated": False},
+        {"offered_rate_per_s": None, "normalized_latency_s": 0.02, "saturated": False}])  # fmt: skip
+    b = RunSummary("hf", "sequential", status="ok", sweep=[
+        {"offered_rate_per_s": 2.0, "normalized_latency_s": 0.5, "saturated": True}])  # fmt: skip
+    lines = sweep_comparison([("A", [a]), ("B", [b, RunSummary("hf", "batched", status="ok")])])
+    table = "\n".join(lines)
+    assert "1.00 req/s" in table and "2.00 req/s" in table and "inf" not in table.split("\n")[2]
+    assert "| A     | vllm/offline   | 0.0100" in table and "0.5000*" in table
+    assert "hf/batched" not in table  # no sweep: not a row
+    assert sweep_comparison([("A", [RunSummary("hf", "batched", status="ok")])]) == []
