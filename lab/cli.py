@@ -40,6 +40,7 @@ from lab.cli_options import (
     runtime_option,
     timeout_option,
 )
+from lab.cli_sweeps import online_options, online_settings
 from lab.config import (
     BACKEND_MODES,
     MAX_TIMEOUT_S,
@@ -112,6 +113,7 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
     help="sequential|batched|static-cache|static-cache-eager|continuous for hf; offline for vllm.",
 )
 @engine_options
+@online_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
 @cache_dir_option
 @handle_errors
@@ -145,6 +147,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 
 @cli.command()
 @engine_options(repeats=3)
+@online_options
 @click.option(
     "--backends",
     default="hf,vllm",
@@ -182,6 +185,7 @@ def experiment(
     """
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
+    online_settings(kw)  # bad rates or SLOs: exit 2 before anything starts
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from lab.cli_sweeps import online_settings
 from lab.config import MAX_BYTES, WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import Interrupted, LabInputError, StepFailed
@@ -244,6 +245,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
         max_num_seqs=kw["max_num_seqs"],
         tensor_parallel_size=kw["tensor_parallel_size"],
+        online=online_settings(kw),
     )
 
 

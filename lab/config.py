@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from lab.continuous_settings import ContinuousSettings
 from lab.errors import LabInputError
+from lab.online_settings import OnlineSettings
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
@@ -135,10 +136,13 @@ class EngineSettings:
     kv_cache_workload_share: float | None = None
     # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
     tensor_parallel_size: int = 1
+    # Online serving (issue 16): arrivals over time at each offered rate; the default is offline.
+    online: OnlineSettings = field(default_factory=OnlineSettings)
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
         object.__setattr__(self, "hf_continuous", ContinuousSettings.coerce(self.hf_continuous))
+        object.__setattr__(self, "online", OnlineSettings.coerce(self.online))
         if self.device not in DEVICES:
             raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
@@ -170,7 +174,7 @@ class EngineSettings:
             )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), online=self.online.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineSettings:
@@ -256,4 +260,4 @@ class CapacitySpec:
         check_timeout(self.timeout_s)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), engine=self.engine.to_dict())

@@ -1,4 +1,4 @@
-"""vLLM offline: every request handed to the engine at t=0, then stepped exactly as `LLM.generate` does.
+"""vLLM's engine, stepped exactly as `LLM.generate` does, each request added when it arrives.
 
 `LLM.generate` is `add_request` for each prompt followed by `while has_unfinished_requests(): step()`
 (`_run_engine`, in `vllm/entrypoints/offline_utils.py` in 0.26 and `entrypoints/common/offline.py` in
@@ -7,9 +7,10 @@ clock (time to first token, end time per request) and the KV pool's usage. The d
 `LLM.generate`: outputs come back as deltas (`RequestOutputKind.DELTA`) rather than only at the end,
 so that first tokens are seen, and there is no progress bar.
 
-Every request arrives at t=0 (`Request.arrival_s`) and is submitted then: vLLM queues them and its
-scheduler decides when each starts, so queueing time is part of every request's TTFT and latency, as
-it is for `LLM.generate`.
+Each request is added when it arrives (`Request.arrival_s`, `lab.backends.dispatch`), between steps,
+as a server's engine loop adds them; offline every request arrives at t=0 and all are added before
+the first step, as `LLM.generate` does. vLLM queues them and its scheduler decides when each starts,
+so queueing time is part of every request's TTFT and latency.
 
 Timing. The engine core runs in a child process (v1 default) and steps on its own; each `step()`
 here takes one step's outputs from its queue. Every token's time (`token_times_s`) is when this
@@ -55,6 +56,7 @@ from vllm.sampling_params import RequestOutputKind
 from lab.accounting import kv
 from lab.accounting.paged import vllm_step_sums
 from lab.backends.base import Backend, Clock
+from lab.backends.dispatch import Dispatcher
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
 from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step_facts
 from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
@@ -234,17 +236,22 @@ class VllmBackend(Backend):
 
         progress: dict[str, _Progress] = {}
         prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests]
-        for request, engine_input in zip(requests, self._render(prompts)):
-            # vLLM appends a random suffix internally; outputs carry the id we give.
-            key = f"{self._generate_calls}-{request.request_id}"
-            engine.add_request(key, engine_input, self._sampling_params(request.output_tokens))
-            progress[key] = _Progress(request)
-
+        rendered = dict(zip((r.request_id for r in requests), self._render(prompts)))
+        # Arrivals (lab.backends.dispatch): offline, every request is due before the first step.
+        dispatcher = Dispatcher(requests, clock, self.spec.engine.online.max_concurrency)
         if self._tap is not None:
             self._tap.take()  # stale stats from before this call
         in_flight = _InFlight()
         step = 0
-        while engine.has_unfinished_requests():
+        while dispatcher.pending or engine.has_unfinished_requests():
+            for request in dispatcher.due():
+                # vLLM appends a random suffix internally; outputs carry the id we give.
+                key = f"{self._generate_calls}-{request.request_id}"
+                engine.add_request(key, rendered[request.request_id], self._sampling_params(request.output_tokens))
+                progress[key] = _Progress(request)
+            if not engine.has_unfinished_requests():
+                dispatcher.wait()  # idle until the next arrival, as a server's engine loop is
+                continue
             outputs = engine.step()
             now = clock.now()
             for output in outputs:
@@ -252,11 +259,16 @@ class VllmBackend(Backend):
                 seen = progress[output.request_id]
                 seen.stats = getattr(output, "metrics", None) or seen.stats
                 in_flight.update(seen, new_tokens, output.finished, now)
+                if output.finished:
+                    dispatcher.done()
             stats, facts = self._tap.take() if self._tap is not None else (None, None)
             if sample_kv and stats is not None:
                 self._samples.append(self._kv_sample(step, now, stats, facts, in_flight))
             step += 1
-        return [self._record(p, clock) for p in progress.values()]
+        records = [self._record(p, clock) for p in progress.values()]
+        for record in records:
+            dispatcher.stamp(record)
+        return records
 
     def _render(self, prompts: list[dict]) -> list:
         """Token prompts -> the engine's input objects, as `LLM.generate` renders them.
@@ -295,7 +307,7 @@ class VllmBackend(Backend):
             output_tokens=seen.generated,
             first_token_s=seen.first_token_s,
             end_s=seen.end_s if seen.end_s is not None else clock.now(),
-            arrival_s=request.arrival_s,  # submitted at once: vLLM queues internally
+            arrival_s=request.arrival_s,  # submitted at arrival (Dispatcher): vLLM queues internally
             scheduled_s=clock.since_monotonic(scheduled_ts) if scheduled_ts > 0 else None,
             token_times_s=list(seen.token_times_s),
             status="ok" if ok else "error",
