@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from tabulate import tabulate
 
 from lab import run_folder as rf
@@ -31,12 +32,14 @@ from lab.cli_options import (
     progress,
     results_option,
     runtime_option,
+    sharing_options,
 )
 from lab.config import BACKEND_MODES, CapacitySpec, ExperimentSpec, RunSpec, check_mode, parse_backends
 from lab.errors import LabInputError
 from lab.experiments.capacity import run_capacity
 from lab.experiments.offline import run_experiment
 from lab.experiments.presets import PRESETS, preset_options
+from lab.experiments.sharing import SHARING_BACKENDS, parse_counts, run_sharing, sharing_points
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
@@ -50,9 +53,12 @@ from lab.models.build import build_model
 from lab.models.resolve import resolve_model
 from lab.models.shapes import SYNTHETIC
 from lab.report.compare import render_comparison
+from lab.report.sharing_writer import write_sharing_report
 from lab.report.writer import write_report
 from lab.runner import resolve_inputs, run_backend
 from lab.workloads import check_workload_name
+
+SWEEPS = ("--n", "--beam-width", "--shared-prefix-tokens")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,39 +82,11 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """The built-in synthetic models and their shapes."""
-    rows = [
-        [
-            name,
-            s.architecture,
-            s.num_layers,
-            s.hidden_size,
-            s.num_heads,
-            s.num_kv_heads,
-            s.head_dim,
-            s.vocab_size,
-            s.max_position_embeddings,
-            s.dtype,
-        ]
-        for name, s in SYNTHETIC.items()
-    ]
-    click.echo(
-        tabulate(
-            rows,
-            headers=[
-                "name",
-                "architecture",
-                "layers",
-                "hidden",
-                "heads",
-                "kv heads",
-                "head_dim",
-                "vocab",
-                "context",
-                "dtype",
-            ],
-            tablefmt="github",
-        )
-    )
+    fields = ("architecture", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size")
+    fields += ("max_position_embeddings", "dtype")
+    rows = [[name, *(getattr(s, f) for f in fields)] for name, s in SYNTHETIC.items()]
+    headers = ["name", "architecture", "layers", "hidden", "heads", "kv heads", "head_dim", "vocab", "context", "dtype"]
+    click.echo(tabulate(rows, headers=headers, tablefmt="github"))
 
 
 @models.command("build")
@@ -204,12 +182,18 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     help="A named experiment whose options apply unless given here; tutorial: the tutorial's own run "
     "(synthetic:gpt2, seed, 50 new tokens, context 512, hf/sequential and vLLM) beside its figures.",
 )
+@sharing_options
 @cache_dir_option
 @handle_errors
 def experiment(
     backends, results_dir, runtime, collector_interval_ms, no_collector, tag, preset, cache_dir, model, **kw
 ) -> None:
-    """Every backend/mode in its own process on the same workload, the collector beside each; then the report."""
+    """Every backend/mode in its own process on the same workload, the collector beside each; then the report.
+    With --n, --beam-width or --shared-prefix-tokens: a sweep, one such run a point, and the sharing report."""
+    lists = (kw.pop("n_list"), kw.pop("beam_list"), kw.pop("prefix_list"))
+    points = sharing_points(*(parse_counts(t, o, m) for t, o, m in zip(lists, SWEEPS, (1, 1, 0)))) if any(lists) else []
+    if points and click.get_current_context().get_parameter_source("backends") == ParameterSource.DEFAULT:
+        backends = SHARING_BACKENDS
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
     device = resolve_device(kw["device"], progress)
@@ -223,8 +207,12 @@ def experiment(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
         f"device {device}, runtime {launcher.runtime}"
     )
-    run_dir = run_experiment(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(run_dir).report.read_text(encoding="utf-8"))
+    if points:
+        run_dir = run_sharing(spec, points, results_dir, launcher, progress, tag)
+        click.echo(rf.RunFolder(run_dir).sharing_md.read_text(encoding="utf-8"))
+    else:
+        run_dir = run_experiment(spec, results_dir, launcher, progress, tag)
+        click.echo(rf.RunFolder(run_dir).report.read_text(encoding="utf-8"))
     click.echo(str(run_dir))
 
 
@@ -342,8 +330,11 @@ def images_pull(registry: str) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @handle_errors
 def report(run_dir: Path) -> None:
-    """Regenerate report.md, the plots and report.html from a run folder's raw records; print the report."""
-    click.echo(write_report(rf.check_run_dir(run_dir)))
+    """Regenerate report.md, the plots and report.html from a run folder's raw records (a sharing sweep:
+    sharing.md and its plots); print the report."""
+    click.echo(
+        write_sharing_report(run_dir) if rf.is_sharing_sweep(run_dir) else write_report(rf.check_run_dir(run_dir))
+    )
 
 
 @cli.command()

@@ -269,3 +269,20 @@ def apply_preset(ctx: click.Context, preset: dict, given: dict) -> dict:
         if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
             out[name] = value
     return out
+
+
+def sharing_options(func):
+    """`lab experiment`'s memory-sharing sweep (lab.experiments.sharing): any of them makes it one."""
+    options = [
+        click.option("--n", "n_list", default=None, help="Parallel samples per request, a sweep: e.g. 1,2,4,6."),
+        click.option("--beam-width", "beam_list", default=None, help="Beam search widths, a sweep: e.g. 2,4,6."),
+        click.option(
+            "--shared-prefix-tokens",
+            "prefix_list",
+            default=None,
+            help="Every prompt starts with the same K tokens, a sweep: e.g. 80,341 (one-shot, five-shot).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

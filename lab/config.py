@@ -19,8 +19,12 @@ from lab.errors import LabInputError
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
     "hf": ("sequential", "batched", "static-cache", "static-cache-eager", "continuous"),
-    "vllm": ("offline",),
+    "vllm": ("offline", "shared"),
 }
+# Modes run only when named (`--backends vllm/shared`) or by a sharing experiment, never for a bare
+# backend name: vllm/shared is vllm/offline with prefix caching on, the sharing the issue-17 experiments measure.
+OPT_IN_MODES = {("vllm", "shared")}
+SHARING_LIMIT = 64  # the most samples (--n) or beams (--beam-width) per request
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # shapes: every shape the timed passes will use (each backend's `warmup_plan`); full-pass: the whole
@@ -58,7 +62,7 @@ def parse_backends(text: str) -> tuple[tuple[str, str], ...]:
                 f"unknown backend {backend!r}: choose from {', '.join(BACKEND_MODES)} "
                 f"(e.g. --backends hf,vllm or --backends hf/batched)"
             )
-        modes = (mode,) if mode else BACKEND_MODES[backend]
+        modes = (mode,) if mode else tuple(m for m in BACKEND_MODES[backend] if (backend, m) not in OPT_IN_MODES)
         for m in modes:
             check_mode(backend, m)
             if (backend, m) not in pairs:
@@ -75,6 +79,21 @@ def check_mode(backend: str, mode: str) -> None:
         raise LabInputError(
             f"unknown mode {mode!r} for backend {backend!r}: choose from {', '.join(BACKEND_MODES[backend])}"
         )
+
+
+def check_sharing(n: int, beam_width: int, shared_prefix_tokens: int) -> None:
+    """LabInputError for a sample count, beam width or shared prefix that cannot run."""
+    if not 1 <= n <= SHARING_LIMIT:
+        raise LabInputError(f"--n must be 1-{SHARING_LIMIT} parallel samples per request, got {n}")
+    if not 1 <= beam_width <= SHARING_LIMIT:
+        raise LabInputError(f"--beam-width must be 1-{SHARING_LIMIT}, got {beam_width}")
+    if n > 1 and beam_width > 1:
+        raise LabInputError(
+            f"--n {n} and --beam-width {beam_width} together: a point samples or searches beams, not both "
+            "(give --n 1 with a beam width, or no --beam-width)"
+        )
+    if shared_prefix_tokens < 0:
+        raise LabInputError(f"--shared-prefix-tokens must be 0 or more, got {shared_prefix_tokens}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,17 @@ class EngineSettings:
     kv_cache_workload_share: float | None = None
     # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
     tensor_parallel_size: int = 1
+    # Memory sharing (issue 17): sequences per request. n > 1: parallel samples (seeded sampling);
+    # beam_width > 1: beam search returning that many beams. Each request then produces
+    # sequences x output_tokens tokens. shared_prefix_tokens: every prompt starts with the same K tokens.
+    n: int = 1
+    beam_width: int = 1
+    shared_prefix_tokens: int = 0
+
+    @property
+    def sequences(self) -> int:
+        """Sequences each request generates: n parallel samples or beam_width beams (1 otherwise)."""
+        return max(self.n, self.beam_width)
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
@@ -136,6 +166,7 @@ class EngineSettings:
             raise LabInputError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
         if not 1 <= self.tensor_parallel_size <= 64:
             raise LabInputError(f"--tensor-parallel-size must be 1-64, got {self.tensor_parallel_size}")
+        check_sharing(self.n, self.beam_width, self.shared_prefix_tokens)
         if self.block_size not in (8, 16, 32, 64, 128):
             raise LabInputError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
 
