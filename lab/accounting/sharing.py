@@ -28,8 +28,8 @@ class PoolUse:
     """A paged pool over one timed pass, in blocks (see the module docstring)."""
 
     steps: int
-    mean_blocks: float  # physical blocks in use, mean over the steps
-    peak_blocks: int
+    mean_blocks: float | None  # physical blocks in use, mean over the steps (None: never seen in use)
+    peak_blocks: int | None
     mean_table_blocks: float | None  # blocks in the running requests' tables, mean over the steps
     usable_blocks: int | None
     prefix_queries: int | None  # prompt tokens looked up in the prefix cache
@@ -51,6 +51,11 @@ class PoolUse:
     def to_dict(self) -> dict:
         return dict(asdict(self), hit_rate=self.hit_rate, in_run_saving=self.in_run_saving)
 
+    @classmethod
+    def unmeasured(cls, samples: list[KvSample], counts: tuple[int | None, int | None]) -> PoolUse:
+        """No block in use after any step: the blocks are unknown (None), the prefix cache's counts kept."""
+        return cls(len(samples), None, None, None, None, counts[0], counts[1], None)
+
 
 def memory_saving(blocks_with: float, blocks_without: float) -> float | None:
     """(blocks_without - blocks_with) / blocks_without: the paper's memory saving (None without a baseline)."""
@@ -62,11 +67,12 @@ def memory_saving(blocks_with: float, blocks_without: float) -> float | None:
 def pool_use(samples: list[KvSample], sequences: int = 1) -> PoolUse | None:
     """The pass's blocks from its KV samples (None without samples); `sequences`: per request."""
     used = [s for s in samples if s.blocks_used is not None]
-    if not used:
-        return None
+    if not any(s.blocks_used for s in used):
+        # NOTE: vLLM's beam search submits one-token requests, which free their blocks within the step
+        # that runs them: the pool is empty whenever the scheduler reports, so nothing is measured.
+        return PoolUse.unmeasured(used, prefix_counts(used)) if used else None
     tables = [s.held_blocks for s in used if s.held_blocks is not None]
-    queries = [s.prefix_queries for s in used if s.prefix_queries is not None]
-    hits = [s.prefix_hits for s in used if s.prefix_hits is not None]
+    queries, hits = prefix_counts(used)
     peak = max(used, key=lambda s: s.blocks_used)
     usable = peak.usable_blocks or (peak.num_blocks - 1 if peak.num_blocks else None)
     return PoolUse(
@@ -75,10 +81,17 @@ def pool_use(samples: list[KvSample], sequences: int = 1) -> PoolUse | None:
         peak_blocks=peak.blocks_used,
         mean_table_blocks=sum(tables) / len(tables) if len(tables) == len(used) else None,
         usable_blocks=usable,
-        prefix_queries=sum(queries) if queries else None,
-        prefix_hits=sum(hits) if hits else None,
+        prefix_queries=queries,
+        prefix_hits=hits,
         requests_per_budget=requests_per_budget(usable, peak.blocks_used, (peak.running or 0) / sequences),
     )
+
+
+def prefix_counts(samples: list[KvSample]) -> tuple[int | None, int | None]:
+    """Prompt tokens looked up in the prefix cache and found, summed over the samples (None: not reported)."""
+    queries = [s.prefix_queries for s in samples if s.prefix_queries is not None]
+    hits = [s.prefix_hits for s in samples if s.prefix_hits is not None]
+    return (sum(queries) if queries else None), (sum(hits) if hits else None)
 
 
 def requests_per_budget(budget_blocks: float | None, blocks_held: float, requests: float) -> float | None:

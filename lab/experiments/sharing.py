@@ -10,7 +10,8 @@ run folder, every backend/mode in its own process, written under the sweep's fol
         points/<run-id>/   one finished run folder per point (its own report, `lab report` works on it)
 
 vLLM runs twice at every point: vllm/offline with the prefix cache off (no sharing: the baseline) and
-vllm/shared with it on, so the saving is measured, not assumed. The sweep folder is written as
+vllm/shared with it on, so the saving is measured, not assumed (`--backends vllm/shared` alone runs
+only the shared engine, and no saving is computed). The sweep folder is written as
 `.tmp-<id>` and renamed when every point is done (lab.run_folder.creating).
 """
 
@@ -85,7 +86,7 @@ def check_sharing_spec(spec: ExperimentSpec, points: list[SharingPoint]) -> Expe
             "prefix cache stays off there; vllm/shared turns it on (drop --prefix-caching)"
         )
     runs = list(spec.runs)
-    if any(backend == "vllm" for backend, _ in runs):
+    if VLLM_PAIR[0] in runs:  # the baseline without sharing gets its shared twin (vllm/shared alone stays alone)
         runs = [r for r in runs if r[0] != "vllm"] + list(VLLM_PAIR)
     if ("hf", "continuous") in runs and any(p.n > 1 or p.beam_width > 1 for p in points):
         raise LabInputError(

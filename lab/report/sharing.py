@@ -87,6 +87,8 @@ def _with_memory(row: SharingRow, part: RunPart, sequences: int) -> SharingRow:
         if use is None:
             return row
         per_block = engine.get("kv_bytes_per_block")
+        if use.mean_blocks is None:
+            return SharingRow(**dict(row.to_dict(), hit_rate=use.hit_rate))
         return SharingRow(
             **dict(
                 row.to_dict(),
@@ -123,8 +125,8 @@ def _with_comparisons(rows: list[SharingRow]) -> list[SharingRow]:
         extra = {}
         if row is shared and base is not None and base.mean_blocks and shared.mean_blocks is not None:
             extra["saving"] = memory_saving(shared.mean_blocks, base.mean_blocks)
-            if base.output_tokens_per_s and shared.output_tokens_per_s:
-                extra["gain_over_unshared"] = shared.output_tokens_per_s / base.output_tokens_per_s
+        if row is shared and base is not None and base.output_tokens_per_s and shared.output_tokens_per_s:
+            extra["gain_over_unshared"] = shared.output_tokens_per_s / base.output_tokens_per_s
         if row.kv_bytes_per_request and base is not None and base.kv_budget_bytes:
             extra["requests_per_budget"] = requests_per_budget(base.kv_budget_bytes, row.kv_bytes_per_request, 1)
         out.append(SharingRow(**dict(row.to_dict(), **extra)) if extra else row)
@@ -134,6 +136,13 @@ def _with_comparisons(rows: list[SharingRow]) -> list[SharingRow]:
 def observation(kind: str, rows: list[SharingRow]) -> str | None:
     """One sentence for one point: the measured saving or gain against the paper's range, and why not."""
     shared = next((r for r in rows if r.run == "vllm/shared"), None)
+    if shared is not None and kind == "beam search" and shared.mean_blocks is None:
+        hit = f"{shared.hit_rate:.0%}" if shared.hit_rate is not None else "unknown"
+        return (
+            f"{shared.point}: not comparable with Figure 15: vLLM's beam search runs on top of its engine, one "
+            "one-token request per beam per output token, whose blocks are freed within the step, so no block is "
+            f"held when the scheduler reports; the beams' shared history shows as the prefix-cache hit rate ({hit})."
+        )
     if shared is None or shared.saving is None:
         return None
     point, saving = shared.point, shared.saving * 100
