@@ -276,7 +276,8 @@ def timeout_option(func):
         default=None,
         help="Seconds each backend/mode may run (load included) before it is stopped, with every process "
         f"it started, and recorded as failed. Default: sized from the workload, {LOAD_ALLOWANCE_S:g} s + "
-        f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1).",
+        f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1), per offered rate and per sequence "
+        "(lab/experiments/timeout.py).",
     )(func)
 
 

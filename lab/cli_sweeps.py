@@ -1,12 +1,22 @@
-"""`lab experiment`'s sweep options: offered request rates (online serving, issue 16), with the
-settings they become. Part of the command line, beside `lab.cli_options`; the sweep itself runs in
-`lab.runner` (every rate in one process per backend)."""
+"""`lab experiment`'s sweep options and what they become: offered request rates (online serving,
+issue 16: every rate in one process per backend, `lab.runner`) and memory-sharing points (issue 17:
+one run folder a point, `lab.experiments.sharing`). Part of the command line, beside `lab.cli_options`.
+
+The two do not combine: a sharing sweep runs offline (every request at t=0), and a sharing sweep with
+a finite --request-rate or a --max-concurrency exits 2 before anything starts
+(`lab.config.SHARING_ONLINE`, which `EngineSettings` checks for any other way in, a spec file).
+"""
 
 from __future__ import annotations
 
 import click
 
+from lab.config import SHARING_ONLINE
+from lab.errors import LabInputError
+from lab.experiments.sharing import SharingPoint, parse_counts, sharing_points
 from lab.online_settings import OnlineSettings, parse_rates
+
+SHARING_SWEEPS = (("--n", "n_list", 1), ("--beam-width", "beam_list", 1), ("--shared-prefix-tokens", "prefix_list", 0))
 
 
 def online_options(func):
@@ -77,3 +87,38 @@ def online_settings(kw: dict) -> OnlineSettings:
         return OnlineSettings()
     values = {key: kw[key] for key in ONLINE_KEYS if key != "request_rate"}
     return OnlineSettings(request_rates=parse_rates(kw["request_rate"]), **values)
+
+
+def sharing_options(func):
+    """`lab experiment`'s memory-sharing sweep (lab.experiments.sharing): any of them makes it one."""
+    options = [
+        click.option("--n", "n_list", default=None, help="Parallel samples per request, a sweep: e.g. 1,2,4,6."),
+        click.option("--beam-width", "beam_list", default=None, help="Beam search widths, a sweep: e.g. 2,4,6."),
+        click.option(
+            "--shared-prefix-tokens",
+            "prefix_list",
+            default=None,
+            help="Every prompt starts with the same K tokens, a sweep: e.g. 80,341 (one-shot, five-shot).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def sharing_sweep(kw: dict) -> list[SharingPoint]:
+    """The sharing sweep's points (taking its options out of `kw`); [] when none is given. LabInputError
+    for bad counts, and for a sharing sweep whose requests would arrive over time (module docstring)."""
+    lists = [kw.pop(key) for _, key, _ in SHARING_SWEEPS]
+    if not any(lists):
+        return []
+    points = sharing_points(
+        *(parse_counts(text, option, least) for text, (option, _, least) in zip(lists, SHARING_SWEEPS))
+    )
+    if online_settings(kw).is_sweep:
+        given = " ".join(f"{option} {text}" for text, (option, _, _) in zip(lists, SHARING_SWEEPS) if text)
+        online = f"--request-rate {kw['request_rate']}" + (
+            f" --max-concurrency {kw['max_concurrency']}" if kw.get("max_concurrency") else ""
+        )
+        raise LabInputError(f"{given} with {online}: {SHARING_ONLINE}")
+    return points

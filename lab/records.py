@@ -150,6 +150,9 @@ class KvSample:
     lookahead_slots: int | None = None  # of which allocated one step ahead (async scheduling)
     internal_slots: int | None = None  # slots of their blocks beyond their final length
     scheduled_prompt_slots: int | None = None  # of the token states: prompts whose first token is not out yet
+    # vLLM's prefix cache in this step (SchedulerStats.prefix_cache_stats): prompt tokens looked up and found
+    prefix_queries: int | None = None
+    prefix_hits: int | None = None
     # hf/continuous only
     per_request: list[list[int]] | None = None  # [request_id, tokens stored, blocks held] of each running request
     batch_requests: int | None = None  # requests the step ran

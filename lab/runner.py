@@ -105,6 +105,7 @@ def resolve_inputs(spec: RunSpec, cache_dir: Path | None) -> Inputs:
         seed=engine.seed,
         num_requests=engine.num_requests,
         output_tokens=engine.output_tokens,
+        shared_prefix_tokens=engine.shared_prefix_tokens,
     )
     return Inputs(model_path, info, device, dtype, requests)
 

@@ -29,7 +29,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, StaticCache
 
-from lab.backends import batching, compile_watch
+from lab.backends import batching, compile_watch, hf_sharing
 from lab.backends.base import Backend, Clock
 from lab.backends.hf_online import serve_arrivals
 from lab.backends.hf_parallel import close_tensor_parallel, load_tensor_parallel
@@ -168,6 +168,8 @@ class HfBackend(Backend):
         options = self._generate_options()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        if self.spec.engine.n > 1:
+            torch.manual_seed(hf_sharing.batch_seed(self.spec.engine, index))
         start_s = clock.now()
         with torch.inference_mode():
             out = self.model.generate(
@@ -175,10 +177,10 @@ class HfBackend(Backend):
                 attention_mask=attention_mask,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,  # EOS is suppressed: every sequence runs its full length
-                do_sample=False,
                 pad_token_id=self.pad_id,
                 logits_processor=[timer],
                 return_dict_in_generate=True,
+                **hf_sharing.generate_options(self.spec.engine),  # greedy; or n samples, or beams
                 **options,
             )
         end_s = clock.now()
@@ -204,10 +206,11 @@ class HfBackend(Backend):
         done = min(generated, r.output_tokens, len(step_s))
         ok = done == r.output_tokens
         times = list(step_s[:done])
+        sequences = self.spec.engine.sequences  # n samples or beams of `done` tokens each
         return RequestRecord(
             request_id=r.request_id,
             prompt_tokens=r.prompt_tokens,
-            output_tokens=done,
+            output_tokens=done * sequences,
             first_token_s=times[0] if times else None,
             end_s=times[-1] if times else start_s,
             arrival_s=r.arrival_s,
@@ -215,7 +218,7 @@ class HfBackend(Backend):
             token_times_s=times,
             batch=index,
             status="ok" if ok else "error",
-            error=None if ok else f"generated {generated} tokens, {r.output_tokens} requested",
+            error=None if ok else f"generated {generated} tokens a sequence, {r.output_tokens} requested",
         )
 
     def _batch_stat(self, index, batch, input_ids, generated, out, start_s, end_s) -> HfBatch:

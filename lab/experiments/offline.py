@@ -47,7 +47,9 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
         spec = sized_from_workload(spec, resolved, echo)
         specs = spec.run_specs()
         built = model_build(spec.engine.model, resolved)
-        timeout_s = spec.timeout_s or default_timeout_s(resolved["lengths"], spec.engine.repeats)
+        timeout_s = spec.timeout_s or default_timeout_s(
+            resolved["lengths"], spec.engine.repeats, spec.engine.online.request_rates, spec.engine.sequences
+        )
         limit = describe_timeout(timeout_s, given=spec.timeout_s is not None)
         echo(f"time limit per backend/mode: {limit}")
         interval_ms = spec.collector_interval_ms if spec.collect else None

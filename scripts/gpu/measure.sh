@@ -29,6 +29,10 @@
 #             workload:0.25); the report gives shares of D and of the memory held
 #   capacity  lab capacity on a mixed-length file workload (64 requests, prompts 16-512, outputs 16-128),
 #             a 128 MiB KV budget, the curve at concurrency 4 and 16 (vLLM's max_num_seqs, hf batch size)
+#   sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b, sharing-8b-beam
+#             memory sharing (issue 17): sharegpt-like, hf/batched, vllm/offline (prefix cache off) and
+#             vllm/shared (on) at each point; parallel samples (SHARING_N), beam widths (BEAMS, 128 output
+#             tokens: vLLM's beam search is one engine call per token), shared prefixes (PREFIXES: 80, 341)
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
 #             modes that split over GPUs; BACKENDS=... to run fewer per call
@@ -255,6 +259,23 @@ mixed)
       --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
       --results "$results" --label mixed13-b8
   ;;
+sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b|sharing-8b-beam)
+  # Each point is two vLLM starts (with and without sharing) and one hf/batched run: 2-3 points a call.
+  model=$anchor_model; [[ $step == sharing-8b* ]] && model=$tp_model
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=synthetic:tiny
+  case "$step" in
+    sharing-1b-n) sweep=(--n "${SHARING_N:-2,4}") ;;
+    sharing-1b-n6) sweep=(--n "${SHARING_N:-1,6}") ;;
+    sharing-8b) sweep=(--n "${SHARING_N:-2,6}") ;;
+    sharing-1b-beam) sweep=(--beam-width "${BEAMS:-2,4}" --output-tokens 128) ;;
+    sharing-1b-beam6|sharing-8b-beam) sweep=(--beam-width "${BEAMS:-6}" --output-tokens 128) ;;
+    prefix-1b) sweep=(--shared-prefix-tokens "${PREFIXES:-80,341}") ;;
+  esac
+  lab models build "$model"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHARING_REQUESTS:-32}" --batch-size 16 \
+      --backends "${BACKENDS:-hf/batched,vllm}" --repeats "${REPEATS:-3}" "${util[@]}" "${sweep[@]}" \
+      --results "$results" --label "$step"
+  ;;
 tp-smoke)
   "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
   ;;
@@ -334,8 +355,9 @@ serve-agree)
   echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
-       "mixed, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b, online-1b-hf, online-1b-seq," \
-       "online-8b, online-8b-hf or serve-agree" >&2; exit 2 ;;
+       "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
+       "sharing-8b-beam, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b, online-1b-hf," \
+       "online-1b-seq, online-8b, online-8b-hf or serve-agree" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

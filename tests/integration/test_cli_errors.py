@@ -69,6 +69,14 @@ def assert_refused(proc, fragment, results):
         (["--slo-ttft", "-0.5"], "--slo-ttft must be positive"),
         (["--slo-itl", "0.5"], "No such option '--slo-itl'"),
         (["--max-concurrency", "0"], "--max-concurrency must be at least 1"),
+        (["--n", "0"], "--n takes integers of at least 1"),
+        (["--beam-width", "2,x"], "--beam-width takes integers"),
+        (
+            ["--n", "2", "--request-rate", "1,inf"],
+            "--n 2 with --request-rate 1,inf: a memory-sharing sweep runs offline",
+        ),
+        (["--beam-width", "2", "--max-concurrency", "2"], "--beam-width 2 with --request-rate inf --max-concurrency 2"),
+        (["--shared-prefix-tokens", "80", "--request-rate", "4"], "run the sharing sweep without --request-rate"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):
