@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.docker, pytest.mark.engine]
 
 ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
 OUTPUT_TOKENS = 16
+PASSES = 3  # lab experiment's default --repeats
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_every_mode_runs_on_the_gpu_in_its_container(cuda_container_run):
     assert {f"{r['backend']}/{r['mode']}": r["status"] for r in runs} == {name: "ok" for name in ALL_RUNS}
     assert all(r["device"] == "cuda" for r in runs)
     rows = rf.read_jsonl(cuda_container_run / rf.RECORDS)
-    assert len(rows) == 4 * len(ALL_RUNS)
+    assert len(rows) == 4 * PASSES * len(ALL_RUNS)  # every timed pass's records
+    assert {row["pass_index"] for row in rows} == set(range(PASSES))
     assert all(row["status"] == "ok" and row["output_tokens"] == OUTPUT_TOKENS for row in rows)
 
 
