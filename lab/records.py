@@ -14,7 +14,7 @@ and a key the record does not know is ignored. docs/results.md defines every fie
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from lab.config import run_label, run_name
@@ -26,6 +26,10 @@ def _known(cls: type[T], data: dict) -> T:
     """`cls` from the keys of `data` that are its fields (older runs lack some, newer ones add some)."""
     names = {f.name for f in fields(cls)}
     return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _microseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
 
 
 @dataclass
@@ -88,11 +92,19 @@ class RequestRecord:
         return [later - earlier for earlier, later in zip(times, times[1:])]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """Every time to the microsecond (plenty, and the files stay small), the same rounding for the
+        times and the token times, so first_token_s == token_times_s[0] holds in the file too."""
+        stored = replace(
+            self,
+            first_token_s=_microseconds(self.first_token_s),
+            end_s=_microseconds(self.end_s),
+            arrival_s=_microseconds(self.arrival_s),
+            scheduled_s=_microseconds(self.scheduled_s),
+            token_times_s=None if self.token_times_s is None else [_microseconds(t) for t in self.token_times_s],
+        )
+        data = asdict(stored)
         backend, mode = data.pop("backend"), data.pop("mode")
-        if self.token_times_s is not None:  # microseconds are plenty, and the files stay small
-            data["token_times_s"] = [round(t, 6) for t in self.token_times_s]
-        data.update(ttft_s=self.ttft_s, e2e_s=self.e2e_s, queue_s=self.queue_s, service_s=self.service_s)
+        data.update(ttft_s=stored.ttft_s, e2e_s=stored.e2e_s, queue_s=stored.queue_s, service_s=stored.service_s)
         if backend is not None:
             data.update(backend=backend, mode=mode)
         return data

@@ -95,3 +95,14 @@ def test_hf_continuous_records_from_before_the_clock_load_their_times_from_extra
     r = RequestRecord.from_dict(old)
     assert r.token_times_s == [0.4, 0.6, 0.9] and r.scheduled_s == 0.3
     assert r.queue_s == 0.3 and r.service_s == pytest.approx(0.6) and r.itl_s == pytest.approx([0.2, 0.3])
+
+
+def test_the_stored_record_keeps_first_token_equal_to_the_first_token_time():
+    """The file rounds every time alike (to the microsecond), so the life's order holds in it too."""
+    record = RequestRecord(
+        0, 8, 3, first_token_s=0.004793745, end_s=0.0091234567, token_times_s=[0.004793745, 0.0071, 0.0091234567]
+    )
+    stored = record.to_dict()
+    assert stored["first_token_s"] == stored["token_times_s"][0] == 0.004794
+    assert stored["end_s"] == stored["token_times_s"][-1] == 0.009123
+    assert stored["ttft_s"] == 0.004794 and RequestRecord.from_dict(stored).e2e_s == stored["e2e_s"]
