@@ -100,6 +100,8 @@ class RequestRecord:
             end_s=_microseconds(self.end_s),
             arrival_s=_microseconds(self.arrival_s),
             scheduled_s=_microseconds(self.scheduled_s),
+            submitted_s=_microseconds(self.submitted_s),
+            submit_lag_s=_microseconds(self.submit_lag_s),
             token_times_s=None if self.token_times_s is None else [_microseconds(t) for t in self.token_times_s],
         )
         data = asdict(stored)
