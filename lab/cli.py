@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from lab import run_folder as rf
 from lab.cli_images import images
@@ -40,6 +41,7 @@ from lab.cli_options import (
     runtime_option,
     timeout_option,
 )
+from lab.cli_sweeps import online_options, online_settings, sharing_options, sharing_sweep
 from lab.config import (
     BACKEND_MODES,
     MAX_TIMEOUT_S,
@@ -54,6 +56,7 @@ from lab.errors import Interrupted, LabInputError
 from lab.experiments.capacity import run_capacity
 from lab.experiments.offline import run_experiment
 from lab.experiments.presets import PRESETS, preset_options
+from lab.experiments.sharing import SHARING_BACKENDS, run_sharing
 from lab.hardware.collector import run_collector
 from lab.hardware.device import resolve_device
 from lab.hardware.env import collect_environment, format_environment
@@ -62,6 +65,7 @@ from lab.launchers import torchrun
 from lab.launchers.base import Launcher
 from lab.launchers.choose import choose_launcher
 from lab.report.compare import render_comparison
+from lab.report.sharing_writer import write_sharing_report
 from lab.report.writer import write_report
 from lab.runner import resolve_inputs, run_backend
 
@@ -112,6 +116,7 @@ def resolve(spec_file: Path, out: Path, cache_dir: Path | None) -> None:
     help="sequential|batched|static-cache|static-cache-eager|continuous for hf; offline for vllm.",
 )
 @engine_options
+@online_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write into.")
 @cache_dir_option
 @handle_errors
@@ -145,6 +150,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
 
 @cli.command()
 @engine_options(repeats=3)
+@online_options
 @click.option(
     "--backends",
     default="hf,vllm",
@@ -164,12 +170,15 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     "(synthetic:gpt2, seed, 50 new tokens, context 512, hf/sequential and vLLM) beside its figures.",
 )
 @timeout_option
+@sharing_options
 @cache_dir_option
 @handle_errors
 def experiment(
     backends, results_dir, runtime, collector_interval_ms, no_collector, tag, preset, timeout_s, cache_dir, model, **kw
 ) -> None:
     """Every backend/mode in its own process on the same workload, the collector beside each; then the report.
+    With --n, --beam-width or --shared-prefix-tokens: a sweep, one such run a point, and the sharing report
+    (offline only: with --request-rate or --max-concurrency, exit 2).
 
     \b
     Exit codes:
@@ -180,8 +189,12 @@ def experiment(
       130  Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP: every process and container the run
            started was stopped, and its temporary folder removed (no run folder)
     """
+    points = sharing_sweep(kw)  # bad counts, or a sharing sweep with arrivals: exit 2 before anything starts
+    if points and click.get_current_context().get_parameter_source("backends") == ParameterSource.DEFAULT:
+        backends = SHARING_BACKENDS
     kw = apply_preset(click.get_current_context(), preset_options(preset), dict(kw, model=model, backends=backends))
     model, runs = kw.pop("model"), parse_backends(kw.pop("backends"))
+    online_settings(kw)  # bad rates or SLOs: exit 2 before anything starts
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
@@ -192,8 +205,12 @@ def experiment(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "
         f"device {device}, runtime {launcher.runtime}"
     )
-    finished = run_experiment(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
+    if points:
+        finished = run_sharing(spec, points, results_dir, launcher, progress, tag)
+        click.echo(rf.RunFolder(finished.path).sharing_md.read_text(encoding="utf-8"))
+    else:
+        finished = run_experiment(spec, results_dir, launcher, progress, tag)
+        click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
     report_failures(finished.failed, finished.runs)
     click.echo(str(finished.path))
     sys.exit(1 if finished.failed else 0)
@@ -303,8 +320,11 @@ def compare(run_dirs, force) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @handle_errors
 def report(run_dir: Path) -> None:
-    """Regenerate report.md, the plots and report.html from a run folder's raw records; print the report."""
-    click.echo(write_report(rf.check_run_dir(run_dir)))
+    """Regenerate report.md, the plots and report.html from a run folder's raw records (a sharing sweep:
+    sharing.md and its plots); print the report."""
+    click.echo(
+        write_sharing_report(run_dir) if rf.is_sharing_sweep(run_dir) else write_report(rf.check_run_dir(run_dir))
+    )
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from lab.cli_sweeps import online_settings
 from lab.config import MAX_BYTES, WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import Interrupted, LabInputError, StepFailed
@@ -244,6 +245,7 @@ def engine_settings(model: str, **kw) -> EngineSettings:
         hf_continuous=parse_continuous_settings(kw["hf_continuous"]),
         max_num_seqs=kw["max_num_seqs"],
         tensor_parallel_size=kw["tensor_parallel_size"],
+        online=online_settings(kw),
     )
 
 
@@ -274,7 +276,8 @@ def timeout_option(func):
         default=None,
         help="Seconds each backend/mode may run (load included) before it is stopped, with every process "
         f"it started, and recorded as failed. Default: sized from the workload, {LOAD_ALLOWANCE_S:g} s + "
-        f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1).",
+        f"{PER_OUTPUT_TOKEN_S:g} s x output tokens x (repeats + 1), per offered rate and per sequence "
+        "(lab/experiments/timeout.py).",
     )(func)
 
 

@@ -15,12 +15,24 @@ from dataclasses import dataclass, field
 
 from lab.continuous_settings import ContinuousSettings
 from lab.errors import LabInputError
+from lab.online_settings import OnlineSettings
 
 # backend -> the modes it implements, in report order.
 BACKEND_MODES: dict[str, tuple[str, ...]] = {
     "hf": ("sequential", "batched", "static-cache", "static-cache-eager", "continuous"),
-    "vllm": ("offline",),
+    "vllm": ("offline", "shared"),
 }
+# Modes run only when named (`--backends vllm/shared`) or by a sharing experiment, never for a bare
+# backend name: vllm/shared is vllm/offline with prefix caching on, the sharing the issue-17 experiments measure.
+OPT_IN_MODES = {("vllm", "shared")}
+SHARING_LIMIT = 64  # the most samples (--n) or beams (--beam-width) per request
+# Issues 16 and 17 do not combine yet: vLLM's beam search (LLM.beam_search) submits every request
+# itself, and the sharing report reads one offered load per point.
+SHARING_ONLINE = (
+    "a memory-sharing sweep runs offline, every request at t=0 (vLLM's beam search submits every request "
+    "itself, so arrivals cannot be honoured, and the sharing report compares one load per point); run the "
+    "sharing sweep without --request-rate and --max-concurrency, and the online sweep as an experiment of its own"
+)
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # shapes: every shape the timed passes will use (each backend's `warmup_plan`); full-pass: the whole
@@ -78,7 +90,7 @@ def parse_backends(text: str) -> tuple[tuple[str, str], ...]:
                 f"unknown backend {backend!r}: choose from {', '.join(BACKEND_MODES)} "
                 f"(e.g. --backends hf,vllm or --backends hf/batched)"
             )
-        modes = (mode,) if mode else BACKEND_MODES[backend]
+        modes = (mode,) if mode else tuple(m for m in BACKEND_MODES[backend] if (backend, m) not in OPT_IN_MODES)
         for m in modes:
             check_mode(backend, m)
             if (backend, m) not in pairs:
@@ -103,6 +115,21 @@ def check_timeout(timeout_s: float | None) -> None:
             f"--timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s (a week), got {timeout_s:g}; "
             "leave it out for a limit sized from the workload"
         )
+
+
+def check_sharing(n: int, beam_width: int, shared_prefix_tokens: int) -> None:
+    """LabInputError for a sample count, beam width or shared prefix that cannot run."""
+    if not 1 <= n <= SHARING_LIMIT:
+        raise LabInputError(f"--n must be 1-{SHARING_LIMIT} parallel samples per request, got {n}")
+    if not 1 <= beam_width <= SHARING_LIMIT:
+        raise LabInputError(f"--beam-width must be 1-{SHARING_LIMIT}, got {beam_width}")
+    if n > 1 and beam_width > 1:
+        raise LabInputError(
+            f"--n {n} and --beam-width {beam_width} together: a point samples or searches beams, not both "
+            "(give --n 1 with a beam width, or no --beam-width)"
+        )
+    if shared_prefix_tokens < 0:
+        raise LabInputError(f"--shared-prefix-tokens must be 0 or more, got {shared_prefix_tokens}")
 
 
 @dataclass(frozen=True)
@@ -135,10 +162,24 @@ class EngineSettings:
     kv_cache_workload_share: float | None = None
     # GPUs one backend/mode spreads its model over: vLLM's workers, or torchrun ranks for transformers.
     tensor_parallel_size: int = 1
+    # Online serving (issue 16): arrivals over time at each offered rate; the default is offline.
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+    # Memory sharing (issue 17): sequences per request. n > 1: parallel samples (seeded sampling);
+    # beam_width > 1: beam search returning that many beams. Each request then produces
+    # sequences x output_tokens tokens. shared_prefix_tokens: every prompt starts with the same K tokens.
+    n: int = 1
+    beam_width: int = 1
+    shared_prefix_tokens: int = 0
+
+    @property
+    def sequences(self) -> int:
+        """Sequences each request generates: n parallel samples or beam_width beams (1 otherwise)."""
+        return max(self.n, self.beam_width)
 
     def __post_init__(self) -> None:
         # A manifest or spec.json holds the settings as a dict (older ones not at all).
         object.__setattr__(self, "hf_continuous", ContinuousSettings.coerce(self.hf_continuous))
+        object.__setattr__(self, "online", OnlineSettings.coerce(self.online))
         if self.device not in DEVICES:
             raise LabInputError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
@@ -164,13 +205,19 @@ class EngineSettings:
             )
         check_range("--max-num-seqs", self.max_num_seqs, 1, MAX_COUNT, "or leave it out for vLLM's default")
         check_range("--tensor-parallel-size", self.tensor_parallel_size, 1, 64)
+        check_sharing(self.n, self.beam_width, self.shared_prefix_tokens)
+        if self.online.is_sweep and (self.sequences > 1 or self.shared_prefix_tokens):
+            raise LabInputError(
+                f"n={self.n}, beam width {self.beam_width}, shared prefix {self.shared_prefix_tokens} tokens "
+                f"with requests arriving over time: {SHARING_ONLINE}"
+            )
         if self.block_size not in BLOCK_SIZES:
             raise LabInputError(
                 f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}"
             )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), online=self.online.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineSettings:
@@ -256,4 +303,4 @@ class CapacitySpec:
         check_timeout(self.timeout_s)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), engine=self.engine.to_dict())

@@ -31,3 +31,14 @@ FIG2_CONDITIONS = "OPT-13B on one A100, the experiment of its section 6.2"
 
 # Figure 13a: average number of batched requests, OPT-13B on the ShareGPT trace.
 FIG13A_MEAN_BATCHED: dict[str, float] = {"Orca (Max)": 7.00, "Orca (Pow2)": 9.81, "Orca (Oracle)": 13.62, "vLLM": 30.42}
+
+# Figure 15: memory saving from sharing, OPT-13B, in percent: the blocks saved by sharing / the blocks
+# without sharing, over the request rates of Figure 14. (low, high) per workload.
+FIG15_SAVING_PCT: dict[str, dict[str, tuple[float, float]]] = {
+    "parallel sampling": {"Alpaca": (6.1, 9.8), "ShareGPT": (16.2, 30.5)},
+    "beam search": {"Alpaca": (37.6, 55.2), "ShareGPT": (44.3, 66.3)},
+}
+FIG15_DEFINITION = "blocks saved by sharing / total blocks without sharing"
+# Section 6.4 (Figure 16): throughput with a shared few-shot prefix (WMT16 translation, LLaMA-13B),
+# vLLM over Orca (Oracle), x.
+FIG16_THROUGHPUT_GAIN: dict[str, float] = {"one-shot": 1.67, "five-shot": 3.58}

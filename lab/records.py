@@ -52,6 +52,9 @@ class RequestRecord:
     batch: int | None = None  # hf batch index; None for vLLM
     pass_index: int | None = None  # which timed pass (0-based); None in runs that kept only their last pass
     pass_invalid: str | None = None  # why its pass does not count (e.g. it compiled); None: valid or not checked
+    request_rate: float | None = None  # the pass's offered rate, requests/s (online serving); None: offline (inf)
+    submitted_s: float | None = None  # when the lab handed it to the engine (hf: its batch's generate() began)
+    submit_lag_s: float | None = None  # submitted_s - when the lab's dispatcher was due to hand it over (its own delay)
     status: str = "ok"
     error: str | None = None
     extra: dict = field(default_factory=dict)
@@ -97,6 +100,8 @@ class RequestRecord:
             end_s=_microseconds(self.end_s),
             arrival_s=_microseconds(self.arrival_s),
             scheduled_s=_microseconds(self.scheduled_s),
+            submitted_s=_microseconds(self.submitted_s),
+            submit_lag_s=_microseconds(self.submit_lag_s),
             token_times_s=None if self.token_times_s is None else [_microseconds(t) for t in self.token_times_s],
         )
         data = asdict(stored)
@@ -159,6 +164,9 @@ class KvSample:
     lookahead_slots: int | None = None  # of which allocated one step ahead (async scheduling)
     internal_slots: int | None = None  # slots of their blocks beyond their final length
     scheduled_prompt_slots: int | None = None  # of the token states: prompts whose first token is not out yet
+    # vLLM's prefix cache in this step (SchedulerStats.prefix_cache_stats): prompt tokens looked up and found
+    prefix_queries: int | None = None
+    prefix_hits: int | None = None
     # hf/continuous only
     per_request: list[list[int]] | None = None  # [request_id, tokens stored, blocks held] of each running request
     batch_requests: int | None = None  # requests the step ran
@@ -251,6 +259,7 @@ class BackendResult(_BackendMode):
         None  # every timed pass as a lab.pass_records.TimedPass (seconds, compilations, validity)
     )
     compile: dict | None = None  # CompileCount of the load and of the warm-up ({"load": ..., "warmup": ...})
+    skipped_rates: list | None = None  # online serving, --stop-at-saturation: the offered rates not run
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
@@ -312,6 +321,8 @@ class RunSummary(_BackendMode):
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken
     energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
+    sweep: list[dict] | None = None  # online serving: lab.online_metrics.rate_metrics of each offered rate
+    skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""

@@ -14,6 +14,7 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
         report.md           generated from the files above; regenerated, never edited
         report.html         the same report in one self-contained file
         capacity.json, capacity.md          (`lab capacity` runs, instead of records and summary)
+        sharing.json, sharing.md, sharing.html, points/<run-id>/   (a sharing sweep: one run folder a point)
         runs/<backend>-<mode>/              what one backend process wrote:
             spec.json, pid, result.json, records.jsonl, kv.jsonl, timeline.jsonl, log.txt, collector.log
             ranks/<k>/                      torchrun rank k > 0 of a tensor-parallel hf run: its own files
@@ -51,6 +52,10 @@ REPORT = "report.md"
 HTML_REPORT = "report.html"
 CAPACITY_JSON = "capacity.json"
 CAPACITY_MD = "capacity.md"
+SHARING_JSON = "sharing.json"  # a sharing sweep's folder (`lab experiment --n/--beam-width/--shared-prefix-tokens`)
+SHARING_MD = "sharing.md"
+SHARING_HTML = "sharing.html"
+POINTS = "points"  # a sharing sweep's points, one finished run folder each
 RESOLVE_SPEC = "resolve-spec.json"  # the spec `lab resolve` reads, removed once read
 RESOLVED = "resolved.json"  # what `lab resolve` found, removed once read
 RUNS = "runs"
@@ -186,6 +191,23 @@ class RunFolder:
         return self.path / CAPACITY_MD
 
     @property
+    def points(self) -> Path:
+        """points/: a sharing sweep's run folders, one a point."""
+        return self.path / POINTS
+
+    @property
+    def sharing_json(self) -> Path:
+        return self.path / SHARING_JSON
+
+    @property
+    def sharing_md(self) -> Path:
+        return self.path / SHARING_MD
+
+    @property
+    def sharing_html(self) -> Path:
+        return self.path / SHARING_HTML
+
+    @property
     def resolve_spec(self) -> Path:
         return self.path / RESOLVE_SPEC
 
@@ -236,6 +258,11 @@ def _finish(tmp: Path) -> Path:
         raise LabInputError(f"run folder {final} already exists; runs are never overwritten")
     os.rename(tmp, final)
     return final
+
+
+def is_sharing_sweep(path: Path) -> bool:
+    """Whether `path` is a sharing sweep's folder (its points are run folders of their own)."""
+    return (Path(path) / POINTS).is_dir() and (Path(path) / MANIFEST).exists()
 
 
 def check_run_dir(path: Path) -> Path:

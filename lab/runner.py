@@ -8,7 +8,8 @@ raises LabInputError before anything is written. Then it writes into its folder
     pid            this process's id, first thing (the collector watches this process tree); under
                    torchrun the agent's, parent of every rank (rank k > 0 writes into ranks/<k>/)
     spec.json      its configuration (unless the experiment wrote it there to start this process)
-    records.jsonl  one line per request per timed pass (`pass_index`; --repeats N: N passes)
+    records.jsonl  one line per request per timed pass (`pass_index`; --repeats N: N passes per offered
+                   rate; online serving: each rate's passes in turn, `request_rate`, `lab.arrivals`)
     kv.jsonl       KV-cache samples the backend took during the last timed pass
     result.json    status ("ok" or "error" with the message), timings, each timed pass with the
                    compilations it saw (a pass that compiled is marked invalid), engine and memory
@@ -26,12 +27,14 @@ then exits with 1, and the experiment goes on with the next backend. An interrup
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import arrivals
 from lab import run_folder as rf
 from lab.accounting.parallel import tensor_parallel_problem
 from lab.backends.base import Backend, Clock
@@ -44,6 +47,8 @@ from lab.hardware.env import collect_environment
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenizer, model_info, resolve_model
+from lab.online_metrics import describe_point, rate_metrics, started_early
+from lab.online_settings import rate_text
 from lab.pass_records import CompileCount, TimedPass
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
@@ -100,6 +105,7 @@ def resolve_inputs(spec: RunSpec, cache_dir: Path | None) -> Inputs:
         seed=engine.seed,
         num_requests=engine.num_requests,
         output_tokens=engine.output_tokens,
+        shared_prefix_tokens=engine.shared_prefix_tokens,
     )
     return Inputs(model_path, info, device, dtype, requests)
 
@@ -182,7 +188,7 @@ def run_backend(
     try:
         backend, requests = _start_backend(spec, inputs, phases, result)
         _warm_up(spec, backend, requests, phases, result)
-        records, kv_samples = _timed_passes(spec.engine.repeats, backend, requests, phases, result)
+        records, kv_samples = _sweep(spec, backend, requests, phases, result)
         rf.write_jsonl(part.records, (r.to_dict() for r in records))
         rf.write_jsonl(part.kv_samples, (s.to_dict() for s in kv_samples))
         result.engine = backend.engine_info()
@@ -279,21 +285,59 @@ def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: P
     result.compile["warmup"] = _counted(CompileCount.between(before, backend.compile_snapshot()))
 
 
+def _sweep(
+    spec: RunSpec, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult
+) -> tuple[list[RequestRecord], list[KvSample]]:
+    """Every offered rate of --request-rate in turn (offline: inf alone), `repeats` timed passes each, the
+    requests arriving on the rate's seeded schedule (`lab.arrivals`, the same for every backend). With
+    --stop-at-saturation, the rates above the first that saturated are skipped (`result.skipped_rates`).
+    Returns every pass's records (each with its `request_rate`) and the last pass's KV samples."""
+    online = spec.engine.online
+    records: list[RequestRecord] = []
+    passes: list[TimedPass] = []
+    kv_samples: list[KvSample] = []
+    for number, rate in enumerate(online.request_rates):
+        timed = arrivals.schedule(requests, rate, online.burstiness, spec.engine.seed)
+        last = number == len(online.request_rates) - 1
+        rate_records, kv_samples = _timed_passes(spec.engine.repeats, backend, timed, phases, result, passes, last)
+        for record in rate_records:
+            record.request_rate = None if math.isinf(rate) else rate
+            if started_early(record):
+                record.status, record.error = "error", "the records show it started before its arrival"
+        records.extend(rate_records)
+        if not online.is_sweep:
+            continue
+        point = rate_metrics(rate_records, rate, online.slos)
+        print(f"lab: {rate_text(rate)} req/s: {describe_point(point)}", flush=True)
+        if online.stop_at_saturation and point["saturated"] and not last:
+            result.skipped_rates = [rate_text(r) for r in online.request_rates[number + 1 :]]
+            phases.items[-1]["phase"] = "generate"  # the last pass that ran
+            break
+    return records, kv_samples
+
+
 def _timed_passes(
-    repeats: int, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult
+    repeats: int,
+    backend: Backend,
+    requests: list[Request],
+    phases: Phases,
+    result: BackendResult,
+    passes: list[TimedPass],
+    last_rate: bool = True,
 ) -> tuple[list[RequestRecord], list[KvSample]]:
     """`repeats` timed passes of the whole workload: the records of every pass (each tagged with its
-    `pass_index`, and why it does not count if it compiled), and the last pass's KV samples.
+    `pass_index`, counted over the whole sweep, and why it does not count if it compiled), and the last
+    pass's KV samples. `passes` collects every pass of the run.
 
     result.passes_s and result.passes get each pass after it ends (a failing later pass keeps the
     earlier ones); the memory peaks and the "generate" phase are the last pass's, the earlier passes'
     phases are named "repeat".
     """
     records: list[RequestRecord] = []
-    passes: list[TimedPass] = []
     kv_samples: list[KvSample] = []
-    for index in range(repeats):
-        last = index == repeats - 1
+    for repeat in range(repeats):
+        last = last_rate and repeat == repeats - 1
+        index = len(passes)
         before = backend.compile_snapshot()
         pass_records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
         timed = TimedPass(index, result.generate_s, CompileCount.between(before, backend.compile_snapshot()))

@@ -7,6 +7,9 @@ and generates exactly `output_tokens` tokens per request (EOS ignored), so the w
 - `sharegpt-like`: N requests whose prompt and output lengths follow a log-normal with ShareGPT's
   shape (mean input about 161 tokens, mean output about 338, long tail: PagedAttention paper, Fig. 11),
   seeded, clipped to the model's context. Token ids are drawn uniformly from the ordinary vocabulary.
+- A shared prefix (`shared_prefix_tokens` K > 0): the same K token ids, drawn as sharegpt-like's with
+  their own seeded generator, start every prompt (the paper's few-shot prefixes, section 6.4: one
+  shot, 80 tokens; five shots, 341). The request's own prompt follows, unchanged.
 - `file:PATH.jsonl`: one request per line, `{"prompt": "...", "output_tokens": N}` or
   `{"prompt_tokens": N, "output_tokens": N}` (ids then drawn as for sharegpt-like, seeded).
 """
@@ -35,6 +38,7 @@ SHAREGPT_INPUT_MEAN = 161.0
 SHAREGPT_OUTPUT_MEAN = 338.0
 SHAREGPT_SIGMA = 0.9  # a long right tail; the median is mean * exp(-sigma^2 / 2)
 SHAREGPT_DEFAULT_REQUESTS = 256
+PREFIX_SEED_OFFSET = 1_000_003  # the shared prefix's generator: seed + this, so the prompts' own ids do not move
 
 BUILTIN = ("seed", "sharegpt-like")
 
@@ -77,11 +81,13 @@ def build_workload(
     seed: int = 0,
     num_requests: int | None = None,
     output_tokens: int | None = None,
+    shared_prefix_tokens: int = 0,
 ) -> list[Request]:
     """The requests of workload `name`, with lengths that fit `max_model_len`.
 
     `vocab_ids`: the ids that synthetic prompts draw from (the ordinary tokens, no special ones).
-    `num_requests` cycles or truncates the workload's requests; `output_tokens` overrides every length.
+    `num_requests` cycles or truncates the workload's requests; `output_tokens` overrides every length;
+    `shared_prefix_tokens` K puts the same K ids before every prompt.
     """
     rng = random.Random(seed)
     if name == "seed":
@@ -96,12 +102,14 @@ def build_workload(
         raise AssertionError("unreachable")
     if num_requests is not None:
         specs = [specs[i % len(specs)] for i in range(num_requests)]
+    prefix = shared_prefix(vocab_ids, shared_prefix_tokens, seed)
     requests = []
     for i, spec in enumerate(specs):
         if "prompt" in spec:
             ids = tuple(tokenizer.encode(spec["prompt"], add_special_tokens=False)) or (vocab_ids[0],)
         else:
             ids = tuple(rng.choice(vocab_ids) for _ in range(spec["prompt_tokens"]))
+        ids = prefix + ids
         out = output_tokens or spec["output_tokens"]
         if len(ids) + out > max_model_len:
             raise LabInputError(
@@ -110,6 +118,12 @@ def build_workload(
             )
         requests.append(Request(i, ids, out, spec.get("prompt")))
     return requests
+
+
+def shared_prefix(vocab_ids: list[int], tokens: int, seed: int) -> tuple[int, ...]:
+    """The K = `tokens` ids every prompt starts with (empty for 0), from their own seeded generator."""
+    rng = random.Random(seed + PREFIX_SEED_OFFSET)
+    return tuple(rng.choice(vocab_ids) for _ in range(tokens))
 
 
 def sharegpt_like_lengths(count: int, max_model_len: int, rng: random.Random) -> list[dict]:

@@ -70,3 +70,26 @@ def shapes_plan(batches: list[list[Request]], pad_to: int | None = None) -> list
         if steps > 2:  # two tokens were run by the prefill calls above
             plan.append([replace(r, output_tokens=steps) for r in narrowest])
     return plan
+
+
+def next_batch(waiting: list[Request], size: int, wait_s: float, free_s: float) -> tuple[float, list[Request]]:
+    """Online serving's static batch: (when it starts, its requests), from the requests not yet started
+    (`waiting`, in arrival order, future arrivals included) and when the engine is free (`free_s`).
+
+    A traditional server starts a batch when `size` requests are queued, or when the oldest queued
+    request has waited `wait_s`, whichever comes first, and never while the previous batch runs:
+        start = max(free_s, min(arrival of the size-th waiting request, arrival of the first + wait_s))
+    The batch is the first `size` requests that have arrived by then. Arrival times are known to the
+    lab in advance, but the rule only uses those before `start`, as a real server's queue would.
+    """
+    full_s = waiting[size - 1].arrival_s if len(waiting) >= size else float("inf")
+    start_s = max(free_s, min(full_s, waiting[0].arrival_s + wait_s))
+    batch = [r for r in waiting[:size] if r.arrival_s <= start_s]
+    return start_s, batch
+
+
+def sizes_plan(requests: list[Request], sizes: list[int]) -> list[list[Request]]:
+    """Warm-up calls for online serving, where a static batch can hold any number of requests up to the
+    batch size: for each size, the widest requests of that many rows, with 2 new tokens."""
+    widest = sorted(requests, key=lambda r: r.prompt_tokens, reverse=True)
+    return [[replace(r, output_tokens=min(2, r.output_tokens)) for r in widest[:size]] for size in sizes]

@@ -15,8 +15,10 @@ Modes:
 - static-cache-eager: the same with compilation disabled (`disable_compile=True`), so that static
   against dynamic cache is not silently compiled against eager.
 
-Times. Every request arrives at t=0 (`Request.arrival_s`) and is first scheduled when its batch's
-`generate()` call starts. Per-token times come from a logits processor that reads the runner's clock
+Times. Offline, every request arrives at t=0 (`Request.arrival_s`) and is first scheduled when its
+batch's `generate()` call starts. Online (requests arriving over time), batches are formed from the
+queue as a traditional server forms them (`lab.backends.hf_online`). Per-token times come from a
+logits processor that reads the runner's clock
 (synchronised with the device) once per decoding step: its k-th call marks the k-th token of every
 sequence in the batch.
 """
@@ -27,8 +29,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, StaticCache
 
-from lab.backends import batching, compile_watch
+from lab.backends import batching, compile_watch, hf_sharing
 from lab.backends.base import Backend, Clock
+from lab.backends.hf_online import serve_arrivals
 from lab.backends.hf_parallel import close_tensor_parallel, load_tensor_parallel
 from lab.models.resolve import has_tokenizer, has_weights
 from lab.records import HfBatch, RequestRecord
@@ -103,15 +106,29 @@ class HfBackend(Backend):
     def batches(self, requests: list[Request]) -> list[list[Request]]:
         return batching.cut(requests, 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size)
 
+    @property
+    def online_batch_size(self) -> int:
+        """Online serving: the most rows of a batch formed from the queue (`--max-concurrency` caps it)."""
+        cap = self.spec.engine.online.max_concurrency
+        size = 1 if self.spec.mode == "sequential" else self.spec.engine.batch_size
+        return min(size, cap) if cap else size
+
     def prepare(self, requests: list[Request]) -> None:
-        """Static modes: one batch size and one cache, long enough for every batch of the workload."""
+        """Static modes: one batch size and one cache, long enough for every batch of the workload (online,
+        where any requests may share a batch: the widest prompt and the longest output)."""
         if self.spec.mode in STATIC_MODES:
             batches = self.batches(requests)
             self._static_rows = len(batches[0])
-            self._static_cache = StaticCache(config=self.model.config, max_cache_len=batching.cache_len(batches))
+            longest = [requests] if self.spec.engine.online.is_sweep else batches
+            self._static_cache = StaticCache(config=self.model.config, max_cache_len=batching.cache_len(longest))
 
     def warmup_plan(self, requests: list[Request]) -> list[list[Request]]:
-        return batching.shapes_plan(self.batches(requests), self.pad_to)
+        """Every shape of the offline batches; online, also every batch size up to the batch size (static
+        modes: one, filled), each at the widest prompts (`batching.sizes_plan`)."""
+        plan = batching.shapes_plan(self.batches(requests), self.pad_to)
+        if self.spec.engine.online.is_sweep and self.pad_to is None:
+            plan += batching.sizes_plan(requests, list(range(1, self.online_batch_size + 1)))
+        return plan
 
     def warmup_requests(self, requests: list[Request]) -> list[Request]:
         return self.batches(requests)[0]
@@ -127,8 +144,10 @@ class HfBackend(Backend):
             self.prepare(requests)  # generate() without prepare(), or longer requests than prepared for
         records: list[RequestRecord] = []
         self.batch_stats: list[HfBatch] = []
+        if any(r.arrival_s > 0 for r in requests) or self.spec.engine.online.max_concurrency:
+            return serve_arrivals(self, requests, clock, self.online_batch_size)  # online serving
         for index, batch in enumerate(batches):
-            records.extend(self._generate_batch(index, batch, clock))
+            records.extend(self.generate_batch(index, batch, clock))
         return records
 
     def _generate_options(self) -> dict:
@@ -141,7 +160,7 @@ class HfBackend(Backend):
             options["disable_compile"] = True
         return options
 
-    def _generate_batch(self, index: int, batch: list[Request], clock: Clock) -> list[RequestRecord]:
+    def generate_batch(self, index: int, batch: list[Request], clock: Clock) -> list[RequestRecord]:
         padding = batching.padding_rows(batch, self.pad_to)
         input_ids, attention_mask = self._left_pad(batch + padding)
         new_tokens = batching.new_tokens(batch)
@@ -149,6 +168,8 @@ class HfBackend(Backend):
         options = self._generate_options()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        if self.spec.engine.n > 1:
+            torch.manual_seed(hf_sharing.batch_seed(self.spec.engine, index))
         start_s = clock.now()
         with torch.inference_mode():
             out = self.model.generate(
@@ -156,10 +177,10 @@ class HfBackend(Backend):
                 attention_mask=attention_mask,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,  # EOS is suppressed: every sequence runs its full length
-                do_sample=False,
                 pad_token_id=self.pad_id,
                 logits_processor=[timer],
                 return_dict_in_generate=True,
+                **hf_sharing.generate_options(self.spec.engine),  # greedy; or n samples, or beams
                 **options,
             )
         end_s = clock.now()
@@ -185,10 +206,11 @@ class HfBackend(Backend):
         done = min(generated, r.output_tokens, len(step_s))
         ok = done == r.output_tokens
         times = list(step_s[:done])
+        sequences = self.spec.engine.sequences  # n samples or beams of `done` tokens each
         return RequestRecord(
             request_id=r.request_id,
             prompt_tokens=r.prompt_tokens,
-            output_tokens=done,
+            output_tokens=done * sequences,
             first_token_s=times[0] if times else None,
             end_s=times[-1] if times else start_s,
             arrival_s=r.arrival_s,
@@ -196,7 +218,7 @@ class HfBackend(Backend):
             token_times_s=times,
             batch=index,
             status="ok" if ok else "error",
-            error=None if ok else f"generated {generated} tokens, {r.output_tokens} requested",
+            error=None if ok else f"generated {generated} tokens a sequence, {r.output_tokens} requested",
         )
 
     def _batch_stat(self, index, batch, input_ids, generated, out, start_s, end_s) -> HfBatch:

@@ -8,9 +8,9 @@ kept for the warm-up and every timed pass, so that neither the pool's allocation
 capture is timed.
 
 Threads. The manager steps in a background thread of its own; this process's main thread hands it
-requests (`add_request`, a thread-safe queue) and takes finished results (`get_result`). Every
-request arrives at t=0 (`Request.arrival_s`) and is submitted then, as for vLLM: the scheduler decides
-when each starts, so queueing is part of every request's TTFT and latency.
+requests (`add_request`, a thread-safe queue) when each arrives (`Request.arrival_s`,
+`lab.backends.dispatch`; offline all at t=0) and takes finished results (`get_result`), as for vLLM:
+the scheduler decides when each starts, so queueing is part of every request's TTFT and latency.
 
 Fairness, as for every mode:
 - no prefix caching: `allow_block_sharing=False` (with sharing on, `add_requests` also reorders);
@@ -46,6 +46,7 @@ from lab.accounting.continuous import check_requests_fit
 from lab.accounting.kv import final_tokens
 from lab.accounting.paged import step_sums
 from lab.backends.base import Clock
+from lab.backends.dispatch import MAX_SLEEP_S, Dispatcher
 from lab.backends.hf import HfBackend
 from lab.backends.hf_continuous_engine import NO_EOS, build_manager, describe, plan_pool, set_attention
 from lab.backends.hf_continuous_hooks import StepTap, cache_view
@@ -73,7 +74,6 @@ class HfContinuousBackend(HfBackend):
         self._finals: dict[str, int] = {}  # the most tokens each request stores: P + O - 1
         self._step_token_times: dict[str, list[float]] = {}  # perf_counter of the step that made each token
         self._first_step_end: dict[str, float] = {}  # perf_counter after the first step that ran each request
-        self._submitted: dict[str, float] = {}  # perf_counter at add_request
         self._calls = 0
         self._steps_last_call: int | None = None
         self._stalled = False
@@ -110,12 +110,13 @@ class HfContinuousBackend(HfBackend):
         lengths = [(r.prompt_tokens, r.output_tokens) for r in requests]
         check_requests_fit(lengths, self._info["num_blocks"], self._info["block_size"])
         self._calls += 1
-        self._samples, self._step_token_times, self._first_step_end, self._submitted = [], {}, {}, {}
+        self._samples, self._step_token_times, self._first_step_end = [], {}, {}
         self._lab_ids, self._finals = {}, {}
         self._clock = clock
         steps_before = getattr(self._manager, "current_batch", None)
-        pending = self._submit(requests)
-        outputs = self._collect(pending)
+        dispatcher = Dispatcher(requests, clock, self.spec.engine.online.max_concurrency)
+        pending = {self._key(r): r for r in requests}
+        outputs = self._serve(dispatcher, pending)
         self._tap.idle.wait(TAP_IDLE_TIMEOUT_S)  # the last step's tap runs after its results are delivered
         steps_after = getattr(self._manager, "current_batch", None)
         both = None not in (steps_before, steps_after)
@@ -123,45 +124,51 @@ class HfContinuousBackend(HfBackend):
         fatal = getattr(self._manager.background_thread_status, "fatal_error", None)
         if fatal is None and self._stalled:
             fatal = f"no engine step for {STALL_S:.0f} s with requests pending"
-        return [
-            _record(request, outputs.get(key), clock, fatal, self._lab_times(key)) for key, request in pending.items()
-        ]
+        records = [_record(r, outputs.get(key), clock, fatal, self._lab_times(key)) for key, r in pending.items()]
+        for record in records:
+            dispatcher.stamp(record)
+        return records
 
     def _lab_times(self, key: str) -> dict:
-        """What this process saw of a request: its submission, its first step's end, its tokens' steps."""
+        """What this process saw of a request: its first step's end, its tokens' steps."""
         return {
-            "submitted": self._submitted.get(key),
             "first_step_end": self._first_step_end.get(key),
             "token_steps": self._step_token_times.get(key, []),
         }
 
-    def _submit(self, requests: list[Request]) -> dict[str, Request]:
-        """Every request handed to the engine now (t=0), each with its own output length and no EOS."""
-        pending: dict[str, Request] = {}
-        for request in requests:
-            key = f"{self._calls}-{request.request_id}"  # unique across warm-up and timed passes
-            self._submitted[key] = time.perf_counter()
-            accepted = self._manager.add_request(
-                input_ids=list(request.prompt_token_ids),
-                request_id=key,
-                max_new_tokens=request.output_tokens,
-                record_timestamps=True,
-                eos_token_id=NO_EOS,
-            )
-            if accepted is None:
-                raise RuntimeError("transformers' continuous batching manager refused a request (is it stopping?)")
-            pending[key] = request
-            self._lab_ids[key] = request.request_id
-            self._finals[key] = final_tokens(request.prompt_tokens, request.output_tokens)
-        return pending
+    def _key(self, request: Request) -> str:
+        return f"{self._calls}-{request.request_id}"  # unique across warm-up and timed passes
 
-    def _collect(self, pending: dict[str, Request]) -> dict:
-        """Finished results by request key, until all are in, the engine's thread has stopped or it stalled."""
+    def _submit(self, request: Request) -> None:
+        """Hand one request to the engine, with its own output length and no EOS."""
+        key = self._key(request)
+        accepted = self._manager.add_request(
+            input_ids=list(request.prompt_token_ids),
+            request_id=key,
+            max_new_tokens=request.output_tokens,
+            record_timestamps=True,
+            eos_token_id=NO_EOS,
+        )
+        if accepted is None:
+            raise RuntimeError("transformers' continuous batching manager refused a request (is it stopping?)")
+        self._lab_ids[key] = request.request_id
+        self._finals[key] = final_tokens(request.prompt_tokens, request.output_tokens)
+
+    def _serve(self, dispatcher: Dispatcher, pending: dict[str, Request]) -> dict:
+        """Submit each request when it arrives (offline: all at once) and take the finished results, until
+        all are in, the engine's thread has stopped or it stalled. Results by request key."""
         outputs: dict = {}
         started = time.perf_counter()
         while len(outputs) < len(pending):
-            output = self._manager.get_result(timeout=RESULT_POLL_S)
+            for request in dispatcher.due():
+                self._submit(request)
+            to_next = dispatcher.seconds_to_next()
+            wait_s = RESULT_POLL_S if to_next is None else min(RESULT_POLL_S, to_next, MAX_SLEEP_S)
+            output = self._manager.get_result(timeout=wait_s) if dispatcher.in_flight else None
             if output is None:
+                if not dispatcher.in_flight:
+                    dispatcher.wait()
+                    continue
                 stalled = time.perf_counter() - max(self._tap.last_step, started) > STALL_S
                 if not self._manager.is_running() or stalled:
                     self._stalled = stalled
@@ -169,6 +176,7 @@ class HfContinuousBackend(HfBackend):
                 continue
             if output.request_id in pending and output.is_finished():
                 outputs[output.request_id] = output
+                dispatcher.done()
         return outputs
 
     # -- KV samples --------------------------------------------------------------------------------
@@ -284,7 +292,7 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
     scheduled = output.lifespan[0] if output.lifespan and output.lifespan[0] > 0 else None
     if recomputed:
         scheduled = seen["first_step_end"]
-    extra = {"submitted_s": clock.since_start(seen["submitted"] or output.created_time)}
+    extra = {}
     if recomputed:
         extra["token_times_note"] = (
             f"recomputed after the pool ran out: its first {generated - len(output.timestamps or [])} token times "
@@ -296,7 +304,7 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
         output_tokens=generated,
         first_token_s=times[0] if times else None,
         end_s=times[-1] if times else clock.now(),
-        arrival_s=request.arrival_s,  # all submitted at t=0: the scheduler queues them, as vLLM's does
+        arrival_s=request.arrival_s,  # submitted at arrival: the scheduler queues them, as vLLM's does
         scheduled_s=None if scheduled is None else clock.since_start(scheduled),
         token_times_s=times,
         status="error" if problems else "ok",

@@ -40,6 +40,7 @@ BACKENDS: dict[str, Callable[[], type[Backend]]] = {
     "hf/static-cache-eager": _hf,
     "hf/continuous": _hf_continuous,
     "vllm/offline": _vllm,
+    "vllm/shared": _vllm,  # the same engine with prefix caching on (lab.backends.vllm.prefix_caching)
 }
 
 

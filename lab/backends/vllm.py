@@ -1,4 +1,4 @@
-"""vLLM offline: every request handed to the engine at t=0, then stepped exactly as `LLM.generate` does.
+"""vLLM's engine, stepped exactly as `LLM.generate` does, each request added when it arrives.
 
 `LLM.generate` is `add_request` for each prompt followed by `while has_unfinished_requests(): step()`
 (`_run_engine`, in `vllm/entrypoints/offline_utils.py` in 0.26 and `entrypoints/common/offline.py` in
@@ -7,9 +7,12 @@ clock (time to first token, end time per request) and the KV pool's usage. The d
 `LLM.generate`: outputs come back as deltas (`RequestOutputKind.DELTA`) rather than only at the end,
 so that first tokens are seen, and there is no progress bar.
 
-Every request arrives at t=0 (`Request.arrival_s`) and is submitted then: vLLM queues them and its
-scheduler decides when each starts, so queueing time is part of every request's TTFT and latency, as
-it is for `LLM.generate`.
+Each request is added when it arrives (`Request.arrival_s`, `lab.backends.dispatch`), between steps,
+as a server's engine loop adds them; offline every request arrives at t=0 and all are added before
+the first step, as `LLM.generate` does. vLLM queues them and its scheduler decides when each starts,
+so queueing time is part of every request's TTFT and latency. Beam search (`--beam-width`) runs
+`LLM.beam_search`, which submits every request at once itself, so it has no arrivals (a beam-search
+point with `--request-rate` is refused, `lab.config`); parallel samples (`--n`) arrive as any request.
 
 Timing. The engine core runs in a child process (v1 default) and steps on its own; each `step()`
 here takes one step's outputs from its queue. Every token's time (`token_times_s`) is when this
@@ -46,16 +49,16 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import dataclass, field
 
 import vllm
-from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
 
 from lab.accounting import kv
 from lab.accounting.paged import vllm_step_sums
+from lab.backends import vllm_sharing as sharing
 from lab.backends.base import Backend, Clock
+from lab.backends.dispatch import Dispatcher
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
+from lab.backends.vllm_progress import InFlight, Progress
 from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step_facts
 from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
 from lab.config import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
@@ -65,46 +68,6 @@ from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
 WARMUP_REQUESTS = 8  # the "first-batch" warm-up: prefill and decode once; CUDA graphs are captured at load
-
-
-@dataclass
-class _Progress:
-    """One request as this process has seen it so far."""
-
-    request: Request
-    generated: int = 0
-    first_token_s: float | None = None
-    end_s: float | None = None
-    token_times_s: list[float] = field(default_factory=list)
-    stats: object = None  # RequestOutput.metrics: vLLM's RequestStateStats (None with its stats off)
-
-
-@dataclass
-class _InFlight:
-    """The requests that have produced a token and not finished: the scheduler holds their blocks.
-
-    Kept up to date output by output, so that a KV sample costs O(1) however many requests run.
-    `tokens_stored` is the sum of `kv.stored_tokens(prompt, generated)` = P + g - 1 over them (the
-    newest token's K/V is written by the step that consumes it).
-    """
-
-    requests: int = 0
-    tokens_stored: int = 0
-
-    def update(self, seen: _Progress, new_tokens: int, finished: bool, now: float) -> None:
-        if new_tokens:
-            seen.token_times_s.extend([now] * new_tokens)
-            if seen.generated == 0:
-                seen.first_token_s = now
-                self.requests += 1
-                self.tokens_stored += seen.request.prompt_tokens - 1
-            seen.generated += new_tokens
-            self.tokens_stored += new_tokens
-        if finished:
-            seen.end_s = now
-            if seen.generated:
-                self.requests -= 1
-                self.tokens_stored -= kv.stored_tokens(seen.request.prompt_tokens, seen.generated)
 
 
 class _SchedulerStatsTap:
@@ -122,12 +85,15 @@ class _SchedulerStatsTap:
         self._get_output = engine_core.get_output
         self.stats = None
         self.facts: dict | None = None
+        self.log: sharing.StepLog | None = None  # set while LLM.beam_search steps the engine itself
         engine_core.get_output = self._get_output_and_keep_stats
 
     def _get_output_and_keep_stats(self, *args, **kwargs):
         outputs = self._get_output(*args, **kwargs)
         self.stats = getattr(outputs, "scheduler_stats", None)
         self.facts = take_step_facts(self.stats) if self.stats is not None else None
+        if self.log is not None and self.stats is not None:
+            self.log.add(self.stats, self.facts)
         return outputs
 
     def take(self):
@@ -172,7 +138,7 @@ class VllmBackend(Backend):
             "model": self.model_path,
             "dtype": self.dtype,
             "seed": e.seed,
-            "enable_prefix_caching": e.enable_prefix_caching,
+            "enable_prefix_caching": sharing.prefix_caching(e, self.spec.mode),
             "block_size": e.block_size,
             # The scheduler's stats are what KV samples are made of; without samples, off as in `vllm bench`.
             "disable_log_stats": not e.sample_kv_every_step,
@@ -231,32 +197,49 @@ class VllmBackend(Backend):
         self._samples = []  # warm-up samples never mix with the timed pass's
         self._generate_calls += 1
         sample_kv = self.spec.engine.sample_kv_every_step
+        if self._info.get("enable_prefix_caching"):
+            self._info["prefix_cache_reset"] = sharing.reset_prefix_cache(self._llm)  # no hits from earlier passes
+        if self.spec.engine.beam_width > 1:
+            return self._generate_beams(requests, clock)
 
-        progress: dict[str, _Progress] = {}
+        progress: dict[str, Progress] = {}
         prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests]
-        for request, engine_input in zip(requests, self._render(prompts)):
-            # vLLM appends a random suffix internally; outputs carry the id we give.
-            key = f"{self._generate_calls}-{request.request_id}"
-            engine.add_request(key, engine_input, self._sampling_params(request.output_tokens))
-            progress[key] = _Progress(request)
-
+        rendered = dict(zip((r.request_id for r in requests), self._render(prompts)))
+        # Arrivals (lab.backends.dispatch): offline, every request is due before the first step.
+        dispatcher = Dispatcher(requests, clock, self.spec.engine.online.max_concurrency)
         if self._tap is not None:
             self._tap.take()  # stale stats from before this call
-        in_flight = _InFlight()
+        in_flight = InFlight()
         step = 0
-        while engine.has_unfinished_requests():
+        while dispatcher.pending or engine.has_unfinished_requests():
+            for request in dispatcher.due():
+                # vLLM appends a random suffix internally; outputs carry the id we give.
+                key = f"{self._generate_calls}-{request.request_id}"
+                params = sharing.sampling_params(self.spec.engine, request.request_id, request.output_tokens)
+                engine.add_request(key, rendered[request.request_id], params)
+                progress[key] = Progress(request)
+            if not engine.has_unfinished_requests():
+                dispatcher.wait()  # idle until the next arrival, as a server's engine loop is
+                continue
             outputs = engine.step()
             now = clock.now()
             for output in outputs:
-                new_tokens = len(output.outputs[0].token_ids) if output.outputs else 0
+                # n > 1: one output per child sequence; token times follow sequence 0
+                new_tokens = sum(len(o.token_ids) for o in output.outputs)
+                timed = sum(len(o.token_ids) for o in output.outputs if o.index == 0)
                 seen = progress[output.request_id]
                 seen.stats = getattr(output, "metrics", None) or seen.stats
-                in_flight.update(seen, new_tokens, output.finished, now)
+                in_flight.update(seen, new_tokens, output.finished, now, timed)
+                if output.finished:  # n > 1: once, when the last of its samples finishes
+                    dispatcher.done()
             stats, facts = self._tap.take() if self._tap is not None else (None, None)
             if sample_kv and stats is not None:
                 self._samples.append(self._kv_sample(step, now, stats, facts, in_flight))
             step += 1
-        return [self._record(p, clock) for p in progress.values()]
+        records = [self._record(p, clock) for p in progress.values()]
+        for record in records:
+            dispatcher.stamp(record)
+        return records
 
     def _render(self, prompts: list[dict]) -> list:
         """Token prompts -> the engine's input objects, as `LLM.generate` renders them.
@@ -267,25 +250,42 @@ class VllmBackend(Backend):
         render = getattr(self._llm, "_preprocess_cmpl", None)
         return list(render(prompts)) if render is not None else prompts
 
-    def _sampling_params(self, output_tokens: int) -> SamplingParams:
-        # Greedy and EOS ignored: exactly `output_tokens` tokens whatever the (random) weights say.
-        return SamplingParams(
-            n=1,
-            temperature=0.0,
-            max_tokens=output_tokens,
-            min_tokens=output_tokens,
-            ignore_eos=True,
-            detokenize=False,  # token ids are all we count; text would add frontend work
-            output_kind=RequestOutputKind.DELTA,  # an output every step, so first tokens are seen
-        )
+    def _generate_beams(self, requests: list[Request], clock: Clock) -> list[RequestRecord]:
+        """`LLM.beam_search`, one call per output length (its params carry one max_tokens), every
+        engine step it runs logged through the tap. Its steps are invisible from here: each request
+        ends when its call returns, and no per-token times exist."""
+        log = sharing.StepLog()
+        if self._tap is not None:
+            self._tap.take()
+            self._tap.log = log
+        records = []
+        try:
+            for length in dict.fromkeys(r.output_tokens for r in requests):
+                group = [r for r in requests if r.output_tokens == length]
+                prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in group]
+                outputs = self._llm.beam_search(prompts, sharing.beam_params(self.spec.engine, length))
+                end_s = clock.now()
+                for request, output in zip(group, outputs):
+                    seen = Progress(request, end_s=end_s)
+                    seen.generated = sum(len(seq.tokens) - request.prompt_tokens for seq in output.sequences)
+                    records.append(self._record(seen, clock))
+        finally:
+            if self._tap is not None:
+                self._tap.log = None
+        if self.spec.engine.sample_kv_every_step:
+            self._samples = [
+                self._kv_sample(step, clock.since_start(t), stats, facts, None)
+                for step, (t, stats, facts) in enumerate(log.steps)
+            ]
+        return sorted(records, key=lambda r: r.request_id)
 
-    @staticmethod
-    def _record(seen: _Progress, clock: Clock) -> RequestRecord:
+    def _record(self, seen: Progress, clock: Clock) -> RequestRecord:
         request = seen.request
-        ok = seen.end_s is not None and seen.generated == request.output_tokens
+        expected = request.output_tokens * self.spec.engine.sequences  # n samples (or beams) of L tokens
+        ok = seen.end_s is not None and seen.generated == expected
         error = None
         if not ok:
-            error = f"generated {seen.generated} tokens, {request.output_tokens} requested"
+            error = f"generated {seen.generated} tokens, {expected} requested"
             if seen.end_s is None:
                 error += "; never finished"
         scheduled_ts = getattr(seen.stats, "scheduled_ts", 0.0) or 0.0  # 0.0: vLLM did not record it
@@ -295,7 +295,7 @@ class VllmBackend(Backend):
             output_tokens=seen.generated,
             first_token_s=seen.first_token_s,
             end_s=seen.end_s if seen.end_s is not None else clock.now(),
-            arrival_s=request.arrival_s,  # submitted at once: vLLM queues internally
+            arrival_s=request.arrival_s,  # submitted at arrival (Dispatcher): vLLM queues internally
             scheduled_s=clock.since_monotonic(scheduled_ts) if scheduled_ts > 0 else None,
             token_times_s=list(seen.token_times_s),
             status="ok" if ok else "error",
@@ -352,11 +352,12 @@ class VllmBackend(Backend):
         """
         return list(self._samples)
 
-    def _kv_sample(self, step: int, now: float, stats, facts: dict | None, in_flight: _InFlight) -> KvSample:
+    def _kv_sample(self, step: int, now: float, stats, facts: dict | None, in_flight: InFlight | None) -> KvSample:
         usage = float(stats.kv_cache_usage)
         running = int(stats.num_running_reqs)
         blocks_used = kv.blocks_used_from_usage(usage, self._num_blocks) if self._num_blocks > 1 else None
-        overcounted = in_flight.requests > running  # some request was preempted
+        # Beam search (in_flight None): its one-token requests are not seen here, so no token count.
+        overcounted = in_flight is None or in_flight.requests > running  # or some request was preempted
         sample = KvSample(
             t_s=now,
             step=step,
@@ -366,8 +367,9 @@ class VllmBackend(Backend):
             running=running,
             waiting=int(stats.num_waiting_reqs),
             tokens_stored=None if overcounted else in_flight.tokens_stored,
-            tokens_stored_exact=in_flight.requests == running,
+            tokens_stored_exact=None if in_flight is None else in_flight.requests == running,
         )
+        sample.prefix_queries, sample.prefix_hits = sharing.prefix_counts(stats)
         if facts is not None:
             sums = vllm_step_sums(facts, self._info["block_size"])
             usable = kv.usable_blocks(int(facts["num_blocks"]))

@@ -25,6 +25,7 @@ from lab.hardware.timeline import (
     summarize_timeline,
 )
 from lab.metrics import run_metrics
+from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 # The summary's name of each memory peak, and the collector's (lab.hardware.timeline.TimelineStats).
@@ -46,8 +47,9 @@ COLLECTOR_FACTS = (
 )
 
 
-def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
-    """Gather the runs' files (each read once) into the run folder's records, kv, timeline and summary."""
+def merge_runs(folder: rf.RunFolder, names: list[str], slos: dict[str, float] | None = None) -> None:
+    """Gather the runs' files (each read once) into the run folder's records, kv, timeline and summary;
+    `slos`: goodput's, for an online sweep (`lab.online_metrics`)."""
     records, kv, timeline, summaries = [], [], [], []
     for name in names:
         part = folder.part(name)
@@ -59,7 +61,7 @@ def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
         timeline.extend(collected["samples"])
         result = BackendResult.from_dict(rf.read_json(part.result))
         ranks = [BackendResult.from_dict(rf.read_json(r.result)) for r in part.ranks() if r.result.exists()]
-        summary = summarize_run(result, part_records, collected["samples"], ranks)
+        summary = summarize_run(result, part_records, collected["samples"], ranks, slos or {})
         summary.collector = collector_facts(collected)
         summaries.append(summary)
     rf.write_jsonl(folder.records, (r.to_dict() for r in records))
@@ -69,12 +71,18 @@ def merge_runs(folder: rf.RunFolder, names: list[str]) -> None:
 
 
 def summarize_run(
-    result: BackendResult, records: list[RequestRecord], samples: list[dict], ranks: list[BackendResult] = ()
+    result: BackendResult,
+    records: list[RequestRecord],
+    samples: list[dict],
+    ranks: list[BackendResult] = (),
+    slos: dict[str, float] | None = None,
 ) -> RunSummary:
-    """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures."""
+    """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures.
+    An online sweep's `metrics` are its last rate's (inf where given); `sweep` has every rate's."""
     engine = dict(result.engine or {})
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
-    metrics, pass_metrics = run_metrics(records) if records else (None, None)
+    last = last_rate_records(records)
+    metrics, pass_metrics = run_metrics(last) if last else (None, None)
     used = gpus_holding_tree(samples)
     own = restricted_to_gpus(samples, used) if used else samples  # the collector reads every GPU
     window = result.phase("generate")
@@ -105,6 +113,8 @@ def summarize_run(
         },
         engine=engine,
         energy=energy_summary(result.phases, samples, (metrics or {}).get("output_tokens"), result.energy_meter),
+        sweep=sweep_metrics(records, slos or {}) if is_sweep(records) else None,
+        skipped_rates=result.skipped_rates,
     )
 
 

@@ -1,6 +1,7 @@
 """`lab experiment`: every backend/mode in its own process, one after the other, with the collector.
 
-Offline: every request is available at t=0. The steps:
+Offline: every request is available at t=0. Online serving (`--request-rate`, issue 16): each backend's
+process runs every offered rate in turn after its one warm-up (`lab.runner`, `lab.arrivals`). The steps:
 
 1. build (or check) the model once, through the launcher, so no backend pays for it;
    A KV pool given as a share of the workload (`--kv-cache-memory workload:SHARE`) is sized here,
@@ -46,7 +47,9 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
         spec = sized_from_workload(spec, resolved, echo)
         specs = spec.run_specs()
         built = model_build(spec.engine.model, resolved)
-        timeout_s = spec.timeout_s or default_timeout_s(resolved["lengths"], spec.engine.repeats)
+        timeout_s = spec.timeout_s or default_timeout_s(
+            resolved["lengths"], spec.engine.repeats, spec.engine.online.request_rates, spec.engine.sequences
+        )
         limit = describe_timeout(timeout_s, given=spec.timeout_s is not None)
         echo(f"time limit per backend/mode: {limit}")
         interval_ms = spec.collector_interval_ms if spec.collect else None
@@ -59,7 +62,7 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
                 result = execute_run(run, part, processes, bar.echo, interval_ms, timeout_s, limit)
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: {describe_result(result)}")
             results.append(result)
-        merge_runs(folder, [s.name for s in specs])
+        merge_runs(folder, [s.name for s in specs], spec.engine.online.slos)
         rf.write_json(folder.manifest, manifest(spec.to_dict(), launcher, results, built, started, folder))
         write_report(folder.path)
     return Finished.of(results_dir / run_id, results)

@@ -22,6 +22,7 @@ from lab.errors import LabInputError
 from lab.metrics import ratio
 from lab.records import RunSummary
 from lab.report.format import MIB, fmt
+from lab.report.online_markdown import sweep_comparison
 from lab.report.run_view import RunView
 from lab.report.scaling import scaling_section
 
@@ -83,6 +84,7 @@ def conditions(run: RunView) -> dict:
         "block size": engine.get("block_size"),
         "KV pool": engine.get("kv_cache_memory_bytes") or engine.get("gpu_memory_utilization"),
         "GPUs per backend/mode": engine.get("tensor_parallel_size", 1),
+        "request rates": ",".join(map(str, (engine.get("online") or {}).get("request_rates") or ["inf"])),
         "runtime": manifest.get("runtime"),
         "git commit": ((manifest.get("host") or {}).get("git") or {}).get("commit"),
     }
@@ -181,6 +183,8 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
     ]
     if scaling := scaling_section(runs, letters):
         lines += [""] + scaling
+    if online := sweep_comparison([(x, r.runs) for x, r in zip(letters, runs)]):
+        lines += [""] + online
     failed = [f"- {x}: {e.label}: {e.error}" for x, r in zip(letters, runs) for e in r.runs if not e.ok]
     if failed:
         lines += ["", "Failures:", ""] + failed

@@ -14,6 +14,7 @@ from lab.report.continuous import settings_lines
 from lab.report.format import fmt, mib, version
 from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
+from lab.report.online_markdown import online_section
 from lab.report.run_view import RunView
 from lab.report.timing_markdown import (
     compile_section,
@@ -35,6 +36,8 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     lines += [""] + latency_section(runs)
     if analyses.repeats:
         lines += [""] + repeats_section(analyses.repeats)
+    if online := online_section(runs, view.engine.online):
+        lines += [""] + online
     compiled = compile_section(runs)
     if compiled:
         lines += [""] + compiled

@@ -5,6 +5,7 @@
 - kv_breakdown.png: where the KV memory goes, stacked bars in the form of the PagedAttention paper's
   Figure 2: shares of D (the paper's own bars, lab.paper, beside this run's) and shares of the memory
   held (lab.accounting.breakdown).
+- online.png: normalized latency against the offered request rate, the paper's Figure 12 (lab.report.online_plot).
 - performance.png: output tokens/s (median and the passes' range), latency from arrival (TTFT,
   queueing, service, E2E) and per token (TPOT, ITL), p50 and p99, per backend/mode.
 
@@ -24,6 +25,7 @@ from lab.records import BreakdownEntry, RunSummary
 from lab.report.figure import new_figure
 from lab.report.gpu_plot import gpu_memory_figure
 from lab.report.memory_plot import memory_figure, plot_parts
+from lab.report.online_plot import online_figure
 from lab.report.run_view import RunView
 
 if TYPE_CHECKING:
@@ -190,6 +192,13 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
             "Throughput and latency",
             performance_figure(view.runs),
             "no backend/mode in this run",
+        ),
+        _save(
+            view.folder,
+            "online",
+            "Normalized latency against request rate (Figure 12)",
+            online_figure(view.runs),
+            "no backend/mode ran at a finite request rate (--request-rate)",
         ),
         _save(
             view.folder,

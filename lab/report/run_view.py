@@ -20,6 +20,7 @@ from pathlib import Path
 from lab import run_folder as rf
 from lab.config import EngineSettings
 from lab.metrics import passes_of, run_metrics, with_pass_seconds
+from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 
@@ -65,9 +66,10 @@ class RunView:
         if not records:  # a failed run, or a folder kept without its records: summary.json's figures
             metrics = with_pass_seconds(run.metrics, run.passes_s or []) if run.metrics else run.metrics
             return dataclasses.replace(run, metrics=metrics)
-        metrics, pass_metrics = run_metrics(records)
+        metrics, pass_metrics = run_metrics(last_rate_records(records))  # a sweep: its last rate's
         metrics = with_pass_seconds(metrics, run.passes_s or [])  # older runs kept only their last pass's records
-        return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics)
+        sweep = sweep_metrics(records, self.engine.online.slos) if is_sweep(records) else None
+        return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics, sweep=sweep)
 
     def records(self, name: str) -> list[RequestRecord]:
         """Every timed pass's request records of backend/mode `name` ('hf-batched')."""

@@ -29,6 +29,10 @@
 #             workload:0.25); the report gives shares of D and of the memory held
 #   capacity  lab capacity on a mixed-length file workload (64 requests, prompts 16-512, outputs 16-128),
 #             a 128 MiB KV budget, the curve at concurrency 4 and 16 (vLLM's max_num_seqs, hf batch size)
+#   sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b, sharing-8b-beam
+#             memory sharing (issue 17): sharegpt-like, hf/batched, vllm/offline (prefix cache off) and
+#             vllm/shared (on) at each point; parallel samples (SHARING_N), beam widths (BEAMS, 128 output
+#             tokens: vLLM's beam search is one engine call per token), shared prefixes (PREFIXES: 80, 341)
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
 #             modes that split over GPUs; BACKENDS=... to run fewer per call
@@ -36,6 +40,11 @@
 #             BACKENDS=hf/batched as a call of its own
 #   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
 #             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights)
+#   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
+#             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
+#             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
+#   serve-agree  the lab's vLLM at 20 req/s against `vllm bench serve` against `vllm serve` (400 random
+#             128/128 prompts, seeded Poisson arrivals); scripts/gpu/serve_agree.py checks 5% / 10%
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
 # machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
 # so that what finished comes back even when the step outlasts the call's 600 s.
@@ -250,6 +259,23 @@ mixed)
       --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
       --results "$results" --label mixed13-b8
   ;;
+sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b|sharing-8b-beam)
+  # Each point is two vLLM starts (with and without sharing) and one hf/batched run: 2-3 points a call.
+  model=$anchor_model; [[ $step == sharing-8b* ]] && model=$tp_model
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=synthetic:tiny
+  case "$step" in
+    sharing-1b-n) sweep=(--n "${SHARING_N:-2,4}") ;;
+    sharing-1b-n6) sweep=(--n "${SHARING_N:-1,6}") ;;
+    sharing-8b) sweep=(--n "${SHARING_N:-2,6}") ;;
+    sharing-1b-beam) sweep=(--beam-width "${BEAMS:-2,4}" --output-tokens 128) ;;
+    sharing-1b-beam6|sharing-8b-beam) sweep=(--beam-width "${BEAMS:-6}" --output-tokens 128) ;;
+    prefix-1b) sweep=(--shared-prefix-tokens "${PREFIXES:-80,341}") ;;
+  esac
+  lab models build "$model"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHARING_REQUESTS:-32}" --batch-size 16 \
+      --backends "${BACKENDS:-hf/batched,vllm}" --repeats "${REPEATS:-3}" "${util[@]}" "${sweep[@]}" \
+      --results "$results" --label "$step"
+  ;;
 tp-smoke)
   "$python" -m pytest -m gpu tests/gpu/test_two_gpus.py -q -p no:cacheprovider
   ;;
@@ -287,11 +313,51 @@ agree-tp-lab|agree-tp-bench)
     done
   fi
   ;;
+online-1b|online-1b-hf|online-1b-seq|online-8b|online-8b-hf)
+  # Online serving (the paper's Figure 12): sharegpt-like (ONLINE_REQUESTS, 64), seeded Poisson arrivals at
+  # each rate of RATES, each rate a timed pass after one warm-up; --stop-at-saturation ends a backend's sweep
+  # at its first saturated rate. Same workload, seed and rates in every step, so the folders line up.
+  model=synthetic:llama-${step:7:2}  # online-1b* -> llama-1b, online-8b* -> llama-8b
+  [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
+  case "$step" in
+    online-1b|online-8b) backends=vllm,hf/continuous ;;
+    online-1b-hf) backends=hf/batched,hf/static-cache ;;
+    online-8b-hf) backends=hf/batched ;;
+    *) backends=hf/sequential ;;
+  esac
+  lab models build "$model"
+  lab experiment --model "$model" --workload sharegpt-like --num-requests "${ONLINE_REQUESTS:-64}" --batch-size 16 \
+      --backends "${BACKENDS:-$backends}" --request-rate "${RATES:-1,2,4,8,16,32,inf}" --stop-at-saturation \
+      --slo-ttft "${SLO_TTFT:-1.0}" --slo-tpot "${SLO_TPOT:-0.05}" --repeats "${REPEATS:-1}" "${util[@]}" \
+      --results "$results" --label "$step"
+  ;;
+serve-agree)
+  # The lab's vLLM at one rate below saturation against `vllm bench serve` against `vllm serve`: the same
+  # model folder and engine settings (gpu_memory_utilization 0.5, prefix caching off), random 128/128
+  # prompts, seeded Poisson arrivals at SERVE_RATE (20 req/s) for SERVE_PROMPTS (400) requests.
+  n=${SERVE_PROMPTS:-400}; rate=${SERVE_RATE:-20}; port=${SERVE_PORT:-8011}
+  write_random "$n"
+  model=$(lab models build "$anchor_model" | tail -n1)
+  lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends vllm --no-kv-samples \
+      --request-rate "$rate" --repeats 1 "${util[@]}" --results "$results" --label "serve-agree-lab"
+  "$python" -m vllm.entrypoints.cli.main serve "$model" "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
+      --seed 0 --port "$port" > "$results/vllm-serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 120); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 3; done
+  "$python" -m vllm.entrypoints.cli.main bench serve --backend vllm --model "$model" --tokenizer "$model" \
+      --port "$port" --dataset-name random --random-input-len 128 --random-output-len 128 --num-prompts "$n" \
+      --request-rate "$rate" --burstiness 1 --seed 0 --ignore-eos --save-result --result-dir "$results" \
+      --result-filename vllm-bench-serve.json
+  kill "$server"; wait "$server" 2>/dev/null
+  "$python" scripts/gpu/serve_agree.py "$results" "$rate"
+  ;;
 *)
   echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
-       "mixed, tp-smoke, tp-8b, tp-70b, agree-tp-lab or agree-tp-bench" >&2; exit 2 ;;
+       "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
+       "sharing-8b-beam, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b, online-1b-hf," \
+       "online-1b-seq, online-8b, online-8b-hf or serve-agree" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
-from lab.config import BACKEND_MODES
+from lab.config import BACKEND_MODES, OPT_IN_MODES
 from lab.launchers import images
 
 pytestmark = [pytest.mark.docker, pytest.mark.engine]
 
-ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
+ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes if (b, m) not in OPT_IN_MODES]
 SEED_REQUESTS, SEED_OUTPUT_TOKENS = 4, 50  # the seed workload with default options
 PASSES = 3  # lab experiment's default --repeats: every timed pass's records are kept
 IMAGE_PYTHON = "/opt/venv/bin/python"  # the images' venv (docker/base/Dockerfile), not the host's

@@ -62,6 +62,21 @@ def assert_refused(proc, fragment, results):
         (["--kv-cache-memory", "workload:2"], "give a share in (0, 1]"),
         (["--kv-cache-memory", "workload:most"], "write workload:SHARE"),
         (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be 1-64"),
+        (["--request-rate", "0"], "--request-rate 0: a rate must be positive"),
+        (["--request-rate", "2,-1"], "--request-rate -1: a rate must be positive"),
+        (["--request-rate", "fast"], "--request-rate: cannot read 'fast'"),
+        (["--burstiness", "0"], "--burstiness must be positive"),
+        (["--slo-ttft", "-0.5"], "--slo-ttft must be positive"),
+        (["--slo-itl", "0.5"], "No such option '--slo-itl'"),
+        (["--max-concurrency", "0"], "--max-concurrency must be at least 1"),
+        (["--n", "0"], "--n takes integers of at least 1"),
+        (["--beam-width", "2,x"], "--beam-width takes integers"),
+        (
+            ["--n", "2", "--request-rate", "1,inf"],
+            "--n 2 with --request-rate 1,inf: a memory-sharing sweep runs offline",
+        ),
+        (["--beam-width", "2", "--max-concurrency", "2"], "--beam-width 2 with --request-rate inf --max-concurrency 2"),
+        (["--shared-prefix-tokens", "80", "--request-rate", "4"], "run the sharing sweep without --request-rate"),
     ],
 )
 def test_experiment_refuses_bad_input_before_any_engine_starts(args, fragment, results):

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from lab import run_folder as rf
-from lab.config import BACKEND_MODES
+from lab.config import BACKEND_MODES, OPT_IN_MODES
 
 pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]
 
-ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes]
+ALL_RUNS = [f"{b}/{m}" for b, modes in BACKEND_MODES.items() for m in modes if (b, m) not in OPT_IN_MODES]
 PASSES = 3  # lab experiment's default --repeats
 
 

@@ -99,7 +99,7 @@ def test_every_token_is_timed_on_the_runner_clock(timed_run):
 def test_queueing_shows_as_arrival_then_first_scheduled_then_first_token(timed_run):
     records, _, _ = timed_run
     for r in records:
-        assert r.arrival_s == 0.0 <= r.extra["submitted_s"] <= r.scheduled_s < r.first_token_s
+        assert r.arrival_s == 0.0 <= r.submitted_s <= r.scheduled_s < r.first_token_s
     # 128 tokens a step: the first prompts fill the first step, so later ones wait for a later step.
     assert max(r.scheduled_s for r in records) > min(r.first_token_s for r in records)
     assert max(r.queue_s for r in records) > min(r.ttft_s for r in records)

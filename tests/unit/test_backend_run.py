@@ -3,6 +3,8 @@ child process left in the log, and the default time limit."""
 
 from __future__ import annotations
 
+import math
+
 from lab import run_folder as rf
 from lab.experiments.backend_run import root_cause
 from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S, default_timeout_s
@@ -39,3 +41,12 @@ def test_the_default_timeout_is_the_load_allowance_plus_a_floor_rate_over_every_
     lengths = [(10, 50), (20, 30)]  # 80 output tokens
     assert default_timeout_s(lengths, repeats=1) == LOAD_ALLOWANCE_S + PER_OUTPUT_TOKEN_S * 80 * 2
     assert default_timeout_s(lengths, repeats=3) == 600.0 + 0.25 * 80 * 4  # 680 s
+
+
+def test_the_default_timeout_covers_every_offered_rate_and_every_sequence():
+    lengths = [(10, 50), (20, 30)]  # 80 output tokens, 2 requests
+    # Three rates of 2 passes and the warm-up: 7 passes; 2 requests arrive over 2/1 s and 2/4 s per pass.
+    rates = (1.0, 4.0, math.inf)
+    assert default_timeout_s(lengths, repeats=2, rates=rates) == 600.0 + 0.25 * 80 * 7 + 2 * (2.0 + 0.5)
+    # n = 4 samples (or 4 beams) a request: four times the tokens of every pass.
+    assert default_timeout_s(lengths, repeats=1, sequences=4) == 600.0 + 0.25 * 80 * 4 * 2

@@ -106,3 +106,14 @@ def test_the_stored_record_keeps_first_token_equal_to_the_first_token_time():
     assert stored["first_token_s"] == stored["token_times_s"][0] == 0.004794
     assert stored["end_s"] == stored["token_times_s"][-1] == 0.009123
     assert stored["ttft_s"] == 0.004794 and RequestRecord.from_dict(stored).e2e_s == stored["e2e_s"]
+
+
+def test_the_stored_record_rounds_the_online_submission_times_alike():
+    """Online serving's submission (hf: its batch's generate() began, as scheduled_s) keeps its order in the file."""
+    record = RequestRecord(
+        0, 8, 1, first_token_s=0.25, end_s=0.25, arrival_s=0.1000004, scheduled_s=0.1234567891,
+        submitted_s=0.1234567891, submit_lag_s=0.0234563891, token_times_s=[0.25], request_rate=4.0,
+    )  # fmt: skip
+    stored = record.to_dict()
+    assert stored["submitted_s"] == stored["scheduled_s"] == 0.123457
+    assert stored["arrival_s"] <= stored["submitted_s"] and stored["submit_lag_s"] == 0.023456

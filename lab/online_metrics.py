@@ -1,0 +1,200 @@
+"""Online serving's metrics (issue 16): small pure functions over one backend/mode's records of a
+request-rate sweep. Times in seconds, rates in requests per second, from each request's arrival.
+
+Per offered rate (the records of that rate's timed passes; with --repeats, the median over the passes
+that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summarize_records`' figures:
+- offered_rate_per_s: the rate asked for; schedule_rate_per_s = (N - 1) / (last arrival - first
+  arrival), the rate of the seeded schedule itself (`lab.arrivals` makes it N / rate over N gaps).
+- achieved_rate_per_s = (N - 1) / (last completion - first completion): the rate at which requests
+  left. A backend that keeps up finishes them as fast as they come; one that cannot falls behind.
+- normalized_latency_s = mean over requests of e2e_s / output_tokens, seconds per output token: the
+  PagedAttention paper's normalized latency (Figure 12).
+- goodput_per_s = requests meeting every SLO given / duration_s (as `vllm bench serve --goodput`);
+  slo_attainment = their share of the requests.
+- backlog_growth = requests in the system (arrived, not finished) at the last arrival minus those at
+  the middle arrival: positive and large when the queue grows through the pass.
+- max_submit_lag_s: the largest delay of the lab's own dispatcher (`RequestRecord.submit_lag_s`).
+- early_starts: requests the records show submitted or scheduled before their arrival (must be 0).
+- saturated: achieved_rate_per_s < SATURATION_SHARE x schedule_rate_per_s, or backlog_growth >
+  max(3, BACKLOG_SHARE x the arrivals between the middle and the last): the point is past what the
+  backend sustains. (A backend that keeps up holds a steady backlog, rate x latency by Little's law; one
+  that cannot gains a share of every arrival.)
+
+Sustained rate (`sustained_rate`): the highest offered rate of the sweep at which the backend is not
+saturated and its normalized latency is within the bound (or, under SLOs, at least
+SLO_ATTAINMENT_GOAL of the requests meet them), and every lower rate too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lab.metrics import mean, median_of, passes_of, summarize_records, tpot_s
+from lab.online_settings import rate_value
+from lab.records import RequestRecord
+
+SATURATION_SHARE = 0.9  # achieved below 90% of the offered rate: saturated
+BACKLOG_SHARE = 0.25  # the queue grew by more than a quarter of the arrivals between mid-pass and the last one
+SLO_ATTAINMENT_GOAL = 0.9  # a rate sustained under SLOs: at least 90% of requests meet every one
+CLOCK_TOLERANCE_S = 1e-3  # vLLM's scheduling time comes from another clock (monotonic), lined up within this
+
+
+def normalized_latency_s(records: list[RequestRecord]) -> float | None:
+    """Mean over requests of e2e_s / output_tokens (seconds per output token)."""
+    return mean(r.e2e_s / r.output_tokens for r in records if r.output_tokens > 0)
+
+
+def meets_slos(record: RequestRecord, slos: dict[str, float]) -> bool:
+    """Whether one request meets every SLO given ({'ttft': s, 'tpot': s, 'e2e': s})."""
+    values = {"ttft": record.ttft_s, "tpot": tpot_s(record), "e2e": record.e2e_s}
+    return all(values[key] is None or values[key] <= limit for key, limit in slos.items())
+
+
+def rate_over(times: list[float]) -> float | None:
+    """(N - 1) / (last - first): the rate of N events; None for fewer than two or no span."""
+    if len(times) < 2 or max(times) <= min(times):
+        return None
+    return (len(times) - 1) / (max(times) - min(times))
+
+
+def backlog_growth(records: list[RequestRecord]) -> int:
+    """Requests in the system at the last arrival minus at the middle arrival (arrived, not finished)."""
+    arrivals = sorted(r.arrival_s for r in records)
+    if len(arrivals) < 2:
+        return 0
+
+    def backlog(t: float) -> int:
+        return sum(1 for r in records if r.arrival_s <= t) - sum(1 for r in records if r.end_s <= t)
+
+    return backlog(arrivals[-1]) - backlog(arrivals[len(arrivals) // 2])
+
+
+def started_early(record: RequestRecord) -> bool:
+    """Whether the record shows the request submitted, scheduled or answered before it arrived."""
+    starts = [t for t in (record.submitted_s, record.scheduled_s, record.first_token_s) if t is not None]
+    return any(t < record.arrival_s - CLOCK_TOLERANCE_S for t in starts)
+
+
+def early_starts(records: list[RequestRecord]) -> int:
+    """Requests that started before they arrived (the lab's check of its own dispatcher: must be 0)."""
+    return sum(1 for r in records if started_early(r))
+
+
+def pass_online_metrics(records: list[RequestRecord], slos: dict[str, float]) -> dict:
+    """One timed pass at one rate: `summarize_records` plus the online figures (module docstring)."""
+    ok = [r for r in records if r.ok]
+    summary = summarize_records(records)
+    good = [r for r in ok if meets_slos(r, slos)] if slos else []
+    duration = summary["duration_s"]
+    lags = [r.submit_lag_s for r in records if r.submit_lag_s is not None]
+    summary.update(
+        schedule_rate_per_s=rate_over([r.arrival_s for r in records]),
+        achieved_rate_per_s=rate_over([r.end_s for r in ok]),
+        normalized_latency_s=normalized_latency_s(ok),
+        goodput_per_s=len(good) / duration if slos and duration else None,
+        slo_attainment=len(good) / len(records) if slos and records else None,
+        backlog_growth=backlog_growth(ok),
+        max_submit_lag_s=max(lags) if lags else None,
+        early_starts=early_starts(records),
+    )
+    return summary
+
+
+def saturation(metrics: dict) -> tuple[bool, str | None]:
+    """(saturated, why) of one rate's metrics (module docstring)."""
+    offered, achieved = metrics.get("schedule_rate_per_s"), metrics.get("achieved_rate_per_s")
+    if offered and achieved is not None and achieved < SATURATION_SHARE * offered:
+        return True, f"achieved {achieved:.3g} req/s < {SATURATION_SHARE:.0%} of the offered {offered:.3g}"
+    growth, n = metrics.get("backlog_growth") or 0, metrics.get("requests") or 0
+    if growth > max(3, BACKLOG_SHARE * (n - 1 - n // 2)):
+        return True, f"the queue grew by {growth} requests between the middle and the last arrival"
+    return False, None
+
+
+def rate_metrics(records: list[RequestRecord], offered_rate: float, slos: dict[str, float]) -> dict:
+    """One offered rate of one backend/mode: the median over its passes that count, and saturation."""
+    passes = passes_of(records)
+    summaries = [pass_online_metrics(p, slos) for p in passes]
+    invalid = [i for i, p in enumerate(passes) if any(r.pass_invalid for r in p)]
+    counted = [s for i, s in enumerate(summaries) if i not in invalid] or summaries
+    median = median_of(counted)
+    saturated, why = saturation(median) if math.isfinite(offered_rate) else (False, None)
+    median.update(
+        offered_rate_per_s=offered_rate if math.isfinite(offered_rate) else None,
+        request_rate="inf" if math.isinf(offered_rate) else offered_rate,
+        passes=len(summaries),
+        passes_counted=len(counted),
+        saturated=saturated,
+        saturation_reason=why,
+    )
+    return median
+
+
+def by_rate(records: list[RequestRecord]) -> dict[float, list[RequestRecord]]:
+    """The records of each offered rate (None, offline: inf), ascending."""
+    groups: dict[float, list[RequestRecord]] = {}
+    for record in records:
+        groups.setdefault(rate_value(record.request_rate), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+def last_rate_records(records: list[RequestRecord]) -> list[RequestRecord]:
+    """The records of the sweep's last rate (inf where it has one): what the offline sections report.
+    Offline runs have one rate: all their records."""
+    groups = by_rate(records)
+    return list(groups.values())[-1] if groups else []
+
+
+def is_sweep(records: list[RequestRecord]) -> bool:
+    """Whether the records hold an online sweep (any pass at a finite offered rate)."""
+    return any(r.request_rate is not None for r in records)
+
+
+def sweep_metrics(records: list[RequestRecord], slos: dict[str, float]) -> list[dict]:
+    """`rate_metrics` of every offered rate in the records, ascending (inf last)."""
+    return [rate_metrics(group, rate, slos) for rate, group in by_rate(records).items()]
+
+
+def sustained_rate(points: list[dict], bound_s: float | None = None, slos: bool = False) -> tuple[float | None, bool]:
+    """(the highest offered rate sustained, whether a higher rate of the sweep failed) over one backend's
+    finite points, ascending. Sustained: not saturated and normalized latency <= `bound_s` (None: no
+    bound); with `slos`, slo_attainment >= SLO_ATTAINMENT_GOAL instead of the bound. The search stops
+    at the first point that fails, so a lucky higher point does not count."""
+    best = None
+    for point in points:
+        rate = point.get("offered_rate_per_s")
+        if rate is None:
+            continue
+        if slos:
+            held = (point.get("slo_attainment") or 0) >= SLO_ATTAINMENT_GOAL
+        else:
+            latency = point.get("normalized_latency_s")
+            held = bound_s is None or (latency is not None and latency <= bound_s)
+        if point.get("saturated") or not held:
+            return best, True
+        best = rate
+    return best, False
+
+
+def default_latency_bound_s(sweeps: dict[str, list[dict]], factor: float = 4.0) -> float | None:
+    """4 x the lowest normalized latency any backend/mode measured at its lowest finite rate."""
+    lowest = []
+    for points in sweeps.values():
+        finite = [p for p in points if p.get("offered_rate_per_s") and p.get("normalized_latency_s")]
+        if finite:
+            lowest.append(finite[0]["normalized_latency_s"])
+    return factor * min(lowest) if lowest else None
+
+
+def describe_point(point: dict) -> str:
+    """One rate's outcome in a line (the progress a run prints)."""
+    latency = point.get("normalized_latency_s")
+    text = (
+        f"achieved {_num(point.get('achieved_rate_per_s'))} req/s, normalized latency "
+        f"{_num(latency)} s/token, TTFT p50 {_num(point.get('ttft_s_p50'))} s"
+    )
+    return text + (f"; saturated: {point['saturation_reason']}" if point.get("saturated") else "")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -1,0 +1,116 @@
+"""The report's online-serving section (issue 16): every backend/mode at every offered rate, the rate
+each sustains and its ratio to vLLM's. The figures are `lab.online_metrics`' (docs/results.md)."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from lab.online_metrics import SATURATION_SHARE, SLO_ATTAINMENT_GOAL, default_latency_bound_s, sustained_rate
+from lab.online_settings import OnlineSettings, rate_text
+from lab.records import RunSummary
+from lab.report.format import fmt
+
+
+def online_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
+    """'## Online serving' with its tables; [] for a run without a sweep."""
+    swept = [r for r in runs if r.sweep]
+    if not swept:
+        return []
+    lines = ["## Online serving (the paper's Figure 12)", ""] + conditions(online) + [""]
+    lines += [points_table(swept), ""]
+    lines += sustained_section(swept, online)
+    skipped = [f"{r.label}: {', '.join(map(str, r.skipped_rates))}" for r in swept if r.skipped_rates]
+    if skipped:
+        lines += ["", "Rates skipped after saturation (--stop-at-saturation): " + "; ".join(skipped) + "."]
+    lines += ["", "The plot online.png (Plots) draws normalized latency against the offered rate."]
+    return lines
+
+
+def conditions(online: OnlineSettings) -> list[str]:
+    slos = ", ".join(f"{k} <= {v:g} s" for k, v in online.slos.items()) or "none given"
+    cap = online.max_concurrency or "none"
+    return [
+        f"Offered rates {', '.join(str(rate_text(r)) for r in online.request_rates)} requests/s, each a timed pass of "
+        f"its own after one warm-up; seeded gamma arrivals of burstiness {online.burstiness:g} (1: Poisson), the "
+        f"same schedule for every backend/mode. Max concurrency: {cap}. hf static batches wait up to "
+        f"{online.batch_wait_s:g} s to fill. Every latency counts from the request's arrival. SLOs: {slos}.",
+        f"Saturated: the achieved rate (completions) below {SATURATION_SHARE:.0%} of the schedule's, or the queue "
+        "growing through the pass (docs/results.md). Normalized latency: mean of E2E / output tokens.",
+    ]
+
+
+def points_table(runs: list[RunSummary]) -> str:
+    headers = [
+        "backend/mode", "offered req/s", "achieved req/s", "output tok/s", "normalized latency s/token",
+        "TTFT p50 s", "TTFT p99 s", "TPOT p50 s", "ITL p99 s", "E2E p50 s", "E2E p99 s", "queue p50 s",
+        "goodput req/s", "max lag ms", "saturated",
+    ]  # fmt: skip
+    rows = []
+    for run in runs:
+        for p in run.sweep:
+            lag = p.get("max_submit_lag_s")
+            rows.append([
+                run.label, rate_text(p.get("request_rate")), fmt(p.get("achieved_rate_per_s")),
+                fmt(p.get("output_tokens_per_s"), 1), fmt(p.get("normalized_latency_s"), 4),
+                fmt(p.get("ttft_s_p50"), 3), fmt(p.get("ttft_s_p99"), 3), fmt(p.get("tpot_s_p50"), 4),
+                fmt(p.get("itl_s_p99"), 4), fmt(p.get("e2e_s_p50"), 3), fmt(p.get("e2e_s_p99"), 3),
+                fmt(p.get("queue_s_p50"), 3), fmt(p.get("goodput_per_s")),
+                fmt(None if lag is None else 1000 * lag, 2), "yes" if p.get("saturated") else "no",
+            ])  # fmt: skip
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def sustained_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
+    """The highest rate each backend/mode sustains, under the latency bound and under the SLOs."""
+    sweeps = {r.label: [p for p in r.sweep if p.get("offered_rate_per_s")] for r in runs}
+    bound = online.norm_latency_bound_s or default_latency_bound_s(sweeps)
+    source = "--norm-latency-bound" if online.norm_latency_bound_s else "4x the lowest at the lowest rate"
+    columns = {f"sustained req/s, normalized latency <= {fmt(bound, 4)} s/token": (bound, False)}
+    if online.slos:
+        columns[f"sustained req/s, {SLO_ATTAINMENT_GOAL:.0%} of requests within the SLOs"] = (None, True)
+    rows, headers = [], ["backend/mode"]
+    for title in columns:
+        headers += [title, "vLLM / this"]
+    found = {label: [sustained_rate(points, b, s) for b, s in columns.values()] for label, points in sweeps.items()}
+    vllm = next((v for label, v in found.items() if label.startswith("vllm/")), None)
+    for label, values in found.items():
+        row = [label]
+        for i, (rate, failed) in enumerate(values):
+            row.append("none" if rate is None else ("" if failed else ">= ") + fmt(rate))
+            ratio = vllm[i][0] / rate if vllm and vllm[i][0] and rate else None
+            row.append("-" if ratio is None else f"{ratio:.2f}x")
+        rows.append(row)
+    return [
+        f"Highest offered rate sustained (not saturated, and every lower rate too); bound: {source}. "
+        "'>=': no measured rate failed, so the backend may sustain more.",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github"),
+    ]
+
+
+def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
+    """`lab compare`'s online section: normalized latency (s/token) of every backend/mode of every run at
+    each offered rate, '*' where saturated; [] where no run swept. `labelled`: (run letter, its runs)."""
+    rows = [(letter, run) for letter, runs in labelled for run in runs if run.sweep]
+    if not rows:
+        return []
+    rates = sorted({p["offered_rate_per_s"] for _, run in rows for p in run.sweep if p.get("offered_rate_per_s")})
+    table = []
+    for letter, run in rows:
+        by_rate = {p.get("offered_rate_per_s"): p for p in run.sweep}
+        cells = [_latency_cell(by_rate.get(rate)) for rate in rates]
+        table.append([letter, run.label, *cells])
+    headers = ["run", "backend/mode", *[f"{fmt(rate, 2)} req/s" for rate in rates]]
+    return [
+        "## Online serving: normalized latency (s per output token) at each offered rate",
+        "",
+        tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+        "'*': saturated at that rate; '-': not run (skipped after saturation, or not in that run's sweep).",
+    ]
+
+
+def _latency_cell(point: dict | None) -> str:
+    if point is None:
+        return "-"
+    return fmt(point.get("normalized_latency_s"), 4) + ("*" if point.get("saturated") else "")

@@ -1,0 +1,145 @@
+"""Online serving's pure logic (issue 16): the seeded arrival schedule, the settings, the static-batch
+rule of the traditional server, and the metrics (normalized latency, goodput, saturation, sustained
+rate) on tiny cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lab.arrivals import arrival_times
+from lab.backends.batching import next_batch
+from lab.errors import LabInputError
+from lab.online_metrics import (
+    backlog_growth,
+    early_starts,
+    pass_online_metrics,
+    saturation,
+    sustained_rate,
+    sweep_metrics,
+)
+from lab.online_settings import OnlineSettings, parse_rates
+from lab.records import RequestRecord, RunSummary
+from lab.report.online_markdown import sweep_comparison
+from lab.workloads import Request
+
+
+def test_arrivals_are_seeded_and_end_at_n_over_rate():
+    times = arrival_times(50, 4.0, 1.0, seed=3)
+    assert times == arrival_times(50, 4.0, 1.0, seed=3)  # the same schedule for every backend
+    assert times != arrival_times(50, 4.0, 1.0, seed=4)
+    assert times == sorted(times) and times[0] > 0
+    assert times[-1] == pytest.approx(50 / 4.0)  # rescaled as vllm bench's get_request does
+
+
+def test_infinite_rate_is_every_request_at_zero_and_infinite_burstiness_is_even_gaps():
+    assert arrival_times(3, math.inf) == [0.0, 0.0, 0.0]
+    assert arrival_times(4, 2.0, math.inf) == pytest.approx([0.5, 1.0, 1.5, 2.0])
+
+
+def test_poisson_gaps_have_the_spread_of_an_exponential_and_bursty_ones_more():
+    def cv(burstiness):  # coefficient of variation of the gaps: 1 for exponential, 1/sqrt(shape) for gamma
+        times = arrival_times(4000, 10.0, burstiness, seed=0)
+        gaps = [b - a for a, b in zip([0.0] + times, times)]
+        m = sum(gaps) / len(gaps)
+        return math.sqrt(sum((g - m) ** 2 for g in gaps) / len(gaps)) / m
+
+    assert cv(1.0) == pytest.approx(1.0, abs=0.08)
+    assert cv(0.25) == pytest.approx(2.0, abs=0.25)
+
+
+def test_rates_parse_ascending_with_inf_last_and_bad_ones_are_refused():
+    assert parse_rates("8,1,inf,2") == (1.0, 2.0, 8.0, math.inf)
+    assert parse_rates(None) == (math.inf,)
+    for bad in ("0", "-2", "1,nan", "x"):
+        with pytest.raises(LabInputError):
+            parse_rates(bad)
+
+
+def test_online_settings_round_trip_through_a_manifest_without_infinity():
+    settings = OnlineSettings(request_rates=(1.0, math.inf), slo_ttft_s=0.5)
+    data = settings.to_dict()
+    assert data["request_rates"] == [1.0, "inf"]
+    assert OnlineSettings.coerce(data) == settings and settings.is_sweep and not OnlineSettings().is_sweep
+    assert settings.slos == {"ttft": 0.5}
+
+
+def req(i, arrival):
+    return Request(i, (1, 2), 4, arrival_s=arrival)
+
+
+def test_static_batch_starts_when_full_or_after_the_wait_never_while_busy():
+    waiting = [req(0, 1.0), req(1, 1.2), req(2, 1.5), req(3, 3.0)]
+    start, batch = next_batch(waiting, size=3, wait_s=0.1, free_s=0.0)
+    assert start == pytest.approx(1.1) and [r.request_id for r in batch] == [0]  # the wait ran out first
+    start, batch = next_batch(waiting, size=3, wait_s=1.0, free_s=0.0)
+    assert start == 1.5 and [r.request_id for r in batch] == [0, 1, 2]  # full at the third arrival
+    start, batch = next_batch(waiting, size=3, wait_s=0.0, free_s=2.0)
+    assert start == 2.0 and [r.request_id for r in batch] == [0, 1, 2]  # queued while the engine was busy
+
+
+def rec(i, arrival, first, end, out=3, **kw):
+    return RequestRecord(i, 2, out, first, end, arrival_s=arrival, scheduled_s=arrival, **kw)
+
+
+def test_normalized_latency_and_goodput_by_hand():
+    records = [rec(0, 0.0, 0.5, 1.0, out=2), rec(1, 1.0, 1.2, 2.0, out=4), rec(2, 2.0, 3.0, 6.0, out=4)]
+    m = pass_online_metrics(records, {"ttft": 0.6, "e2e": 2.0})
+    # e2e / output: 1.0/2, 1.0/4, 4.0/4 -> mean (0.5 + 0.25 + 1.0) / 3
+    assert m["normalized_latency_s"] == pytest.approx(1.75 / 3)
+    # request 2 misses both SLOs (TTFT 1.0 s, E2E 4.0 s): 2 good requests over the 6.0 s pass
+    assert m["goodput_per_s"] == pytest.approx(2 / 6.0) and m["slo_attainment"] == pytest.approx(2 / 3)
+    assert m["schedule_rate_per_s"] == pytest.approx(2 / 2.0)  # (N - 1) / (last - first arrival)
+    assert m["achieved_rate_per_s"] == pytest.approx(2 / 5.0)  # (N - 1) / (last - first completion)
+    tpot_only = pass_online_metrics(records, {"tpot": 0.3})  # TPOTs: 0.5, 0.8/3, 3/3
+    assert tpot_only["goodput_per_s"] == pytest.approx(1 / 6.0)
+
+
+def test_saturation_from_the_achieved_rate_and_from_a_growing_queue():
+    assert saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 8.0})[0]
+    assert not saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 9.5, "backlog_growth": 1})[0]
+    assert saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 9.5, "backlog_growth": 30,
+                       "requests": 100})[0]  # fmt: skip
+    # one request a second, each taking 3 s more than the one before: the queue grows all along
+    growing = [rec(i, float(i), i + 0.5 + 3 * i, i + 1.0 + 3 * i) for i in range(20)]
+    assert backlog_growth(growing) > 3
+
+
+def test_a_request_started_before_its_arrival_is_counted():
+    assert early_starts([rec(0, 1.0, 1.5, 2.0), rec(1, 1.0, 0.9, 2.0)]) == 1
+
+
+def test_sweep_groups_records_by_offered_rate_with_inf_last():
+    records = [rec(0, 0.0, 0.1, 0.2), rec(1, 0.0, 0.1, 0.3)]
+    records += [rec(0, 0.5, 0.6, 0.7, request_rate=2.0), rec(1, 1.0, 1.1, 1.2, request_rate=2.0)]
+    points = sweep_metrics(records, {})
+    assert [p["request_rate"] for p in points] == [2.0, "inf"]
+    assert points[0]["offered_rate_per_s"] == 2.0 and points[1]["offered_rate_per_s"] is None
+
+
+def test_sustained_rate_is_the_last_rate_before_the_first_failure():
+    points = [
+        {"offered_rate_per_s": 1.0, "normalized_latency_s": 0.01, "saturated": False, "slo_attainment": 1.0},
+        {"offered_rate_per_s": 2.0, "normalized_latency_s": 0.02, "saturated": False, "slo_attainment": 0.95},
+        {"offered_rate_per_s": 4.0, "normalized_latency_s": 0.50, "saturated": True, "slo_attainment": 0.2},
+        {"offered_rate_per_s": 8.0, "normalized_latency_s": 0.01, "saturated": False, "slo_attainment": 1.0},
+    ]
+    assert sustained_rate(points, bound_s=0.05) == (2.0, True)
+    assert sustained_rate(points, bound_s=0.015) == (1.0, True)
+    assert sustained_rate(points, slos=True) == (2.0, True)
+    assert sustained_rate(points[:2], bound_s=1.0) == (2.0, False)  # never failed: at least 2
+
+
+def test_compare_lines_up_every_runs_sweep_by_rate_and_marks_saturation():
+    a = RunSummary("vllm", "offline", status="ok", sweep=[
+        {"offered_rate_per_s": 1.0, "normalized_latency_s": 0.01, "saturated": False},
+        {"offered_rate_per_s": None, "normalized_latency_s": 0.02, "saturated": False}])  # fmt: skip
+    b = RunSummary("hf", "sequential", status="ok", sweep=[
+        {"offered_rate_per_s": 2.0, "normalized_latency_s": 0.5, "saturated": True}])  # fmt: skip
+    lines = sweep_comparison([("A", [a]), ("B", [b, RunSummary("hf", "batched", status="ok")])])
+    table = "\n".join(lines)
+    assert "1.00 req/s" in table and "2.00 req/s" in table and "inf" not in table.split("\n")[2]
+    assert "| A     | vllm/offline   | 0.0100" in table and "0.5000*" in table
+    assert "hf/batched" not in table  # no sweep: not a row
+    assert sweep_comparison([("A", [RunSummary("hf", "batched", status="ok")])]) == []
