@@ -9,7 +9,7 @@
 # run one after another in that lane, e.g.
 #   0   llama-8b-sharegpt-seq
 #   1   smoke GPU_TESTS=tests/gpu/test_hf_continuous_gpu.py
-#   2,3 tp-8b TP=2          (starts when the lanes of GPU 2 and of GPU 3 are done)
+#   2,3 tp-8b TP=2          (starts when the lanes before it that use GPU 2 or GPU 3 are done)
 # Each step runs as `LAB_GPUS=GPUS CUDA_VISIBLE_DEVICES=GPUS measure.sh STEP` (the lab then reads NVML
 # on those GPUs alone, and the tests' own CUDA calls see them alone), so the lanes' figures stay apart. Steps that need vLLM wait until
 # scripts/gpu/stage.sh has installed the bundle (/tmp/b/installed); the transformers-only steps
@@ -23,20 +23,29 @@
 set -uo pipefail
 state=/tmp/lanes
 TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static smoke-hf "
+TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf "
 
 lane_name() { echo "${1//,/_}"; }
+
+shares_gpu() {  # shares_gpu "0,1" "1,2": true when the two GPU lists have a GPU in common
+  local a b
+  for a in ${1//,/ }; do for b in ${2//,/ }; do [[ $a == "$b" ]] && return 0; done; done
+  return 1
+}
 
 run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
   local gpus=$1 name; name=$(lane_name "$1")
   local dir=$state/lane-$name
   mkdir -p "$dir/out"
-  if [[ $gpus == *,* ]]; then  # a lane of several GPUs starts once the plan's lanes of each of them are done
-    for g in ${gpus//,/ }; do
-      grep -q "^$g " "$state/plan" || continue
-      echo "$(date -u +%T) waiting for lane $g" >> "$dir/status"
-      until tail -n1 "$state/lane-$g/status" 2>/dev/null | grep -q "lane done"; do sleep 5; done
-    done
-  fi
+  # A lane starts once every lane before it in the plan that uses one of its GPUs is done (so "2,3"
+  # after "2" and "3", and "0,1,2,3" after "0,1").
+  local earlier
+  for earlier in $(awk '{print $1}' "$state/plan" | awk '!seen[$0]++'); do
+    [[ $earlier == "$gpus" ]] && break
+    shares_gpu "$earlier" "$gpus" || continue
+    echo "$(date -u +%T) waiting for lane $earlier" >> "$dir/status"
+    until tail -n1 "$state/lane-$(lane_name "$earlier")/status" 2>/dev/null | grep -q "lane done"; do sleep 5; done
+  done
   while read -r lane_gpus step vars; do
     [[ $lane_gpus == "$gpus" ]] || continue
     local key=$step
