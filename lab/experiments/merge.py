@@ -9,8 +9,8 @@ figures keep their source in their name and beside them:
 - allocator: the torch allocator inside the backend process (transformers on CUDA only; with
   tensor parallelism rank 0's GPU, and `allocator_per_rank` every rank's).
 With several GPUs, `nvml_*` figures are summed over the GPUs the backend's tree used (`gpus_used`; the
-collector reads every GPU of the host), and `per_gpu` gives each GPU's own peaks. `energy`: joules
-per timed pass and per output token (`lab.accounting.energy`).
+collector may read more: every GPU of the host where the run chose none), and `per_gpu` gives each
+GPU's own peaks. `energy`: joules per timed pass and per output token (`lab.accounting.energy`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def summarize_run(
     last = last_rate_records(records)
     metrics, pass_metrics = run_metrics(last) if last else (None, None)
     used = gpus_holding_tree(samples)
-    own = restricted_to_gpus(samples, used) if used else samples  # the collector reads every GPU
+    own = restricted_to_gpus(samples, used) if used else samples  # the collector may read more GPUs
     window = result.phase("generate")
     return RunSummary(
         backend=result.backend,

@@ -141,8 +141,8 @@ def gpus_holding_tree(samples: Iterable[dict]) -> list[int]:
 def restricted_to_gpus(samples: Iterable[dict], gpus: list[int]) -> list[dict]:
     """The samples with only `gpus` kept in each and its top-level figures summed again over them.
 
-    The collector reads every GPU of the host; a run's own figures (whole-GPU memory, power) must not
-    include the GPUs it left idle, or another user's.
+    The collector reads every GPU of the host where a run chose none (and did in older runs); a run's
+    own figures (whole-GPU memory, power) must not include the GPUs it left idle, or another user's.
     """
     keep = set(gpus)
     out = []

@@ -186,11 +186,8 @@ def build_model(
 def _build_lock(final: Path):
     """An exclusive lock on `<cache>/models/.<name>.lock` for as long as one build runs."""
     with open(final.parent / f".{final.name}.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # closing the file releases it
+        yield
 
 
 def _build_into(shape: ModelShape, final: Path, *, want_weights: bool, seed: int, say: Progress) -> None:

@@ -59,7 +59,7 @@ def plot_parts(view: RunView) -> list[PlotPart]:
     for run in view.runs:
         part, samples = view.part(run), view.timeline.get(run.name, [])
         used = run.memory.get("gpus_used")
-        if used:  # the collector reads every GPU of the host: keep the run's own
+        if used:  # the collector may read more GPUs: keep the run's own
             samples = restricted_to_gpus(samples, used)
         out.append(PlotPart(run, part.result, samples, part.kv_samples))
     return out
