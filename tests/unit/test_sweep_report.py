@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.report.observations import NOT_SUPPORTED, observations
 from lab.report.run_view import RunView
 from lab.report.timing_markdown import passes_note
 
@@ -33,3 +34,10 @@ def test_the_report_says_which_rate_the_offline_tables_show(sweep_view):
     note = passes_note(sweep_view.runs)
     assert "vllm/offline 4.0" in note and "hf/continuous 1.0" in note
     assert "recorded before every pass's records were kept" not in note
+
+
+def test_throughputs_at_different_offered_rates_are_not_set_side_by_side(sweep_view):
+    from_runs = {o.claim: o for o in observations(sweep_view, [])}
+    faster = from_runs["vLLM generates faster than the traditional transformers path."]
+    assert faster.verdict == NOT_SUPPORTED
+    assert "vllm/offline 4.0" in faster.evidence and "hf/continuous 1.0" in faster.evidence
