@@ -9,10 +9,13 @@ pool is reused, its reference count raised, instead of computed and stored again
   on, the children share the prompt's full blocks; off, each holds its own copy. Seeded: child k
   samples with seed + k.
 - Beam search, `LLM.beam_search` with `BeamSearchParams`: implemented on top of the engine, not in it
-  (`vllm/entrypoints/llm.py` in 0.26, `entrypoints/generate/beam_search/offline.py` in 0.32). For each
-  output token it submits every live beam of every request as a new one-token request (prompt + the
-  beam's tokens, `logprobs=2 x beam_width`) and keeps the best beams on the host. Beams share their
-  common history only where the prefix cache finds it; without it every step prefills every beam.
+  (`BeamSearchOfflineMixin` in `vllm/entrypoints/generate/beam_search/offline.py`, a base of `LLM` in
+  0.26 and 0.32). For each output token it submits every live beam of every request as a new one-token
+  request (prompt + the beam's tokens, `logprobs=2 x beam_width`) and keeps the best beams on the host.
+  Beams share their common history only where the prefix cache finds it; without it every step
+  prefills every beam. Both versions need the model's tokenizer (`renderer.get_tokenizer()`, for EOS
+  and the returned text); 0.26 also detokenizes every one-token request (0.32 passes
+  `detokenize=False`), which costs host time per step but changes no token.
 - A shared prompt prefix: requests share its full blocks through the same cache.
 
 `vllm/shared` is `vllm/offline` with the prefix cache on; the same run with it off is the measured
