@@ -15,10 +15,14 @@ from lab.online_metrics import (
 from lab.online_settings import OnlineSettings, rate_text
 from lab.records import RunSummary
 from lab.report.format import fmt
+from lab.report.online_memory_markdown import rate_memory_table
 
 
-def online_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
-    """'## Online serving' with its tables; [] for a run without a sweep."""
+def online_section(
+    runs: list[RunSummary], online: OnlineSettings, memory: dict[str, list[dict]] | None = None
+) -> list[str]:
+    """'## Online serving' with its tables; [] for a run without a sweep. `memory`: each backend/mode's
+    peaks at each rate (`lab.report.analyses.Analyses.sweep_memory`)."""
     swept = [r for r in runs if r.sweep]
     if not swept:
         return []
@@ -28,7 +32,13 @@ def online_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
     skipped = [f"{r.label}: {', '.join(map(str, r.skipped_rates))}" for r in swept if r.skipped_rates]
     if skipped:
         lines += ["", "Rates skipped after saturation (--stop-at-saturation): " + "; ".join(skipped) + "."]
-    lines += ["", "The plot online.png (Plots) draws normalized latency against the offered rate."]
+    if table := rate_memory_table(swept, memory or {}):
+        lines += [""] + table
+    lines += [
+        "",
+        "The plot online.png (Plots) draws normalized latency against the offered rate; online_kv.png each rate's "
+        "KV blocks in use over its own timed pass.",
+    ]
     return lines
 
 
