@@ -6,7 +6,15 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
 - offered_rate_per_s: the rate asked for; schedule_rate_per_s = (N - 1) / (last arrival - first
   arrival), the rate of the seeded schedule itself (`lab.arrivals` makes it N / rate over N gaps).
 - achieved_rate_per_s = (N - 1) / (last completion - first completion): the rate at which requests
-  left. A backend that keeps up finishes them as fast as they come; one that cannot falls behind.
+  left (as `vllm bench`'s request throughput, over the completions). On a finite pass it includes the
+  drain: the last requests' own service time (seconds for a long output) stretches it, so it reads below
+  the schedule at high rates even where nothing queued. It is reported, not used for saturation.
+- admitted_rate_per_s = (N - 1) / (last first-scheduled - first first-scheduled): the rate at which
+  the backend began work on requests (`RequestRecord.scheduled_s`; None where a backend left it
+  unknown). A backend that keeps up begins each request soon after it arrives, at the schedule's rate.
+- latency_growth = mean normalized latency of the last third of the requests (by arrival) / that of the
+  first third: about 1 where the backend serves late arrivals as it served early ones, large where each
+  request waits behind a growing queue.
 - normalized_latency_s = mean over requests of e2e_s / output_tokens, seconds per output token: the
   PagedAttention paper's normalized latency (Figure 12); normalized_latency_s_min and _max: its lowest
   and highest over the passes that count (the median's range, equal to it with one pass).
@@ -16,10 +24,13 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
   the middle arrival: positive and large when the queue grows through the pass.
 - max_submit_lag_s: the largest delay of the lab's own dispatcher (`RequestRecord.submit_lag_s`).
 - early_starts: requests the records show submitted or scheduled before their arrival (must be 0).
-- saturated: achieved_rate_per_s < SATURATION_SHARE x schedule_rate_per_s, or backlog_growth >
-  max(3, BACKLOG_SHARE x the arrivals between the middle and the last): the point is past what the
-  backend sustains. (A backend that keeps up holds a steady backlog, rate x latency by Little's law; one
-  that cannot gains a share of every arrival.)
+- saturated: admitted_rate_per_s < SATURATION_SHARE x schedule_rate_per_s (requests wait to begin),
+  or latency_growth > LATENCY_GROWTH_LIMIT, or backlog_growth > max(3, BACKLOG_SHARE x the arrivals
+  between the middle and the last): the point is past what the backend sustains. (A backend that keeps
+  up holds a steady backlog, rate x latency by Little's law, and steady latencies; one that cannot gains
+  a share of every arrival, and each later request waits longer.) A backend that begins every request
+  at once but serves every one slowly is not saturated by this rule: its normalized latency, against the
+  bound below, says how slow.
 
 Sustained rate (`sustained_rate`): the highest offered rate of the sweep at which the backend is not
 saturated and its normalized latency is within the bound (or, under SLOs, at least
@@ -34,7 +45,8 @@ from lab.metrics import mean, median_of, passes_of, summarize_records, tpot_s
 from lab.online_settings import rate_value
 from lab.records import RequestRecord
 
-SATURATION_SHARE = 0.9  # achieved below 90% of the offered rate: saturated
+SATURATION_SHARE = 0.9  # requests begun at below 90% of the offered rate: saturated
+LATENCY_GROWTH_LIMIT = 2.0  # the last third's normalized latency over twice the first third's: saturated
 BACKLOG_SHARE = 0.25  # the queue grew by more than a quarter of the arrivals between mid-pass and the last one
 SLO_ATTAINMENT_GOAL = 0.9  # a rate sustained under SLOs: at least 90% of requests meet every one
 CLOCK_TOLERANCE_S = 1e-3  # vLLM's scheduling time comes from another clock (monotonic), lined up within this
@@ -70,6 +82,23 @@ def backlog_growth(records: list[RequestRecord]) -> int:
     return backlog(arrivals[-1]) - backlog(arrivals[len(arrivals) // 2])
 
 
+def latency_growth(records: list[RequestRecord]) -> float | None:
+    """Mean normalized latency of the last third of the requests (by arrival) / that of the first third;
+    None for fewer than three requests."""
+    ordered = sorted((r for r in records if r.output_tokens > 0), key=lambda r: r.arrival_s)
+    third = len(ordered) // 3
+    if third == 0:
+        return None
+    first, last = normalized_latency_s(ordered[:third]), normalized_latency_s(ordered[-third:])
+    return last / first if first else None
+
+
+def admitted_rate(records: list[RequestRecord]) -> float | None:
+    """The rate over the requests' first scheduling; None where any of them left it unknown."""
+    scheduled = [r.scheduled_s for r in records]
+    return None if None in scheduled else rate_over(scheduled)
+
+
 def started_early(record: RequestRecord) -> bool:
     """Whether the record shows the request submitted, scheduled or answered before it arrived."""
     starts = [t for t in (record.submitted_s, record.scheduled_s, record.first_token_s) if t is not None]
@@ -91,6 +120,8 @@ def pass_online_metrics(records: list[RequestRecord], slos: dict[str, float]) ->
     summary.update(
         schedule_rate_per_s=rate_over([r.arrival_s for r in records]),
         achieved_rate_per_s=rate_over([r.end_s for r in ok]),
+        admitted_rate_per_s=admitted_rate(ok),
+        latency_growth=latency_growth(ok),
         normalized_latency_s=normalized_latency_s(ok),
         goodput_per_s=len(good) / duration if slos and duration else None,
         slo_attainment=len(good) / len(records) if slos and records else None,
@@ -103,9 +134,12 @@ def pass_online_metrics(records: list[RequestRecord], slos: dict[str, float]) ->
 
 def saturation(metrics: dict) -> tuple[bool, str | None]:
     """(saturated, why) of one rate's metrics (module docstring)."""
-    offered, achieved = metrics.get("schedule_rate_per_s"), metrics.get("achieved_rate_per_s")
-    if offered and achieved is not None and achieved < SATURATION_SHARE * offered:
-        return True, f"achieved {achieved:.3g} req/s < {SATURATION_SHARE:.0%} of the offered {offered:.3g}"
+    offered, admitted = metrics.get("schedule_rate_per_s"), metrics.get("admitted_rate_per_s")
+    if offered and admitted is not None and admitted < SATURATION_SHARE * offered:
+        return True, f"requests begun at {admitted:.3g} req/s < {SATURATION_SHARE:.0%} of the offered {offered:.3g}"
+    growth_ratio = metrics.get("latency_growth")
+    if growth_ratio is not None and growth_ratio > LATENCY_GROWTH_LIMIT:
+        return True, f"the last third's normalized latency is {growth_ratio:.3g}x the first third's"
     growth, n = metrics.get("backlog_growth") or 0, metrics.get("requests") or 0
     if growth > max(3, BACKLOG_SHARE * (n - 1 - n // 2)):
         return True, f"the queue grew by {growth} requests between the middle and the last arrival"

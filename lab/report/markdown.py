@@ -120,7 +120,13 @@ def conditions(view: RunView) -> list[str]:
         ),
         *settings_lines(runs),
         "- Clock: one `time.perf_counter` clock per process, read after `torch.cuda.synchronize()` on CUDA; "
-        "t=0 when the timed pass starts; every request arrives at t=0 and every latency counts from its arrival",
+        "t=0 when the timed pass starts; every request arrives at t=0 "
+        + (
+            "(offline) or at its time in the seeded arrival schedule (online) "
+            if view.engine.online.request_rates and any(r.sweep for r in runs)
+            else ""
+        )
+        + "and every latency counts from its arrival",
     ]
 
 

@@ -67,8 +67,11 @@ class RunView:
             metrics = with_pass_seconds(run.metrics, run.passes_s or []) if run.metrics else run.metrics
             return dataclasses.replace(run, metrics=metrics)
         metrics, pass_metrics = run_metrics(last_rate_records(records))  # a sweep: its last rate's
-        metrics = with_pass_seconds(metrics, run.passes_s or [])  # older runs kept only their last pass's records
         sweep = sweep_metrics(records, self.engine.online.slos) if is_sweep(records) else None
+        if all(r.pass_index is None for r in records):  # older runs kept only their last pass's records
+            metrics = with_pass_seconds(metrics, run.passes_s or [])
+        elif sweep:  # passes_s holds every rate's passes; the offline sections give the last rate's alone
+            run = dataclasses.replace(run, passes_s=[m["duration_s"] for m in pass_metrics])
         return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics, sweep=sweep)
 
     def records(self, name: str) -> list[RequestRecord]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from lab.online_settings import rate_text
 from lab.pass_records import CompileCount
 from lab.records import RunSummary
 from lab.report.format import fmt
 from lab.report.repeats import PassStats
 
 LATENCY_NOTE = (
-    "One clock for every backend: each latency counts from the request's arrival (here t=0: every request is "
-    "available when the timed pass starts). TTFT: arrival to first token; E2E: arrival to last token; queueing: "
+    "One clock for every backend: each latency counts from the request's arrival (offline, t=0: every request is "
+    "available when the timed pass starts; online, its arrival in the seeded schedule). TTFT: arrival to first "
+    "token; E2E: arrival to last token; queueing: "
     "arrival to first scheduled (hf: its batch's generate() call starts; vLLM: the engine's first SCHEDULED event; "
     "'-' where unknown); service: first scheduled to last token (E2E = queueing + service)."
 )
@@ -24,7 +26,22 @@ PER_TOKEN_NOTE = (
 
 
 def passes_note(runs: list[RunSummary]) -> str:
-    """What the tables' figures are: one pass, or the median over the passes that count."""
+    """What the tables' figures are: one pass, or the median over the passes that count; a sweep's last rate."""
+    return sweep_note(runs) + _passes_note(runs)
+
+
+def sweep_note(runs: list[RunSummary]) -> str:
+    """For an online sweep: which offered rate these offline tables show, per backend/mode ('' otherwise)."""
+    last = [f"{r.label} {rate_text(r.sweep[-1].get('request_rate'))}" for r in runs if r.sweep]
+    if not last:
+        return ""
+    return (
+        "An online sweep: this table and the latency tables below give each backend/mode's last offered rate "
+        f"(req/s: {', '.join(last)}), latencies from each request's own arrival; every rate: Online serving. "
+    )
+
+
+def _passes_note(runs: list[RunSummary]) -> str:
     counts = {(r.metrics or {}).get("passes") or 1 for r in runs if r.ok}
     if counts <= {1}:
         return "One timed pass per backend/mode (warm-up and loading excluded): no spread; use --repeats 3 or more."

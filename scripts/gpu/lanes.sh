@@ -57,7 +57,7 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     echo "$(date -u +%T) $step $vars: start" >> "$dir/status"
     local t0=$SECONDS
     # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
-    env LAB_GPUS="$gpus" CUDA_VISIBLE_DEVICES="$gpus" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars scripts/gpu/measure.sh "$step" > "$dir/$step.stdout" 2>&1
+    env LAB_GPUS="$gpus" CUDA_VISIBLE_DEVICES="$gpus" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars scripts/gpu/measure.sh "$step" >> "$dir/$step.stdout" 2>&1
     local rc=$?
     echo "$(date -u +%T) $step $vars: exit $rc after $((SECONDS - t0)) s" >> "$dir/status"
   done < "$state/plan"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
+#   make-test `make test LAB_PYTHON=python3` on the GPU host (issue 19): every test, the GPU ones included
 #   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); GPU_TESTS="FILE ..." runs some of them
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
 #             128 tokens, 128 output tokens; the lab's vLLM also without its per-step KV samples
@@ -351,8 +352,13 @@ serve-agree)
   kill "$server"; wait "$server" 2>/dev/null
   "$python" scripts/gpu/serve_agree.py "$results" "$rate"
   ;;
+make-test)
+  # issue 19: `make test` itself on the GPU host, natively (no Docker there: the container tests skip, saying
+  # why; the GPU tests run, since NVML sees a GPU). PYTEST_ARGS narrows it, e.g. PYTEST_ARGS=tests/unit.
+  make test LAB_PYTHON="$python" PYTEST_ARGS="-p no:cacheprovider --durations=25 -rs ${PYTEST_ARGS:-}"
+  ;;
 *)
-  echo "unknown step $step: smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
+  echo "unknown step $step: make-test, smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
        "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \

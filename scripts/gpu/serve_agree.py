@@ -17,7 +17,7 @@ TTFT_TOLERANCE = 0.10
 
 
 def lab_point(results: Path) -> dict:
-    folder = next(p for p in sorted(results.iterdir()) if p.is_dir() and p.name.endswith("serve-agree-lab"))
+    folder = next(p for p in sorted(results.iterdir()) if p.is_dir() and "-serve-agree-lab" in p.name)
     run = json.loads((folder / "summary.json").read_text())["runs"][0]
     point = next(p for p in run["sweep"] if p.get("offered_rate_per_s"))
     return {

@@ -96,14 +96,39 @@ def test_normalized_latency_and_goodput_by_hand():
     assert tpot_only["goodput_per_s"] == pytest.approx(1 / 6.0)
 
 
-def test_saturation_from_the_achieved_rate_and_from_a_growing_queue():
-    assert saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 8.0})[0]
-    assert not saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 9.5, "backlog_growth": 1})[0]
-    assert saturation({"schedule_rate_per_s": 10.0, "achieved_rate_per_s": 9.5, "backlog_growth": 30,
+def test_saturation_from_the_admitted_rate_from_growing_latency_and_from_a_growing_queue():
+    assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 8.0})[0]
+    assert not saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 1})[0]
+    assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "latency_growth": 2.5})[0]
+    assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 30,
                        "requests": 100})[0]  # fmt: skip
     # one request a second, each taking 3 s more than the one before: the queue grows all along
     growing = [rec(i, float(i), i + 0.5 + 3 * i, i + 1.0 + 3 * i) for i in range(20)]
     assert backlog_growth(growing) > 3
+    assert pass_online_metrics(growing, {})["latency_growth"] > 2
+
+
+def test_a_long_last_request_lowers_the_completion_rate_but_is_not_saturation():
+    # four requests a second, each begun at its arrival and served in 1 s, but the last one's output is
+    # 20x longer (20 s): the completions' rate reads far below the schedule (the drain), nothing queued
+    steady = [rec(i, i / 4, i / 4 + 0.1, i / 4 + 1.0, out=100) for i in range(39)]
+    steady.append(rec(39, 39 / 4, 39 / 4 + 0.1, 39 / 4 + 20.0, out=2000))
+    m = pass_online_metrics(steady, {})
+    assert m["achieved_rate_per_s"] < 0.9 * m["schedule_rate_per_s"]
+    assert m["admitted_rate_per_s"] == pytest.approx(m["schedule_rate_per_s"])
+    assert m["latency_growth"] == pytest.approx(1.0)
+    assert saturation(m) == (False, None)
+    # the same requests begun ever later (each waits 0.5 s more than the one before): saturated
+    queued = [
+        RequestRecord(i, 2, 100, 0.75 * i + 0.1, 0.75 * i + 1.0, arrival_s=i / 4, scheduled_s=0.75 * i)
+        for i in range(40)
+    ]
+    assert saturation(pass_online_metrics(queued, {}))[0]
+
+
+def test_the_admitted_rate_is_unknown_where_a_backend_left_scheduling_unknown():
+    unknown = [RequestRecord(i, 2, 3, i + 0.1, i + 1.0, arrival_s=float(i)) for i in range(6)]
+    assert pass_online_metrics(unknown, {})["admitted_rate_per_s"] is None
 
 
 def test_a_request_started_before_its_arrival_is_counted():
