@@ -30,8 +30,9 @@ def online_figure(runs: list[RunSummary]) -> Figure | None:
     return figure12({run.label: finite_points(run) for run in runs}, TITLE)
 
 
-def figure12(lines: dict[str, list[dict]], title: str) -> Figure | None:
-    """One line per label through its points (`finite_points`); None where no label has a point."""
+def figure12(lines: dict[str, list[dict]], title: str, bound_s: float | None = None) -> Figure | None:
+    """One line per label through its points (`finite_points`), and `bound_s` (the sustained-rate
+    bound, s/token) as a dashed line where given; None where no label has a point."""
     lines = {label: points for label, points in lines.items() if points}
     if not lines:
         return None
@@ -40,6 +41,8 @@ def figure12(lines: dict[str, list[dict]], title: str) -> Figure | None:
     for label, points in lines.items():
         draw_line(ax, label, points)
     ax.scatter([], [], **SATURATED_RING, label="saturated")
+    if bound_s is not None:
+        ax.axhline(bound_s, color="#555555", linestyle="--", linewidth=1, label="sustained-rate bound")
     ax.set_xlabel("offered request rate (requests/s)")
     ax.set_ylabel("normalized latency (s per output token)")
     ax.set_yscale("log")

@@ -10,7 +10,7 @@ are in different folders. Here they meet:
   backend/mode of any run measured at its lowest offered rate (`default_latency_bound_s` over every
   sweep together); under the SLOs where every run has the same ones; vLLM's / each one's ratio, where
   vLLM is the first vllm/* backend/mode of the runs (`sustained.py` for the bounds '<' and '>=');
-- the Figure 12 plot of every line (`--plot`), drawn by `online_plot.figure12`.
+- the Figure 12 plot of every line (`--plot`), the shared bound dashed, drawn by `online_plot.figure12`.
 Sweeps are combined only where they served the same arrivals: the same model, workload, requests,
 prompt and output tokens, seed and burstiness (`comparable.schedule_identity`); otherwise the section
 says which field differs and combines nothing.
@@ -184,9 +184,11 @@ def _latency_cell(point: dict | None) -> str:
 
 
 def compare_figure(runs: list[SweepRun]) -> Figure | None:
-    """Figure 12 with a line per (run, backend/mode), labelled 'A vllm/offline'; None without points."""
+    """Figure 12 with a line per (run, backend/mode), labelled 'A vllm/offline', and the shared bound;
+    None without points."""
     lines = {f"{r.letter} {s.label}": finite_points(s) for r in runs for s in r.swept}
-    return figure12(lines, PLOT_TITLE)
+    swept = swept_runs(runs)
+    return figure12(lines, PLOT_TITLE, shared_bound(swept)[0] if swept else None)
 
 
 def check_plot_path(path: Path) -> None:

@@ -154,8 +154,9 @@ def test_a_point_with_one_pass_or_from_an_older_summary_shows_its_median_alone()
 def test_compare_plot_draws_a_line_per_run_and_backend(tmp_path: Path):
     a = fake_run("A", {"vllm/offline": [point(1.0, 0.01), point(2.0, 0.02, saturated=True)]})
     b = fake_run("B", {"hf/batched": [point(1.0, 0.3, saturated=True)], "hf/sequential": []})
-    labels = [line.get_label() for line in compare_figure([a, b]).axes[0].get_lines()]
-    assert labels == ["A vllm/offline", "B hf/batched"]
+    lines = compare_figure([a, b]).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["A vllm/offline", "B hf/batched", "sustained-rate bound"]
+    assert list(lines[-1].get_ydata()) == [pytest.approx(0.04)] * 2  # 4 x A's 0.01 at its lowest rate
     path = tmp_path / "online.png"
     assert write_compare_plot(path, [a, b]).startswith("Plot:")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
