@@ -234,7 +234,8 @@ def describe_point(point: dict) -> str:
     """One rate's outcome in a line (the progress a run prints)."""
     latency = point.get("normalized_latency_s")
     text = (
-        f"achieved {_num(point.get('achieved_rate_per_s'))} req/s, normalized latency "
+        f"begun {_num(point.get('admitted_rate_per_s'))} req/s, completed {_num(point.get('achieved_rate_per_s'))} "
+        f"req/s, normalized latency "
         f"{_num(latency)} s/token, TTFT p50 {_num(point.get('ttft_s_p50'))} s"
     )
     return text + (f"; saturated: {point['saturation_reason']}" if point.get("saturated") else "")

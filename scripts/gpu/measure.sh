@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements, one step per call: scripts/gpu/measure.sh STEP
+#   online-inf-agree  a sweep's inf point against the offline run (llama-1b, vLLM and hf/continuous, --repeats 3)
 #   make-test `make test LAB_PYTHON=python3` on the GPU host (issue 19): every test, the GPU ones included
 #   smoke     pytest -m gpu (the CUDA path on synthetic:tiny); GPU_TESTS="FILE ..." runs some of them
 #   anchors   the lab against `vllm bench throughput` (vllm and hf backends) on 1,024 random prompts of
@@ -332,6 +333,17 @@ online-1b|online-1b-hf|online-1b-seq|online-8b|online-8b-hf)
       --slo-ttft "${SLO_TTFT:-1.0}" --slo-tpot "${SLO_TPOT:-0.05}" --repeats "${REPEATS:-1}" "${util[@]}" \
       --results "$results" --label "$step"
   ;;
+online-inf-agree)
+  # Issue 16: a sweep's inf point (served through the arrival dispatcher, after a finite rate in the same
+  # process) must reproduce the offline run within the spread over passes: both --repeats 3, then `lab compare`.
+  model=synthetic:llama-1b; [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=$anchor_model
+  lab models build "$model"
+  inf_agree=(--model "$model" --workload sharegpt-like --num-requests "${ONLINE_REQUESTS:-64}" --batch-size 16
+             --backends "${BACKENDS:-vllm,hf/continuous}" --repeats "${REPEATS:-3}" "${util[@]}" --results "$results")
+  lab experiment "${inf_agree[@]}" --label offline
+  lab experiment "${inf_agree[@]}" --request-rate "${RATES:-8,inf}" --label sweep-inf
+  lab compare "$results"/*-offline-* "$results"/*-sweep-inf-*
+  ;;
 serve-agree)
   # The lab's vLLM at one rate below saturation against `vllm bench serve` against `vllm serve`: the same
   # model folder and engine settings (gpu_memory_utilization 0.5, prefix caching off), random 128/128
@@ -363,7 +375,7 @@ make-test)
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
        "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
        "sharing-8b-beam, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b, online-1b-hf," \
-       "online-1b-seq, online-8b, online-8b-hf or serve-agree" >&2; exit 2 ;;
+       "online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"
