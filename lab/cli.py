@@ -310,10 +310,18 @@ def device_and_launcher(
 @click.option(
     "--force", is_flag=True, help="Compare even when the model, workload, request count or output lengths differ."
 )
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the combined Figure 12 of the online sweeps (normalized latency against offered rate, every "
+    "backend/mode of every run) to this PNG file.",
+)
 @handle_errors
-def compare(run_dirs, force) -> None:
-    """The same metrics of two or more runs side by side, with ratios to the first (GPUs, versions, settings)."""
-    click.echo(render_comparison(list(run_dirs), force=force))
+def compare(run_dirs, force, plot) -> None:
+    """The same metrics of two or more runs side by side, with ratios to the first (GPUs, versions, settings);
+    for online sweeps (perhaps one backend group per run), every rate and one sustained-rate table over all."""
+    click.echo(render_comparison(list(run_dirs), force=force, plot=plot))
 
 
 @cli.command()

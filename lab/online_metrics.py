@@ -16,7 +16,8 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
   first third: about 1 where the backend serves late arrivals as it served early ones, large where each
   request waits behind a growing queue.
 - normalized_latency_s = mean over requests of e2e_s / output_tokens, seconds per output token: the
-  PagedAttention paper's normalized latency (Figure 12).
+  PagedAttention paper's normalized latency (Figure 12); normalized_latency_s_min and _max: its lowest
+  and highest over the passes that count (the median's range, equal to it with one pass).
 - goodput_per_s = requests meeting every SLO given / duration_s (as `vllm bench serve --goodput`);
   slo_attainment = their share of the requests.
 - backlog_growth = requests in the system (arrived, not finished) at the last arrival minus those at
@@ -145,6 +146,12 @@ def saturation(metrics: dict) -> tuple[bool, str | None]:
     return False, None
 
 
+def latency_range(summaries: list[dict]) -> tuple[float | None, float | None]:
+    """(min, max) of normalized_latency_s over the passes' summaries: the spread the median hides."""
+    values = [s["normalized_latency_s"] for s in summaries if s.get("normalized_latency_s") is not None]
+    return (min(values), max(values)) if values else (None, None)
+
+
 def rate_metrics(records: list[RequestRecord], offered_rate: float, slos: dict[str, float]) -> dict:
     """One offered rate of one backend/mode: the median over its passes that count, and saturation."""
     passes = passes_of(records)
@@ -152,12 +159,15 @@ def rate_metrics(records: list[RequestRecord], offered_rate: float, slos: dict[s
     invalid = [i for i, p in enumerate(passes) if any(r.pass_invalid for r in p)]
     counted = [s for i, s in enumerate(summaries) if i not in invalid] or summaries
     median = median_of(counted)
+    latency_min_s, latency_max_s = latency_range(counted)
     saturated, why = saturation(median) if math.isfinite(offered_rate) else (False, None)
     median.update(
         offered_rate_per_s=offered_rate if math.isfinite(offered_rate) else None,
         request_rate="inf" if math.isinf(offered_rate) else offered_rate,
         passes=len(summaries),
         passes_counted=len(counted),
+        normalized_latency_s_min=latency_min_s,
+        normalized_latency_s_max=latency_max_s,
         saturated=saturated,
         saturation_reason=why,
     )

@@ -1,11 +1,12 @@
 """Typed records of the timed passes: torch.compile's activity in a window of a process
-(`CompileCount`) and one timed pass (`TimedPass`, result.json `passes`). docs/results.md defines each field."""
+(`CompileCount`), one timed pass (`TimedPass`, result.json `passes`), and which KV samples belong to
+which pass (`last_pass_samples`, `samples_by_pass`). docs/results.md defines each field."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from lab.records import _known
+from lab.records import KvSample, _known
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TimedPass:
     index: int
     duration_s: float
     compile: CompileCount | None = None
+    memory: dict | None = None  # the backend's memory_stats() after the pass (its peaks reset before it); None: none
 
     @property
     def invalid(self) -> str | None:
@@ -75,4 +77,23 @@ class TimedPass:
 
     @classmethod
     def from_dict(cls, data: dict) -> TimedPass:
-        return cls(data["index"], data["duration_s"], CompileCount.from_dict(data.get("compile")))
+        return cls(data["index"], data["duration_s"], CompileCount.from_dict(data.get("compile")), data.get("memory"))
+
+
+def last_pass_samples(samples: list[KvSample]) -> list[KvSample]:
+    """The KV samples of the last timed pass (the highest `pass_index`): what kv.jsonl keeps, the pass the
+    KV breakdown, the bandwidth and memory.png describe. Untagged samples (older runs): all of them."""
+    tagged = [s.pass_index for s in samples if s.pass_index is not None]
+    if not tagged:
+        return list(samples)
+    last = max(tagged)
+    return [s for s in samples if s.pass_index == last]
+
+
+def samples_by_pass(samples: list[KvSample], last_index: int) -> dict[int, list[KvSample]]:
+    """The KV samples of each timed pass, by pass index; untagged samples (older runs) are the last
+    pass's, `last_index` (the records' highest `pass_index`)."""
+    out: dict[int, list[KvSample]] = {}
+    for sample in samples:
+        out.setdefault(last_index if sample.pass_index is None else sample.pass_index, []).append(sample)
+    return out

@@ -153,7 +153,9 @@ class KvSample:
     waiting: int | None = None
     tokens_stored: int | None = None  # None where preempted requests make the count unknown
     tokens_stored_exact: bool | None = None  # None: not recorded (older runs)
-    run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl
+    run: str | None = None  # the backend/mode's name, in the run folder's merged kv.jsonl and kv_passes.jsonl
+    pass_index: int | None = None  # the timed pass it was taken in; None: older runs, which kept only their last pass's
+    request_rate: float | None = None  # that pass's offered rate, requests/s; None: offline (inf), or an older run
     blocks_free: int | None = None
     # The engine's own per-step facts, summed over the running requests (lab.accounting.paged); None
     # where the run has none (older runs, vLLM with --no-kv-samples).
@@ -322,6 +324,7 @@ class RunSummary(_BackendMode):
     collector: dict | None = None  # how the timeline was taken
     energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
     sweep: list[dict] | None = None  # online serving: lab.online_metrics.rate_metrics of each offered rate
+    sweep_memory: list[dict] | None = None  # online serving: lab.accounting.pass_memory.rate_memory of each rate
     skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run
 
     def metric(self, key: str) -> Any:

@@ -8,7 +8,8 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
         records.jsonl       one line per request per backend/mode
         summary.json        aggregates per backend/mode
         timeline.jsonl      the collector's samples (every backend/mode, tagged with "run")
-        kv.jsonl            KV-cache samples taken by the backends during the timed phase
+        kv.jsonl            KV-cache samples taken by the backends during their last timed pass
+        kv_passes.jsonl     the same during every timed pass (each rate's; tagged with its pass and rate)
         kv_breakdown.json   where the KV memory went, per backend/mode
         plots.json, *.png   the plots, and why any was not drawn
         report.md           generated from the files above; regenerated, never edited
@@ -16,7 +17,8 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
         capacity.json, capacity.md          (`lab capacity` runs, instead of records and summary)
         sharing.json, sharing.md, sharing.html, points/<run-id>/   (a sharing sweep: one run folder a point)
         runs/<backend>-<mode>/              what one backend process wrote:
-            spec.json, pid, result.json, records.jsonl, kv.jsonl, timeline.jsonl, log.txt, collector.log
+            spec.json, pid, result.json, records.jsonl, kv.jsonl, kv_passes.jsonl, timeline.jsonl, log.txt,
+            collector.log
             ranks/<k>/                      torchrun rank k > 0 of a tensor-parallel hf run: its own files
 
 A run is written into `results/.tmp-<run-id>/` (`creating`) and renamed when complete, so a
@@ -46,6 +48,7 @@ RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
 TIMELINE = "timeline.jsonl"
 KV_SAMPLES = "kv.jsonl"
+KV_PASSES = "kv_passes.jsonl"
 KV_BREAKDOWN = "kv_breakdown.json"
 PLOTS_INDEX = "plots.json"
 REPORT = "report.md"
@@ -99,6 +102,14 @@ class PartFolder:
     @property
     def kv_samples(self) -> Path:
         return self.path / KV_SAMPLES
+
+    @property
+    def kv_passes(self) -> Path:
+        return self.path / KV_PASSES
+
+    def kv_every_pass(self) -> Path:
+        """kv_passes.jsonl, or kv.jsonl where a run written before it kept only its last pass's samples."""
+        return self.kv_passes if existing(self.kv_passes) else self.kv_samples
 
     @property
     def timeline(self) -> Path:
@@ -165,6 +176,10 @@ class RunFolder:
     @property
     def kv_samples(self) -> Path:
         return self.path / KV_SAMPLES
+
+    @property
+    def kv_passes(self) -> Path:
+        return self.path / KV_PASSES
 
     @property
     def kv_breakdown(self) -> Path:

@@ -10,9 +10,11 @@ raises LabInputError before anything is written. Then it writes into its folder
     spec.json      its configuration (unless the experiment wrote it there to start this process)
     records.jsonl  one line per request per timed pass (`pass_index`; --repeats N: N passes per offered
                    rate; online serving: each rate's passes in turn, `request_rate`, `lab.arrivals`)
-    kv.jsonl       KV-cache samples the backend took during the last timed pass
+    kv.jsonl       KV-cache samples the backend took during the last timed pass; kv_passes.jsonl the
+                   same during every pass; each tagged with its `pass_index` and `request_rate`
     result.json    status ("ok" or "error" with the message), timings, each timed pass with the
-                   compilations it saw (a pass that compiled is marked invalid), engine and memory
+                   compilations it saw (a pass that compiled is marked invalid) and the allocator's
+                   figures after it (`memory`, its peaks reset before the pass), engine and memory
                    figures, and the epoch start/end of each phase (load, warm-up, repeat, generate) to
                    line up with the collector's timeline, with every GPU's energy counter at both ends
 
@@ -49,7 +51,7 @@ from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenizer, model_info, resolve_model
 from lab.online_metrics import describe_point, rate_metrics, started_early
 from lab.online_settings import rate_text
-from lab.pass_records import CompileCount, TimedPass
+from lab.pass_records import CompileCount, TimedPass, last_pass_samples
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
 
@@ -190,7 +192,8 @@ def run_backend(
         _warm_up(spec, backend, requests, phases, result)
         records, kv_samples = _sweep(spec, backend, requests, phases, result)
         rf.write_jsonl(part.records, (r.to_dict() for r in records))
-        rf.write_jsonl(part.kv_samples, (s.to_dict() for s in kv_samples))
+        rf.write_jsonl(part.kv_samples, (s.to_dict() for s in last_pass_samples(kv_samples)))
+        rf.write_jsonl(part.kv_passes, (s.to_dict() for s in kv_samples))
         result.engine = backend.engine_info()
         result.status = "ok" if all(r.ok for r in records) else "error"
         if not result.ok:
@@ -291,7 +294,7 @@ def _sweep(
     """Every offered rate of --request-rate in turn (offline: inf alone), `repeats` timed passes each, the
     requests arriving on the rate's seeded schedule (`lab.arrivals`, the same for every backend). With
     --stop-at-saturation, the rates above the first that saturated are skipped (`result.skipped_rates`).
-    Returns every pass's records (each with its `request_rate`) and the last pass's KV samples."""
+    Returns every pass's records and KV samples, each with its `request_rate` (None: inf)."""
     online = spec.engine.online
     records: list[RequestRecord] = []
     passes: list[TimedPass] = []
@@ -299,12 +302,16 @@ def _sweep(
     for number, rate in enumerate(online.request_rates):
         timed = arrivals.schedule(requests, rate, online.burstiness, spec.engine.seed)
         last = number == len(online.request_rates) - 1
-        rate_records, kv_samples = _timed_passes(spec.engine.repeats, backend, timed, phases, result, passes, last)
+        rate_records, rate_samples = _timed_passes(spec.engine.repeats, backend, timed, phases, result, passes, last)
+        offered = None if math.isinf(rate) else rate
         for record in rate_records:
-            record.request_rate = None if math.isinf(rate) else rate
+            record.request_rate = offered
             if started_early(record):
                 record.status, record.error = "error", "the records show it started before its arrival"
+        for sample in rate_samples:
+            sample.request_rate = offered
         records.extend(rate_records)
+        kv_samples.extend(rate_samples)
         if not online.is_sweep:
             continue
         point = rate_metrics(rate_records, rate, online.slos)
@@ -325,12 +332,12 @@ def _timed_passes(
     passes: list[TimedPass],
     last_rate: bool = True,
 ) -> tuple[list[RequestRecord], list[KvSample]]:
-    """`repeats` timed passes of the whole workload: the records of every pass (each tagged with its
-    `pass_index`, counted over the whole sweep, and why it does not count if it compiled), and the last
-    pass's KV samples. `passes` collects every pass of the run.
+    """`repeats` timed passes of the whole workload: the records and KV samples of every pass (each tagged
+    with its `pass_index`, counted over the whole sweep; a record also with why it does not count if it
+    compiled). `passes` collects every pass of the run, each with the allocator's figures after it.
 
     result.passes_s and result.passes get each pass after it ends (a failing later pass keeps the
-    earlier ones); the memory peaks and the "generate" phase are the last pass's, the earlier passes'
+    earlier ones); result.memory and the "generate" phase are the last pass's, the earlier passes'
     phases are named "repeat".
     """
     records: list[RequestRecord] = []
@@ -339,11 +346,15 @@ def _timed_passes(
         last = last_rate and repeat == repeats - 1
         index = len(passes)
         before = backend.compile_snapshot()
-        pass_records, kv_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
-        timed = TimedPass(index, result.generate_s, CompileCount.between(before, backend.compile_snapshot()))
+        pass_records, pass_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
+        compiled = CompileCount.between(before, backend.compile_snapshot())
+        timed = TimedPass(index, result.generate_s, compiled, memory=result.memory or None)
         for record in pass_records:
             record.pass_index, record.pass_invalid = index, timed.invalid
+        for sample in pass_samples:
+            sample.pass_index = index
         records.extend(pass_records)
+        kv_samples.extend(pass_samples)
         passes.append(timed)
         result.passes_s = [p.duration_s for p in passes]
         result.passes = [p.to_dict() for p in passes]

@@ -32,6 +32,12 @@ COUNTER = "nvml energy counter"
 POWER_INTEGRAL = "sampled power, integrated (no energy counter)"
 
 
+def timed_phases(phases: list[dict]) -> list[dict]:
+    """The phases of the timed passes that ended, in order: the k-th is timed pass k (`lab.runner`
+    starts one phase per pass, "repeat" and the last "generate")."""
+    return [p for p in phases if p.get("phase") in TIMED_PHASES and p.get("end")]
+
+
 def counter_delta_j(start_mj: int | None, end_mj: int | None) -> float | None:
     """(end - start) / 1000 J; None where either reading is missing or the counter went back (a
     driver reload resets it)."""
@@ -141,8 +147,7 @@ def energy_summary(phases: list[dict], samples: list[dict], output_tokens: int |
     figures are the last timed pass's, like the throughput tables. {"available": False, "reason"}
     where no GPU energy could be known (no NVML, the CPU, no GPU held by the run).
     """
-    timed = [p for p in phases if p.get("phase") in TIMED_PHASES and p.get("end")]
-    passes = [pass_energy(p, samples, output_tokens) for p in timed]
+    passes = [pass_energy(p, samples, output_tokens) for p in timed_phases(phases)]
     last = passes[-1] if passes else None
     if last is None or last["energy_j"] is None:
         return {"available": False, "reason": unavailable_reason(last, meter)}

@@ -1,15 +1,17 @@
 """Memory sharing (issue 17): what a paged pool held with sharing and without, as pure arithmetic.
 
-Blocks. vLLM's pool after each engine step (`records.KvSample`): `blocks_used` is the physical blocks
-in use (a block shared by several sequences counts once); `held_blocks` is the sum over the running
-requests' block tables (a shared block counts once per table that holds it: the blocks the same
-sequences would hold without sharing, under the same schedule).
+Blocks. A paged pool after each engine step (`records.KvSample`; vLLM, and hf/continuous whose n
+samples transformers forks): `blocks_used` is the physical blocks in use (a block shared by several
+sequences counts once); `held_blocks` is the sum over the running sequences' block tables (a shared
+block counts once per table that holds it: the blocks the same sequences would hold without sharing,
+under the same schedule).
 
 - blocks held: the mean of `blocks_used` over the pass's engine steps, and its peak. Step-weighted,
   not time-weighted: the runs with and without sharing run the same steps at different speeds.
 - memory saving (the paper's definition, Figure 15): (B_without - B_with) / B_without, B the blocks
   held. Measured two ways: across runs (vllm/offline with the prefix cache off against vllm/shared
-  with it on, the same workload) and within the shared run (its tables' blocks against its pool's).
+  with it on, the same workload) and within a run that shares (its tables' blocks against its pool's:
+  vllm/shared, and hf/continuous, which has no run without sharing beside it).
 - prefix-cache hit rate: tokens found / tokens looked up, summed over the pass's steps (vLLM's
   `prefix_cache_stats`).
 - requests the KV budget holds: usable blocks / blocks one request holds, at the step where the pool

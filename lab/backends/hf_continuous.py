@@ -13,12 +13,14 @@ requests (`add_request`, a thread-safe queue) when each arrives (`Request.arriva
 the scheduler decides when each starts, so queueing is part of every request's TTFT and latency.
 
 Fairness, as for every mode:
-- no prefix caching: `allow_block_sharing=False` (with sharing on, `add_requests` also reorders);
+- no prefix caching: `allow_block_sharing=False` (with sharing on, `add_requests` also reorders),
+  except at a memory-sharing point (`lab.backends.hf_continuous_sharing`: n samples forked per
+  request, their blocks shared; one record per request, n x L tokens);
 - exact output lengths: EOS disabled (`eos_token_id=-1`) and each request's own `max_new_tokens`
   (continuous batching drops min-length processors, so those cannot be used);
 - the KV pool vLLM would get: `num_blocks` from `--kv-cache-memory` or vLLM's rule
   (`lab.accounting.continuous`), recorded in `engine_info()`;
-- the workload's own token ids; greedy decoding.
+- the workload's own token ids; greedy decoding (n > 1: seeded sampling).
 
 Times. transformers stamps each token with `time.perf_counter()` in its thread when the token is on
 the host (`record_timestamps=True`); `Clock.since_start` puts those readings on the runner's clock,
@@ -42,6 +44,8 @@ from __future__ import annotations
 import gc
 import time
 
+import torch
+
 from lab.accounting.continuous import check_requests_fit
 from lab.accounting.kv import final_tokens
 from lab.accounting.paged import step_sums
@@ -49,7 +53,8 @@ from lab.backends.base import Clock
 from lab.backends.dispatch import MAX_SLEEP_S, Dispatcher
 from lab.backends.hf import HfBackend
 from lab.backends.hf_continuous_engine import NO_EOS, build_manager, describe, plan_pool, set_attention
-from lab.backends.hf_continuous_hooks import StepTap, cache_view
+from lab.backends.hf_continuous_hooks import StepTap, cache_view, forget_cached_blocks, parent_id
+from lab.backends.hf_continuous_sharing import Sequences, block_sharing, check_prompts, pass_seed
 from lab.records import KvSample, RequestRecord
 from lab.workloads import Request
 
@@ -109,6 +114,8 @@ class HfContinuousBackend(HfBackend):
             raise RuntimeError(f"transformers' engine stalled in an earlier pass (no step for {STALL_S:.0f} s)")
         lengths = [(r.prompt_tokens, r.output_tokens) for r in requests]
         check_requests_fit(lengths, self._info["num_blocks"], self._info["block_size"])
+        check_prompts(requests, self.spec.engine.n)
+        self._start_pass()
         self._calls += 1
         self._samples, self._step_token_times, self._first_step_end = [], {}, {}
         self._lab_ids, self._finals = {}, {}
@@ -116,7 +123,7 @@ class HfContinuousBackend(HfBackend):
         steps_before = getattr(self._manager, "current_batch", None)
         dispatcher = Dispatcher(requests, clock, self.spec.engine.online.max_concurrency)
         pending = {self._key(r): r for r in requests}
-        outputs = self._serve(dispatcher, pending)
+        sequences = self._serve(dispatcher, pending)
         self._tap.idle.wait(TAP_IDLE_TIMEOUT_S)  # the last step's tap runs after its results are delivered
         steps_after = getattr(self._manager, "current_batch", None)
         both = None not in (steps_before, steps_after)
@@ -124,10 +131,20 @@ class HfContinuousBackend(HfBackend):
         fatal = getattr(self._manager.background_thread_status, "fatal_error", None)
         if fatal is None and self._stalled:
             fatal = f"no engine step for {STALL_S:.0f} s with requests pending"
-        records = [_record(r, outputs.get(key), clock, fatal, self._lab_times(key)) for key, r in pending.items()]
+        n = self.spec.engine.n
+        records = [_record(r, sequences.of(key), n, clock, fatal, self._lab_times(key)) for key, r in pending.items()]
         for record in records:
             dispatcher.stamp(record)
         return records
+
+    def _start_pass(self) -> None:
+        """Before a pass: no block cached by an earlier one (sharing on), and the samples' seed (n > 1)."""
+        if block_sharing(self.spec.engine):
+            dropped = forget_cached_blocks(self._manager.batch_processor.cache)
+            self._info["cached_blocks_dropped_before_last_pass"] = dropped
+        seed = pass_seed(self.spec.engine)
+        if seed is not None:
+            torch.manual_seed(seed)  # the engine's thread samples from torch's default generators
 
     def _lab_times(self, key: str) -> dict:
         """What this process saw of a request: its first step's end, its tokens' steps."""
@@ -154,12 +171,14 @@ class HfContinuousBackend(HfBackend):
         self._lab_ids[key] = request.request_id
         self._finals[key] = final_tokens(request.prompt_tokens, request.output_tokens)
 
-    def _serve(self, dispatcher: Dispatcher, pending: dict[str, Request]) -> dict:
+    def _serve(self, dispatcher: Dispatcher, pending: dict[str, Request]) -> Sequences:
         """Submit each request when it arrives (offline: all at once) and take the finished results, until
-        all are in, the engine's thread has stopped or it stalled. Results by request key."""
-        outputs: dict = {}
+        all are in, the engine's thread has stopped or it stalled. Each request's n sequences (n samples:
+        the request and transformers' forks of it)."""
+        sequences = Sequences(self.spec.engine.n)
+        done = 0
         started = time.perf_counter()
-        while len(outputs) < len(pending):
+        while done < len(pending):
             for request in dispatcher.due():
                 self._submit(request)
             to_next = dispatcher.seconds_to_next()
@@ -174,10 +193,10 @@ class HfContinuousBackend(HfBackend):
                     self._stalled = stalled
                     break
                 continue
-            if output.request_id in pending and output.is_finished():
-                outputs[output.request_id] = output
+            if parent_id(output.request_id) in pending and output.is_finished() and sequences.add(output):
+                done += 1
                 dispatcher.done()
-        return outputs
+        return sequences
 
     # -- KV samples --------------------------------------------------------------------------------
 
@@ -196,14 +215,14 @@ class HfContinuousBackend(HfBackend):
         """One KV sample after an engine step (see kv_samples())."""
         view, scheduler = self._view, self._tap.processor.scheduler
         active = scheduler.active_requests
-        per_request = [
-            [self._lab_ids.get(key, key), int(state.current_len()), view.blocks_of(key)]
+        per_request = [  # a fork under its request's id
+            [self._lab_ids.get(parent_id(key), key), int(state.current_len()), view.blocks_of(key)]
             for key, state in active.items()
         ]
         used = view.num_blocks - view.free_blocks()
         sums = step_sums(
             (
-                (tokens, self._finals.get(key, tokens), blocks, 0, not active[key].generated_tokens)
+                (tokens, self._finals.get(parent_id(key), tokens), blocks, 0, not active[key].generated_tokens)
                 for key, (_, tokens, blocks) in zip(active, per_request)
             ),
             view.block_size,
@@ -272,30 +291,37 @@ class HfContinuousBackend(HfBackend):
         gc.collect()
 
 
-def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> RequestRecord:
-    """One request's record from transformers' output (its own per-token stamps) and what this process saw."""
-    if output is None:
+def _record(request: Request, sequences: list, n: int, clock: Clock, fatal, seen: dict) -> RequestRecord:
+    """One request's record from transformers' outputs of its finished sequences (the request itself
+    first, then its forks: `hf_continuous_sharing.Sequences`) and what this process saw. Token times
+    are the first sequence's (its own per-token stamps); the end, the last token of any sequence."""
+    if not sequences:
         error = f"no result: transformers' engine stopped or stalled ({fatal})"
         return RequestRecord(request.request_id, request.prompt_tokens, 0, None, clock.now(),
                              arrival_s=request.arrival_s, status="error", error=error)  # fmt: skip
-    generated = len(output.generated_tokens)
-    stamped = list(output.timestamps or [])
-    recomputed = len(stamped) < generated == len(seen["token_steps"])
+    first = sequences[0]
+    own = len(first.generated_tokens)
+    stamped = list(first.timestamps or [])
+    recomputed = len(stamped) < own == len(seen["token_steps"])
     if recomputed:  # transformers restarted the timestamps (and its lifespan) when it recomputed the request
-        stamped = seen["token_steps"][: generated - len(stamped)] + stamped
+        stamped = seen["token_steps"][: own - len(stamped)] + stamped
     times = [clock.since_start(t) for t in stamped]
-    problems = [output.error] if output.error else []
-    if generated != request.output_tokens:
-        problems.append(f"generated {generated} tokens, {request.output_tokens} requested")
-    if len(times) != generated:
-        problems.append(f"{len(times)} token timestamps for {generated} tokens")
-    scheduled = output.lifespan[0] if output.lifespan and output.lifespan[0] > 0 else None
+    ends = [clock.since_start(s.timestamps[-1]) for s in sequences[1:] if s.timestamps]
+    generated = sum(len(s.generated_tokens) for s in sequences)
+    problems = [s.error for s in sequences if s.error]
+    if len(sequences) != n:
+        problems.append(f"{len(sequences)} of {n} sequences finished ({fatal})")
+    if generated != request.output_tokens * n:
+        problems.append(f"generated {generated} tokens, {n} x {request.output_tokens} requested")
+    if len(times) != own:
+        problems.append(f"{len(times)} token timestamps for {own} tokens")
+    scheduled = first.lifespan[0] if first.lifespan and first.lifespan[0] > 0 else None
     if recomputed:
         scheduled = seen["first_step_end"]
     extra = {}
     if recomputed:
         extra["token_times_note"] = (
-            f"recomputed after the pool ran out: its first {generated - len(output.timestamps or [])} token times "
+            f"recomputed after the pool ran out: its first {own - len(first.timestamps or [])} token times "
             "are the ends of the engine steps that made them, scheduled_s the end of the first step that ran it"
         )
     return RequestRecord(
@@ -303,7 +329,7 @@ def _record(request: Request, output, clock: Clock, fatal, seen: dict) -> Reques
         prompt_tokens=request.prompt_tokens,
         output_tokens=generated,
         first_token_s=times[0] if times else None,
-        end_s=times[-1] if times else clock.now(),
+        end_s=max(times[-1:] + ends) if times or ends else clock.now(),
         arrival_s=request.arrival_s,  # submitted at arrival: the scheduler queues them, as vLLM's does
         scheduled_s=None if scheduled is None else clock.since_start(scheduled),
         token_times_s=times,

@@ -5,7 +5,8 @@ what it made (`describe`, for result.json's `engine`):
 - the attention kernel (`set_attention`), named as the installed transformers names it;
 - the pool (`plan_pool`): `--kv-cache-memory` bytes, or vLLM's rule, in blocks of vLLM's block
   formula (`lab.accounting.continuous`);
-- the manager (`build_manager`): `ContinuousBatchingConfig` from the lab's settings, warmed up (the
+- the manager (`build_manager`): `ContinuousBatchingConfig` from the lab's settings (block sharing and
+  n samples as `lab.backends.hf_continuous_sharing` says), warmed up (the
   pool allocated and CUDA graphs captured) before anything is timed. With max_batch_tokens auto and
   transformers' own memory check refusing it, max_batch_tokens is halved until it fits.
 """
@@ -37,6 +38,7 @@ from lab.backends.hf_continuous_hooks import (
     paged_attention_name,
     plain_sdpa_is_paged,
 )
+from lab.backends.hf_continuous_sharing import block_sharing, generation_options
 from lab.config import RunSpec
 from lab.errors import LabInputError
 from lab.models.resolve import model_info
@@ -112,7 +114,8 @@ def _try_manager(model, spec: RunSpec, pool: dict, max_batch_tokens: int, fixed:
     config = continuous_batching_config(spec, pool, max_batch_tokens)
     context = spec.engine.max_model_len or model.config.max_position_embeddings
     manager = model.init_continuous_batching(
-        generation_config=GenerationConfig(do_sample=False, eos_token_id=NO_EOS),
+        # greedy, or n samples forked per request (lab.backends.hf_continuous_sharing)
+        generation_config=GenerationConfig(**generation_options(spec.engine), eos_token_id=NO_EOS),
         continuous_batching_config=config,
         # Sizes transformers' decode fast path (flash only) for any request up to the context.
         workload_hints=WorkloadHints(max_prompt_length=context, max_generated_length=0, num_requests=0),
@@ -137,7 +140,8 @@ def continuous_batching_config(spec: RunSpec, pool: dict, max_batch_tokens: int)
     kwargs = {
         "num_blocks": pool["num_blocks"],
         "max_batch_tokens": max_batch_tokens,
-        "allow_block_sharing": False,  # no prefix caching, as for every mode
+        # off, as for every mode, but where a sharing point shares something (hf_continuous_sharing)
+        "allow_block_sharing": block_sharing(spec.engine),
         "default_compile_level": settings.compile_level,
         "seed": spec.engine.seed,
         # 5.18 renamed block_size to page_size (the old name still works there, with a warning)
@@ -189,7 +193,8 @@ def describe(manager, model, spec: RunSpec, pool: dict, tokens_rule: str, view, 
         else 0,
         "continuous_batching_config": _plain(config),
         "cache_layout": view.layout,
-        "enable_prefix_caching": False,
+        "enable_prefix_caching": block_sharing(spec.engine),  # transformers' allow_block_sharing: forks too
+        "num_return_sequences": spec.engine.n,
         "warmup": "the whole workload once, on the same manager as the timed passes",
         "kv_sampling": "ContinuousBatchProcessor.update_batch wrapped: block tables after each step"
         if spec.engine.sample_kv_every_step

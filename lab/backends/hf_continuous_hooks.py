@@ -10,7 +10,9 @@ file to check:
 - the batch processor's `update_batch`, wrapped once per engine step (`StepTap`), and the
   scheduler's `active_requests` / `waiting_requests`, `RequestState.generated_tokens` and
   `current_len()`, read after it;
-- the attention implementation names (`paged_attention_name`), which changed in 5.18.
+- the attention implementation names (`paged_attention_name`), which changed in 5.18;
+- parallel sampling's forks (`parent_id`: transformers names them `<id>__child#k`) and the blocks its
+  prefix cache keeps after their requests finished (`forget_cached_blocks`, `AllocatorsView.free_blocks`).
 
 VERIFIED_TRANSFORMERS lists the versions these were checked against, by reading their source and
 by tests: tests/unit (fakes of both layouts), tests/integration (5.19, the CPU environment) and
@@ -25,6 +27,7 @@ import time
 from types import SimpleNamespace
 
 VERIFIED_TRANSFORMERS = ("5.17.0", "5.19.0")
+CHILD_MARK = "__child#"  # the forks of request R are "R__child#0", "R__child#1", ... (5.17, 5.19: update_batch)
 
 
 class AllocatorsView:
@@ -56,9 +59,14 @@ class AllocatorsView:
         return sum(len(a.block_table.get(request_id, ())) for a in self.allocators)
 
     def free_blocks(self) -> int:
-        """Free blocks of the (one) allocator plus those in the pool's unassigned sectors."""
+        """Free blocks of the (one) allocator, those in the pool's unassigned sectors, and the blocks its
+        prefix cache keeps for their content only (no request holds them; transformers evicts them when
+        it needs room), as 5.17's count and vLLM's free queue include them."""
         allocator, pool = self.allocators[0], self.cache.pool
-        return int(pool.count_free_blocks(allocator.index) + pool.num_free_sectors * allocator.blocks_per_sector)
+        ledger = getattr(allocator, "ledger", None)  # 5.19 (not checked in 5.18)
+        cached = len(ledger.cached_blocks) if ledger is not None else 0
+        unassigned = pool.num_free_sectors * allocator.blocks_per_sector
+        return int(pool.count_free_blocks(allocator.index) + unassigned + cached)
 
 
 class GroupsView:
@@ -113,6 +121,29 @@ def cache_view(cache) -> AllocatorsView | GroupsView:
             "layers); the KV samples assume one full-attention group: run with --no-kv-samples"
         )
     return view
+
+
+def parent_id(request_id: str) -> str:
+    """The request a sequence belongs to: itself, or the request transformers forked it from."""
+    return request_id.split(CHILD_MARK, 1)[0]
+
+
+def forget_cached_blocks(cache) -> int:
+    """Drop the blocks transformers' prefix cache keeps after their requests finished (so that a pass
+    never hits blocks an earlier pass computed); the number dropped. Only while no request runs.
+
+    5.18+: `PagedAttentionCache.evict_cached_blocks` (the ledgers' `cached_blocks` back to the pool).
+    5.17: the BlockManager's initialized blocks (complete, unreferenced, hashed) become uninitialized
+    through `has_enough_free_blocks`, which does exactly that for as many blocks as it is asked for.
+    """
+    if hasattr(cache, "cache_allocators"):
+        cached = sum(len(a.ledger.cached_blocks) for a in cache.cache_allocators.values())
+        cache.evict_cached_blocks()
+        return cached
+    manager = cache._block_manager
+    cached = len(manager._init_block_ids)
+    manager.has_enough_free_blocks(manager.num_free_blocks)
+    return cached
 
 
 def paged_attention_name(kernel: str, plain_sdpa_is_paged: bool) -> str:

@@ -1,5 +1,5 @@
 """Gather what the backend processes wrote (runs/<name>/) into the run folder's records.jsonl, kv.jsonl,
-timeline.jsonl and summary.json.
+kv_passes.jsonl, timeline.jsonl and summary.json.
 
 A backend/mode's summary: throughput and latency from its records, memory from its timeline. Memory
 figures keep their source in their name and beside them:
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from lab import run_folder as rf
 from lab.accounting.energy import energy_summary
+from lab.accounting.pass_memory import pass_memory, rate_memory
 from lab.hardware.timeline import (
     gpus_holding_tree,
+    in_window,
     per_gpu_peaks,
     read_timeline,
     restricted_to_gpus,
@@ -48,24 +50,27 @@ COLLECTOR_FACTS = (
 
 
 def merge_runs(folder: rf.RunFolder, names: list[str], slos: dict[str, float] | None = None) -> None:
-    """Gather the runs' files (each read once) into the run folder's records, kv, timeline and summary;
+    """Gather the runs' files (each read once) into the run folder's records, kv, kv_passes, timeline and summary;
     `slos`: goodput's, for an online sweep (`lab.online_metrics`)."""
-    records, kv, timeline, summaries = [], [], [], []
+    records, kv, kv_passes, timeline, summaries = [], [], [], [], []
     for name in names:
         part = folder.part(name)
         part_records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
         records.extend(part_records)
         kv.extend(KvSample.from_dict(dict(row, run=name)) for row in rf.iter_jsonl(part.kv_samples))
+        part_kv = [KvSample.from_dict(dict(row, run=name)) for row in rf.iter_jsonl(part.kv_every_pass())]
+        kv_passes.extend(part_kv)
         # header, samples, summary of the collector (absent: it was off)
         collected = read_timeline(part.timeline) if rf.existing(part.timeline) else {"samples": []}
         timeline.extend(collected["samples"])
         result = BackendResult.from_dict(rf.read_json(part.result))
         ranks = [BackendResult.from_dict(rf.read_json(r.result)) for r in part.ranks() if r.result.exists()]
-        summary = summarize_run(result, part_records, collected["samples"], ranks, slos or {})
+        summary = summarize_run(result, part_records, collected["samples"], ranks, slos or {}, part_kv)
         summary.collector = collector_facts(collected)
         summaries.append(summary)
     rf.write_jsonl(folder.records, (r.to_dict() for r in records))
     rf.write_jsonl(folder.kv_samples, (s.to_dict() for s in kv))
+    rf.write_jsonl(folder.kv_passes, (s.to_dict() for s in kv_passes))
     rf.write_jsonl(folder.timeline, timeline)
     rf.write_json(folder.summary, {"runs": [s.to_dict() for s in summaries]})
 
@@ -76,9 +81,11 @@ def summarize_run(
     samples: list[dict],
     ranks: list[BackendResult] = (),
     slos: dict[str, float] | None = None,
+    kv_samples: list[KvSample] = (),
 ) -> RunSummary:
     """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures.
-    An online sweep's `metrics` are its last rate's (inf where given); `sweep` has every rate's."""
+    An online sweep's `metrics` are its last rate's (inf where given); `sweep` has every rate's, and
+    `sweep_memory` every rate's KV, NVML and allocator peaks (`lab.accounting.pass_memory`)."""
     engine = dict(result.engine or {})
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
     last = last_rate_records(records)
@@ -114,13 +121,9 @@ def summarize_run(
         engine=engine,
         energy=energy_summary(result.phases, samples, (metrics or {}).get("output_tokens"), result.energy_meter),
         sweep=sweep_metrics(records, slos or {}) if is_sweep(records) else None,
+        sweep_memory=rate_memory(pass_memory(result, records, list(kv_samples), own)) if is_sweep(records) else None,
         skipped_rates=result.skipped_rates,
     )
-
-
-def in_window(samples: list[dict], window: tuple[float, float] | None) -> list[dict]:
-    """The samples taken within `window` (epoch seconds); all of them without one."""
-    return samples if window is None else [s for s in samples if window[0] <= s["t"] <= window[1]]
 
 
 def timeline_peaks(samples: list[dict], window: tuple[float, float] | None = None) -> dict:

@@ -11,7 +11,9 @@ run folder, every backend/mode in its own process, written under the sweep's fol
 
 vLLM runs twice at every point: vllm/offline with the prefix cache off (no sharing: the baseline) and
 vllm/shared with it on, so the saving is measured, not assumed (`--backends vllm/shared` alone runs
-only the shared engine, and no saving is computed). The sweep folder is written as
+only the shared engine, and no saving is computed). hf/continuous, where named, forks its n samples
+inside transformers with their blocks shared (`lab.backends.hf_continuous_sharing`); its saving is
+measured within its run. The sweep folder is written as
 `.tmp-<id>` and renamed when every point is done (lab.run_folder.creating).
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import run_folder as rf
+from lab.backends.hf_continuous_sharing import NO_BEAMS
 from lab.config import ExperimentSpec, check_sharing, run_label
 from lab.errors import LabInputError
 from lab.experiments.offline import run_experiment
@@ -89,11 +92,9 @@ def check_sharing_spec(spec: ExperimentSpec, points: list[SharingPoint]) -> Expe
     runs = list(spec.runs)
     if VLLM_PAIR[0] in runs:  # the baseline without sharing gets its shared twin (vllm/shared alone stays alone)
         runs = [r for r in runs if r[0] != "vllm"] + list(VLLM_PAIR)
-    if ("hf", "continuous") in runs and any(p.n > 1 or p.beam_width > 1 for p in points):
-        raise LabInputError(
-            "hf/continuous does not take --n or --beam-width in the lab yet (transformers 5.19's "
-            "generate_batch forks children for num_return_sequences; 5.17's is unchecked): drop it from --backends"
-        )
+    beams = [p.beam_width for p in points if p.beam_width > 1]
+    if ("hf", "continuous") in runs and beams:
+        raise LabInputError(f"--beam-width {','.join(map(str, beams))}: {NO_BEAMS}; drop hf/continuous from --backends")
     return dataclasses.replace(spec, runs=tuple(runs))
 
 

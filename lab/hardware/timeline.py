@@ -98,6 +98,11 @@ class TimelineStats:
         }
 
 
+def in_window(samples: list[dict], window: tuple[float, float] | None) -> list[dict]:
+    """The samples taken within `window` (epoch seconds, ends included); all of them without one."""
+    return samples if window is None else [s for s in samples if window[0] <= s["t"] <= window[1]]
+
+
 def summarize_timeline(samples: Iterable[dict]) -> dict:
     """Peaks and means of a list of samples (see `TimelineStats.result` for the keys).
 

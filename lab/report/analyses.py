@@ -1,12 +1,14 @@
 """The report's analyses, each computed once per report from the loaded run: the KV breakdown, the
-decode bandwidth, the repeated passes and the observations. Renderers only format what is here."""
+decode bandwidth, the repeated passes, the memory at each offered rate and the observations. Renderers
+only format what is here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lab.accounting.bandwidth import DecodeBandwidth, peak_gb_s, run_bandwidth
 from lab.accounting.breakdown import run_breakdown
+from lab.accounting.pass_memory import pass_memory, rate_memory
 from lab.records import BreakdownEntry
 from lab.report.observations import Observation, observations
 from lab.report.repeats import PassStats, repeated_passes
@@ -21,6 +23,20 @@ class Analyses:
     peak_source: str  # the GPU's name, or why there is no peak
     repeats: list[PassStats]  # one per backend/mode that timed several passes
     observations: list[Observation]
+    sweep_memory: dict[str, list[dict]] = field(default_factory=dict)  # label -> pass_memory.rate_memory
+
+
+def memory_at_each_rate(view: RunView) -> dict[str, list[dict]]:
+    """Each swept backend/mode's KV, NVML and allocator peaks at each offered rate, from its files (older
+    runs too: summary.json's `sweep_memory` is not read)."""
+    out = {}
+    for run in view.runs:
+        part = view.part(run)
+        if run.sweep and part.result is not None:
+            timeline = view.own_timeline(run)
+            passes = pass_memory(part.result, part.records_every_pass, part.kv_samples_every_pass, timeline)
+            out[run.label] = rate_memory(passes)
+    return out
 
 
 def analyse(view: RunView) -> Analyses:
@@ -35,4 +51,5 @@ def analyse(view: RunView) -> Analyses:
         peak_source=peak_source,
         repeats=repeated_passes(view.runs),
         observations=observations(view, breakdown),
+        sweep_memory=memory_at_each_rate(view),
     )

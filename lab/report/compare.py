@@ -21,10 +21,11 @@ from tabulate import tabulate
 from lab.errors import LabInputError
 from lab.metrics import ratio
 from lab.records import RunSummary
+from lab.report.comparable import check_comparable, describe, differences, identity
 from lab.report.format import MIB, fmt
-from lab.report.online_markdown import sweep_comparison
 from lab.report.run_view import RunView
 from lab.report.scaling import scaling_section
+from lab.report.sweep_compare import SweepRun, check_plot_path, combined_section, sweep_comparison, write_compare_plot
 
 # (label, where in a summary entry); units in the labels.
 METRICS = (
@@ -54,19 +55,6 @@ METRICS = (
 MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines; vLLM: per GPU)"}
 
 
-def identity(run: RunView) -> dict:
-    """What must match for two runs to be compared: the model and the exact requests."""
-    engine = run.manifest["config"]["engine"]
-    workload = next((r.workload for r in run.runs if r.workload), None) or {}
-    return {
-        "model": engine.get("model"),
-        "workload": engine.get("workload"),
-        "requests": workload.get("requests", engine.get("num_requests")),
-        "prompt tokens": workload.get("prompt_tokens"),
-        "output tokens": workload.get("output_tokens", engine.get("output_tokens")),
-    }
-
-
 def conditions(run: RunView) -> dict:
     """What may differ, and is then what the comparison is about."""
     manifest, engine = run.manifest, run.manifest["config"]["engine"]
@@ -93,30 +81,6 @@ def conditions(run: RunView) -> dict:
 def _version(value) -> str | None:
     """The version as recorded, None where it is not (compared and printed as such)."""
     return value.get("version") if isinstance(value, dict) else value
-
-
-def differences(values: list[dict]) -> dict[str, str]:
-    """{key: 'a vs b'} for every key whose value is not the same in every run."""
-    return {
-        key: " vs ".join(str(v.get(key)) for v in values)
-        for key in values[0]
-        if len({repr(v.get(key)) for v in values}) > 1
-    }
-
-
-def describe(differing: dict[str, str]) -> str:
-    return "; ".join(f"{key}: {values}" for key, values in differing.items())
-
-
-def check_comparable(runs: list[RunView], force: bool = False) -> dict[str, str]:
-    """The identity differences; raises LabInputError naming them unless `force`."""
-    differing = differences([identity(r) for r in runs])
-    if differing and not force:
-        raise LabInputError(
-            f"these runs are not comparable: {describe(differing)}"
-            + ". Compare runs of the same model and workload, or give --force to compare them anyway"
-        )
-    return differing
 
 
 def metric_value(entry: RunSummary, label: str, path: tuple[str, ...]):
@@ -154,8 +118,23 @@ def comparison_table(runs: list[RunView], letters: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
-    """The comparison as markdown: which run is which, what differs, the table, the failures."""
+def online_sections(runs: list[RunView], letters: list[str], plot: Path | None) -> list[str]:
+    """The sweeps side by side, their sustained rates in one table, and with `plot` the combined
+    Figure 12 written there (`sweep_compare.py`); [] where no run swept and no plot was asked for."""
+    sweep_runs = [SweepRun.of(x, r, conditions(r)) for x, r in zip(letters, runs)]
+    lines = []
+    for section in (sweep_comparison([(r.letter, r.runs) for r in sweep_runs]), combined_section(sweep_runs)):
+        lines += [""] + section if section else []
+    if plot is not None:
+        lines += ["", write_compare_plot(plot, sweep_runs)]
+    return lines
+
+
+def render_comparison(run_dirs: list[Path], force: bool = False, plot: Path | None = None) -> str:
+    """The comparison as markdown: which run is which, what differs, the table, the failures; with
+    `plot`, the combined Figure 12 written to that PNG."""
+    if plot is not None:
+        check_plot_path(plot)
     if len(run_dirs) < 2:
         raise LabInputError("give two or more run folders: lab compare RUN_A RUN_B [...]")
     if len(run_dirs) > len(string.ascii_uppercase):
@@ -183,8 +162,7 @@ def render_comparison(run_dirs: list[Path], force: bool = False) -> str:
     ]
     if scaling := scaling_section(runs, letters):
         lines += [""] + scaling
-    if online := sweep_comparison([(x, r.runs) for x, r in zip(letters, runs)]):
-        lines += [""] + online
+    lines += online_sections(runs, letters, plot)
     failed = [f"- {x}: {e.label}: {e.error}" for x, r in zip(letters, runs) for e in r.runs if not e.ok]
     if failed:
         lines += ["", "Failures:", ""] + failed

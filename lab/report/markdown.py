@@ -15,6 +15,7 @@ from lab.report.format import fmt, mib, version
 from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
 from lab.report.online_markdown import online_section
+from lab.report.online_memory_markdown import breakdown_rate_note
 from lab.report.run_view import RunView
 from lab.report.timing_markdown import (
     compile_section,
@@ -36,7 +37,7 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     lines += [""] + latency_section(runs)
     if analyses.repeats:
         lines += [""] + repeats_section(analyses.repeats)
-    if online := online_section(runs, view.engine.online):
+    if online := online_section(runs, view.engine.online, analyses.sweep_memory):
         lines += [""] + online
     compiled = compile_section(runs)
     if compiled:
@@ -58,6 +59,8 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
         lines += [""] + per_gpu
     lines += [""] + energy_section(runs)
     lines += [""] + breakdown_section(view.engine, analyses.breakdown)
+    if analyses.breakdown and (note := breakdown_rate_note(runs)):
+        lines += note + [""]
     if analyses.bandwidth:
         lines += [""] + bandwidth_section(analyses.bandwidth, analyses.peak_gb_s, analyses.peak_source)
     failed = [r for r in runs if not r.ok]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lab.hardware.timeline import restricted_to_gpus
+from lab.accounting.pass_memory import kv_block_bytes
 from lab.records import BackendResult, KvSample, RunSummary
 from lab.report.figure import new_figure
 from lab.report.format import MIB
@@ -55,14 +55,8 @@ class PlotPart:
 
 def plot_parts(view: RunView) -> list[PlotPart]:
     """Every backend/mode of the run, failed ones included (they are drawn as failed)."""
-    out = []
-    for run in view.runs:
-        part, samples = view.part(run), view.timeline.get(run.name, [])
-        used = run.memory.get("gpus_used")
-        if used:  # the collector may read more GPUs: keep the run's own
-            samples = restricted_to_gpus(samples, used)
-        out.append(PlotPart(run, part.result, samples, part.kv_samples))
-    return out
+    parts = ((run, view.part(run)) for run in view.runs)
+    return [PlotPart(run, part.result, view.own_timeline(run), part.kv_samples) for run, part in parts]
 
 
 def process_start(part: PlotPart) -> float | None:
@@ -108,13 +102,15 @@ def allocator_series(result: BackendResult) -> list[Series]:
     return out
 
 
-def kv_series(result: BackendResult, kv: list[KvSample]) -> list[Series]:
-    """A paged engine's KV blocks in use (vLLM, hf/continuous), in MiB: blocks_used x (pool bytes / blocks)."""
-    engine, t0 = result.engine or {}, result.clock_wall_t0
-    pool, blocks = engine.get("kv_pool_bytes"), engine.get("num_blocks")
-    if not kv or t0 is None or not pool or not blocks:
+def kv_series(result: BackendResult, kv: list[KvSample], t0: float | None = None) -> list[Series]:
+    """A paged engine's KV blocks in use (vLLM, hf/continuous), in MiB: blocks_used x (pool bytes / blocks)
+    (`lab.accounting.pass_memory.kv_block_bytes`), at t0 + each sample's `t_s` (t0: the last pass's
+    epoch t=0 where not given; 0 draws seconds since the samples' own pass started)."""
+    t0 = result.clock_wall_t0 if t0 is None else t0
+    block_bytes = kv_block_bytes(result.engine)
+    if not kv or t0 is None or not block_bytes:
         return []
-    block_mib = pool / blocks / MIB
+    block_mib = block_bytes / MIB
     rows = [r for r in kv if r.blocks_used is not None and r.t_s is not None]
     return [
         Series(
@@ -165,7 +161,7 @@ def memory_figure(parts: list[PlotPart]) -> Figure | None:
                 shaded.add(name)
         for s in series:
             if s.panel == "both":
-                _line(left, s, start)
+                draw_line(left, s, start)
         run = part.summary
         left.set_title(run.label + ("" if run.ok else f": FAILED ({_first_line(run.error)})"), loc="left", fontsize=10)
         left.set_ylabel("MiB")
@@ -186,12 +182,12 @@ def _pass_panel(ax, series: list[Series], window: tuple[float, float] | None) ->
     margin = max(0.1 * (end - t0), 0.05)
     for s in series:
         if s.panel in ("both", "pass"):
-            _line(ax, _clip(s, t0 - margin, end + margin), t0)
+            draw_line(ax, _clip(s, t0 - margin, end + margin), t0)
     kv = [s for s in series if s.panel == "kv"]
     if kv:
         twin = ax.twinx()
         for s in kv:
-            _line(twin, s, t0, color="#d62828")
+            draw_line(twin, s, t0, color="#d62828")
         twin.set_ylabel("KV blocks in use, MiB", fontsize=8, color="#d62828")
         twin.set_ylim(bottom=0)
     ax.axvspan(0, end - t0, color=PHASE_COLORS["generate"], alpha=0.4, lw=0)
@@ -207,8 +203,9 @@ def _pass_panel(ax, series: list[Series], window: tuple[float, float] | None) ->
     ax.grid(alpha=0.3)
 
 
-def _line(ax, s: Series, origin: float, **kw) -> None:
-    ax.plot(
+def draw_line(ax, s: Series, origin: float, **kw):
+    """One series on `ax`, its times less `origin` (seconds); returns matplotlib's line (its colour)."""
+    (line,) = ax.plot(
         [t - origin for t in s.t],
         s.mib,
         s.style,
@@ -217,6 +214,7 @@ def _line(ax, s: Series, origin: float, **kw) -> None:
         drawstyle="steps-post" if s.steps else "default",
         **kw,
     )
+    return line
 
 
 def _clip(s: Series, lo: float, hi: float) -> Series:

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from lab.online_metrics import (
-    LATENCY_GROWTH_LIMIT,
-    SATURATION_SHARE,
-    SLO_ATTAINMENT_GOAL,
-    default_latency_bound_s,
-    sustained_rate,
-)
+from lab.online_metrics import LATENCY_GROWTH_LIMIT, SATURATION_SHARE, default_latency_bound_s
 from lab.online_settings import OnlineSettings, rate_text
 from lab.records import RunSummary
 from lab.report.format import fmt
+from lab.report.online_memory_markdown import rate_memory_table
+from lab.report.sustained import BOUNDS_NOTE, columns, sustained_table
 
 
-def online_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
-    """'## Online serving' with its tables; [] for a run without a sweep."""
+def online_section(
+    runs: list[RunSummary], online: OnlineSettings, memory: dict[str, list[dict]] | None = None
+) -> list[str]:
+    """'## Online serving' with its tables; [] for a run without a sweep. `memory`: each backend/mode's
+    peaks at each rate (`lab.report.analyses.Analyses.sweep_memory`)."""
     swept = [r for r in runs if r.sweep]
     if not swept:
         return []
@@ -28,7 +27,13 @@ def online_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
     skipped = [f"{r.label}: {', '.join(map(str, r.skipped_rates))}" for r in swept if r.skipped_rates]
     if skipped:
         lines += ["", "Rates skipped after saturation (--stop-at-saturation): " + "; ".join(skipped) + "."]
-    lines += ["", "The plot online.png (Plots) draws normalized latency against the offered rate."]
+    if table := rate_memory_table(swept, memory or {}):
+        lines += [""] + table
+    lines += [
+        "",
+        "The plot online.png (Plots) draws normalized latency against the offered rate; online_kv.png each rate's "
+        "KV blocks in use over its own timed pass.",
+    ]
     return lines
 
 
@@ -51,8 +56,8 @@ def conditions(online: OnlineSettings) -> list[str]:
 def points_table(runs: list[RunSummary]) -> str:
     headers = [
         "backend/mode", "offered req/s", "achieved req/s", "admitted req/s", "output tok/s",
-        "normalized latency s/token", "TTFT p50 s", "TTFT p99 s", "TPOT p50 s", "ITL p99 s", "E2E p50 s",
-        "E2E p99 s", "queue p50 s", "goodput req/s", "max lag ms", "saturated",
+        latency_header([r.sweep for r in runs]), "TTFT p50 s", "TTFT p99 s", "TPOT p50 s", "ITL p99 s",
+        "E2E p50 s", "E2E p99 s", "queue p50 s", "goodput req/s", "max lag ms", "saturated",
     ]  # fmt: skip
     rows = []
     for run in runs:
@@ -61,7 +66,7 @@ def points_table(runs: list[RunSummary]) -> str:
             rows.append([
                 run.label, rate_text(p.get("request_rate")), fmt(p.get("achieved_rate_per_s")),
                 fmt(p.get("admitted_rate_per_s")),
-                fmt(p.get("output_tokens_per_s"), 1), fmt(p.get("normalized_latency_s"), 4),
+                fmt(p.get("output_tokens_per_s"), 1), latency_text(p),
                 fmt(p.get("ttft_s_p50"), 3), fmt(p.get("ttft_s_p99"), 3), fmt(p.get("tpot_s_p50"), 4),
                 fmt(p.get("itl_s_p99"), 4), fmt(p.get("e2e_s_p50"), 3), fmt(p.get("e2e_s_p99"), 3),
                 fmt(p.get("queue_s_p50"), 3), fmt(p.get("goodput_per_s")),
@@ -72,55 +77,30 @@ def points_table(runs: list[RunSummary]) -> str:
 
 def sustained_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
     """The highest rate each backend/mode sustains, under the latency bound and under the SLOs."""
-    sweeps = {r.label: [p for p in r.sweep if p.get("offered_rate_per_s")] for r in runs}
+    sweeps = {(r.label,): r.sweep for r in runs}
     bound = online.norm_latency_bound_s or default_latency_bound_s(sweeps)
     source = "--norm-latency-bound" if online.norm_latency_bound_s else "4x the lowest at the lowest rate"
-    columns = {f"sustained req/s, normalized latency <= {fmt(bound, 4)} s/token": (bound, False)}
-    if online.slos:
-        columns[f"sustained req/s, {SLO_ATTAINMENT_GOAL:.0%} of requests within the SLOs"] = (None, True)
-    rows, headers = [], ["backend/mode"]
-    for title in columns:
-        headers += [title, "vLLM / this"]
-    found = {label: [sustained_rate(points, b, s) for b, s in columns.values()] for label, points in sweeps.items()}
-    vllm = next((v for label, v in found.items() if label.startswith("vllm/")), None)
-    for label, values in found.items():
-        row = [label]
-        for i, (rate, failed) in enumerate(values):
-            row.append("none" if rate is None else ("" if failed else ">= ") + fmt(rate))
-            ratio = vllm[i][0] / rate if vllm and vllm[i][0] and rate else None
-            row.append("-" if ratio is None else f"{ratio:.2f}x")
-        rows.append(row)
+    headers, rows = sustained_table(sweeps, columns(bound, bool(online.slos)))
     return [
-        f"Highest offered rate sustained (not saturated, and every lower rate too); bound: {source}. "
-        "'>=': no measured rate failed, so the backend may sustain more.",
+        f"{BOUNDS_NOTE} Bound: {source}.",
         "",
-        tabulate(rows, headers=headers, tablefmt="github"),
+        tabulate(rows, headers=["backend/mode", *headers], tablefmt="github", disable_numparse=True),
     ]
 
 
-def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
-    """`lab compare`'s online section: normalized latency (s/token) of every backend/mode of every run at
-    each offered rate, '*' where saturated; [] where no run swept. `labelled`: (run letter, its runs)."""
-    rows = [(letter, run) for letter, runs in labelled for run in runs if run.sweep]
-    if not rows:
-        return []
-    rates = sorted({p["offered_rate_per_s"] for _, run in rows for p in run.sweep if p.get("offered_rate_per_s")})
-    table = []
-    for letter, run in rows:
-        by_rate = {p.get("offered_rate_per_s"): p for p in run.sweep}
-        cells = [_latency_cell(by_rate.get(rate)) for rate in rates]
-        table.append([letter, run.label, *cells])
-    headers = ["run", "backend/mode", *[f"{fmt(rate, 2)} req/s" for rate in rates]]
-    return [
-        "## Online serving: normalized latency (s per output token) at each offered rate",
-        "",
-        tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
-        "",
-        "'*': saturated at that rate; '-': not run (skipped after saturation, or not in that run's sweep).",
-    ]
+def latency_header(sweeps: list[list[dict]]) -> str:
+    """'normalized latency s/token', with ', median (min-max)' where some rate has several passes."""
+    ranged = any((p.get("passes_counted") or 1) > 1 for points in sweeps for p in points)
+    return "normalized latency s/token" + (", median (min-max)" if ranged else "")
 
 
-def _latency_cell(point: dict | None) -> str:
+def latency_text(point: dict | None) -> str:
+    """Normalized latency s/token as 'median (min-max)' over the passes that count; the median alone
+    with one pass (or an older summary without the range)."""
     if point is None:
         return "-"
-    return fmt(point.get("normalized_latency_s"), 4) + ("*" if point.get("saturated") else "")
+    median = fmt(point.get("normalized_latency_s"), 4)
+    low, high = point.get("normalized_latency_s_min"), point.get("normalized_latency_s_max")
+    if (point.get("passes_counted") or 1) < 2 or low is None or high is None:
+        return median
+    return f"{median} ({fmt(low, 4)}-{fmt(high, 4)})"

@@ -6,6 +6,7 @@
   Figure 2: shares of D (the paper's own bars, lab.paper, beside this run's) and shares of the memory
   held (lab.accounting.breakdown).
 - online.png: normalized latency against the offered request rate, the paper's Figure 12 (lab.report.online_plot).
+- online_kv.png: each offered rate's KV blocks in use over its own timed pass (lab.report.online_kv_plot).
 - performance.png: output tokens/s (median and the passes' range), latency from arrival (TTFT,
   queueing, service, E2E) and per token (TPOT, ITL), p50 and p99, per backend/mode.
 
@@ -25,6 +26,7 @@ from lab.records import BreakdownEntry, RunSummary
 from lab.report.figure import new_figure
 from lab.report.gpu_plot import gpu_memory_figure
 from lab.report.memory_plot import memory_figure, plot_parts
+from lab.report.online_kv_plot import online_kv_figure
 from lab.report.online_plot import online_figure
 from lab.report.run_view import RunView
 
@@ -199,6 +201,13 @@ def write_plots(view: RunView, breakdown: list[BreakdownEntry]) -> list[dict]:
             "Normalized latency against request rate (Figure 12)",
             online_figure(view.runs),
             "no backend/mode ran at a finite request rate (--request-rate)",
+        ),
+        _save(
+            view.folder,
+            "online_kv",
+            "KV-cache usage over each offered rate's timed pass",
+            online_kv_figure([view.part(run) for run in view.runs]),
+            "no paged backend/mode kept KV samples at a finite request rate (--request-rate)",
         ),
         _save(
             view.folder,

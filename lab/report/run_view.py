@@ -13,12 +13,13 @@ throughput is the median over its passes' seconds where it kept only the last pa
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from lab import run_folder as rf
 from lab.config import EngineSettings
+from lab.hardware.timeline import restricted_to_gpus
 from lab.metrics import passes_of, run_metrics, with_pass_seconds
 from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
@@ -27,12 +28,16 @@ from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 @dataclass(frozen=True)
 class RunPart:
     """One backend/mode's own files: its result (None where it wrote none), the request records of its
-    last timed pass (the one its KV samples and batch figures belong to) and its KV samples."""
+    last timed pass and that pass's KV samples (what the KV breakdown and the batch figures describe),
+    and the records and KV samples of every pass (online serving: each rate's; older runs kept the KV
+    samples of their last pass only)."""
 
     summary: RunSummary
     result: BackendResult | None
     records: list[RequestRecord]
     kv_samples: list[KvSample]
+    records_every_pass: list[RequestRecord] = field(default_factory=list)
+    kv_samples_every_pass: list[KvSample] = field(default_factory=list)
 
 
 class RunView:
@@ -99,10 +104,18 @@ class RunView:
         if run.name not in self._parts:
             files = self.folder.part(run.name)
             result = BackendResult.from_dict(rf.read_json(files.result)) if files.result.exists() else None
-            passes = passes_of(self.records(run.name))
+            records = self.records(run.name)
+            passes = passes_of(records)
             samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_samples)]
-            self._parts[run.name] = RunPart(run, result, passes[-1] if passes else [], samples)
+            every = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_every_pass())]
+            last = passes[-1] if passes else []
+            self._parts[run.name] = RunPart(run, result, last, samples, records, every)
         return self._parts[run.name]
+
+    def own_timeline(self, run: RunSummary) -> list[dict]:
+        """The collector's samples of `run`, with only the GPUs it used (the collector may read more)."""
+        samples, used = self.timeline.get(run.name, []), run.memory.get("gpus_used")
+        return restricted_to_gpus(samples, used) if used else samples
 
     def ok_parts(self) -> list[RunPart]:
         """The parts of the backend/modes that succeeded and wrote a result."""

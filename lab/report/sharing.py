@@ -14,6 +14,8 @@ from lab import run_folder as rf
 from lab.accounting.sharing import memory_saving, pool_use, requests_per_budget
 from lab.report.run_view import RunPart, RunView
 
+FORKING_RUN = "hf/continuous"  # transformers forks its n samples in its paged cache (hf_continuous_sharing)
+
 
 @dataclass(frozen=True)
 class SharingRow:
@@ -31,8 +33,8 @@ class SharingRow:
         None  # paged: mean_blocks x bytes per block; hf: mean over batches of the cache tensors
     )
     peak_kv_bytes: float | None = None
-    saving: float | None = None  # vllm/shared: 1 - its mean blocks / vllm/offline's at the same point
-    in_run_saving: float | None = None  # 1 - physical / table blocks within the run
+    saving: float | None = None  # vllm/shared: 1 - its mean blocks / vllm/offline's; hf/continuous: in_run_saving
+    in_run_saving: float | None = None  # 1 - physical / table blocks within the run (paged pools)
     hit_rate: float | None = None  # vLLM prefix cache: tokens found / looked up
     requests_per_budget: float | None = None  # requests the KV budget holds at this run's bytes per request
     kv_budget_bytes: float | None = None  # vLLM: its pool's usable blocks x bytes per block (hf is set beside it)
@@ -82,7 +84,7 @@ def point_rows(view: RunView, point: dict) -> list[SharingRow]:
 
 def _with_memory(row: SharingRow, part: RunPart, sequences: int) -> SharingRow:
     engine = part.result.engine or {}
-    if part.result.backend == "vllm":
+    if part.result.backend == "vllm" or part.result.label == FORKING_RUN:
         use = pool_use(part.kv_samples, sequences)
         if use is None:
             return row
@@ -97,6 +99,8 @@ def _with_memory(row: SharingRow, part: RunPart, sequences: int) -> SharingRow:
                 mean_kv_bytes=use.mean_blocks * per_block if per_block else None,
                 peak_kv_bytes=use.peak_blocks * per_block if per_block else None,
                 in_run_saving=use.in_run_saving,
+                # hf/continuous: no run without sharing beside it; its tables are the blocks without
+                saving=use.in_run_saving if part.result.label == FORKING_RUN else None,
                 hit_rate=use.hit_rate,
                 requests_per_budget=use.requests_per_budget,
                 kv_budget_bytes=use.usable_blocks * per_block if per_block and use.usable_blocks else None,
@@ -175,3 +179,22 @@ def observation(kind: str, rows: list[SharingRow]) -> str | None:
             f"{gains} compare vLLM with Orca (Oracle), a different baseline, on LLaMA-13B."
         )
     return None
+
+
+def forking_observation(kind: str, rows: list[SharingRow]) -> str | None:
+    """hf/continuous's saving at one point (its forks' tables against its pool), against the paper's range."""
+    forked = next((r for r in rows if r.run == FORKING_RUN and r.saving is not None), None)
+    if forked is None or kind == "baseline":
+        return None
+    saving = forked.saving * 100
+    line = (
+        f"{forked.point}: transformers' own paging (hf/continuous, block sharing on) held {saving:.1f}% fewer "
+        "blocks than its sequences' block tables list, i.e. than the same sequences with every block copied, "
+        "under the same schedule"
+    )
+    ranges = paper.FIG15_SAVING_PCT.get(kind)
+    if not ranges:
+        return line + "."
+    low, high = min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values())
+    where = "within" if low <= saving <= high else "outside"
+    return line + f"; {where} the paper's {kind} range ({low:g}-{high:g}%)."

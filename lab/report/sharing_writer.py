@@ -12,7 +12,7 @@ from lab import paper
 from lab import run_folder as rf
 from lab.report.format import fmt, mib, pct
 from lab.report.html import CSS, markdown_to_html
-from lab.report.sharing import SharingRow, observation, sharing_rows
+from lab.report.sharing import SharingRow, forking_observation, observation, sharing_rows
 from lab.report.sharing_plot import SAVING_PNG, THROUGHPUT_PNG, plot_saving, plot_throughput
 
 HEADERS = [
@@ -68,8 +68,10 @@ def render_sharing(rows: list[SharingRow], manifest: dict, drawn: dict[str, bool
         "- Shares in percent. **saving**: the paper's memory saving, (blocks without sharing - blocks with) / "
         "blocks without, "
         "vllm/shared (prefix cache on) against vllm/offline (off) at the same point, mean blocks in use "
-        "over the engine steps. hf: 0, transformers expands the cache per sequence.",
-        "- **in-run saving**: within vllm/shared, 1 - pool blocks / blocks in the requests' tables.",
+        "over the engine steps. hf/continuous (transformers forks the n samples in its paged cache, block sharing "
+        "on): its in-run saving. hf's generate() modes: 0, transformers expands their cache per sequence.",
+        "- **in-run saving**: within a paged run (vllm/shared, hf/continuous), 1 - pool blocks / blocks in the "
+        "running sequences' tables (a shared block counts once in the pool, once per table in the tables).",
         "- **hit rate**: vLLM's prefix cache, prompt tokens found / looked up over the pass.",
         "- **requests / budget**: requests vLLM's usable pool holds at this run's blocks (hf: bytes) per request.",
         "- **output tokens** count every sequence: requests x n (or beams) x output length.",
@@ -90,8 +92,9 @@ def render_sharing(rows: list[SharingRow], manifest: dict, drawn: dict[str, bool
     ]
     for point in dict.fromkeys(r.point for r in rows):
         at = [r for r in rows if r.point == point]
-        text = observation(at[0].kind, at)
-        lines.append(f"- {text}" if text else f"- {point}: no sharing to measure (no vllm/shared beside vllm/offline).")
+        texts = [t for t in (observation(at[0].kind, at), forking_observation(at[0].kind, at)) if t]
+        none = f"- {point}: no sharing to measure (no vllm/shared beside vllm/offline, no hf/continuous)."
+        lines += [f"- {t}" for t in texts] or [none]
     lines.append("")
     for name, ok in drawn.items():
         lines.append(f"![{name}]({name})" if ok else f"{name}: not drawn (no figures to plot).")

@@ -35,6 +35,8 @@
 #             memory sharing (issue 17): sharegpt-like, hf/batched, vllm/offline (prefix cache off) and
 #             vllm/shared (on) at each point; parallel samples (SHARING_N), beam widths (BEAMS, 128 output
 #             tokens: vLLM's beam search is one engine call per token), shared prefixes (PREFIXES: 80, 341)
+#   sharing-1b-hfc  the same parallel sampling for hf/continuous alone (transformers forks the samples in
+#             its paged cache, block sharing on; its saving is measured within its run): --n 2,4,6
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
 #             modes that split over GPUs; BACKENDS=... to run fewer per call
@@ -123,7 +125,7 @@ sharegpt_run() {  # sharegpt_run MODEL BACKENDS LABEL: 16 sharegpt-like requests
 
 case "$step" in
 smoke)
-  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 22 min (the sum of scripts/gpu/README.md's smoke estimates)
+  # GPU_TESTS="tests/gpu/test_kv_breakdown_gpu.py" (or any files) runs part of them: all take about 23 min (the sum of scripts/gpu/README.md's smoke estimates)
   # shellcheck disable=SC2086 # a list of test files
   "$python" -m pytest -m gpu ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider
   ;;
@@ -261,7 +263,7 @@ mixed)
       --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
       --results "$results" --label mixed13-b8
   ;;
-sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b|sharing-8b-beam)
+sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b|sharing-8b-beam|sharing-1b-hfc)
   # Each point is two vLLM starts (with and without sharing) and one hf/batched run: 2-3 points a call.
   model=$anchor_model; [[ $step == sharing-8b* ]] && model=$tp_model
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=synthetic:tiny
@@ -272,6 +274,7 @@ sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b
     sharing-1b-beam) sweep=(--beam-width "${BEAMS:-2,4}" --output-tokens 128) ;;
     sharing-1b-beam6|sharing-8b-beam) sweep=(--beam-width "${BEAMS:-6}" --output-tokens 128) ;;
     prefix-1b) sweep=(--shared-prefix-tokens "${PREFIXES:-80,341}") ;;
+    sharing-1b-hfc) sweep=(--n "${SHARING_N:-2,4,6}"); BACKENDS=${BACKENDS:-hf/continuous} ;;
   esac
   lab models build "$model"
   lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHARING_REQUESTS:-32}" --batch-size 16 \
@@ -374,8 +377,8 @@ make-test)
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
        "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
-       "sharing-8b-beam, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b, online-1b-hf," \
-       "online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
+       "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b," \
+       "online-1b-hf, online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s"
 pack "$step"

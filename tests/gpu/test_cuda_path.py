@@ -91,6 +91,10 @@ def test_torch_allocator_figures_for_transformers(cuda_run):
     assert alloc["peak_reserved_bytes"] >= alloc["peak_allocated_bytes"]
     nvml = runs["hf/batched"]["memory"]["whole_process"]["nvml_tree_peak_mib"]
     assert nvml * 2**20 >= alloc["peak_reserved_bytes"], "NVML sees at least what the allocator reserved"
+    passes = runs["hf/batched"]["passes"]  # each timed pass keeps its own peaks (reset before it)
+    assert [p["memory"]["source"] for p in passes] == ["torch.cuda"] * 3 and passes[-1]["memory"] == alloc
+    assert all(p["memory"]["peak_allocated_bytes"] > alloc["weights_allocated_bytes"] for p in passes)
+    assert all(p["memory"] is None for p in runs["vllm/offline"]["passes"])  # its allocator is in the engine core
 
 
 def test_every_timed_pass_compiled_nothing_and_static_cache_compiled_in_the_warm_up(cuda_run):

@@ -175,3 +175,31 @@ def test_vllms_pool_rule_on_the_card(tiny_model, tmp_path):
     assert engine["kv_pool_rule"].startswith("vLLM's rule: 0.1")
     assert 0 < engine["kv_budget_bytes"] < 0.1 * total
     assert engine["kv_pool_bytes"] + engine["kv_reserved_bytes"] <= engine["kv_budget_bytes"]
+
+
+def test_n_samples_forked_by_5_17_share_their_prompt_blocks(tiny_model, tmp_path):
+    """A sharing point, n=2, hf/continuous alone: transformers 5.17 forks each request after its prompt
+    and shares the full blocks (its BlockManager's reference counts); the pool then holds fewer blocks
+    than the sequences' tables list, and every sequence has its exact length."""
+    _require_gpu()
+    workload = tmp_path / "mixed.jsonl"
+    workload.write_text("".join(json.dumps({"prompt_tokens": p, "output_tokens": o}) + "\n" for p, o in LENGTHS))
+    command = [sys.executable, "-m", "lab", "experiment", "--backends", "hf/continuous", "--n", "2"]
+    command += ["--model", str(tiny_model), "--device", "cuda", "--workload", f"file:{workload}"]
+    command += ["--block-size", str(BLOCK_SIZE), "--kv-cache-memory", "256MiB", "--repeats", "1"]
+    proc = subprocess.run(
+        [*command, "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (point,) = rf.RunFolder(Path(proc.stdout.strip().splitlines()[-1])).points.iterdir()
+    part = rf.RunFolder(point).part("hf-continuous")
+    result = rf.read_json(part.result)
+    assert result["status"] == "ok" and result["engine"]["continuous_batching_config"]["allow_block_sharing"] is True
+    records = sorted(rf.iter_jsonl(part.records), key=lambda r: r["request_id"])
+    assert [(r["output_tokens"], len(r["token_times_s"]), r["status"]) for r in records] == [
+        (2 * o, o, "ok") for _, o in LENGTHS
+    ]
+    samples = list(rf.iter_jsonl(part.kv_samples))
+    assert all(s["blocks_used"] <= s["held_blocks"] for s in samples if s["per_request"])
+    assert all(s["blocks_used"] + s["blocks_free"] == s["num_blocks"] for s in samples)
+    assert sum(s["blocks_used"] for s in samples) < sum(s["held_blocks"] for s in samples)

@@ -71,6 +71,7 @@ def assert_refused(proc, fragment, results):
         (["--max-concurrency", "0"], "--max-concurrency must be at least 1"),
         (["--n", "0"], "--n takes integers of at least 1"),
         (["--beam-width", "2,x"], "--beam-width takes integers"),
+        (["--beam-width", "2", "--backends", "hf/continuous"], "hf/continuous has no beam search: transformers'"),
         (
             ["--n", "2", "--request-rate", "1,inf"],
             "--n 2 with --request-rate 1,inf: a memory-sharing sweep runs offline",

