@@ -83,6 +83,26 @@ def test_each_rate_has_its_online_metrics_in_the_summary(sweep):
             assert p["max_submit_lag_s"] is not None and p["max_submit_lag_s"] >= 0, where
 
 
+def test_each_rate_has_its_gpu_memory_peaks_nvml_and_the_allocator(sweep):
+    """On CUDA each rate's pass has NVML's figure for the backend's process tree and, for transformers,
+    the torch allocator's peaks of that pass; the paged engines their pool's peak."""
+    _, _, summaries = sweep
+    for label, s in summaries.items():
+        assert [p["request_rate"] for p in s.sweep_memory] == [*RATES, "inf"], label
+        for point in s.sweep_memory:
+            where = (label, point["request_rate"])
+            # the inf pass can be shorter than the collector's interval: no figure then, never a neighbour's
+            if point["request_rate"] != "inf" or point["collector_samples"]:
+                assert point["collector_samples"] > 0 and point["nvml_tree_peak_mib"] > 0, where
+            if label.startswith("hf/"):
+                assert point["allocator_peak_reserved_bytes"] >= point["allocator_peak_allocated_bytes"] > 0, where
+            else:
+                assert point["allocator_peak_allocated_bytes"] is None, where  # vLLM's engine: another process
+            if label in ("hf/continuous", "vllm/offline"):
+                assert point["kv_samples"] > 0 and point["kv_peak_blocks_used"] > 0, where
+                assert 0 < point["kv_peak_occupancy"] <= 1 and point["kv_peak_mib"] > 0, where
+
+
 def test_the_report_has_the_online_serving_section_and_its_figure(sweep):
     folder, _, _ = sweep
     report = folder.report.read_text()
