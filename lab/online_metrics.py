@@ -43,7 +43,7 @@ import math
 
 from lab.metrics import mean, median_of, passes_of, summarize_records, tpot_s
 from lab.online_settings import rate_value
-from lab.records import RequestRecord
+from lab.records import RequestRecord, RunSummary
 
 SATURATION_SHARE = 0.9  # requests begun at below 90% of the offered rate: saturated
 LATENCY_GROWTH_LIMIT = 2.0  # the last third's normalized latency over twice the first third's: saturated
@@ -187,6 +187,12 @@ def last_rate_records(records: list[RequestRecord]) -> list[RequestRecord]:
     Offline runs have one rate: all their records."""
     groups = by_rate(records)
     return list(groups.values())[-1] if groups else []
+
+
+def last_offered_rates(runs: list[RunSummary]) -> dict[str, str | float]:
+    """{backend/mode: the offered rate of its sweep's last point (what its offline figures describe)} of
+    the runs that swept; {} for an offline run."""
+    return {run.label: run.sweep[-1].get("request_rate") for run in runs if run.sweep}
 
 
 def is_sweep(records: list[RequestRecord]) -> bool:

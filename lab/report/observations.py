@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.online_metrics import last_offered_rates
 from lab.online_settings import rate_text
 from lab.records import BreakdownEntry, RunSummary
 from lab.report.paging_observation import paging_inside_transformers
@@ -112,7 +113,7 @@ def capped_by_rates(ok: dict[str, RunSummary]) -> str | None:
     """Where an online sweep's offline figures are at a finite offered rate (which caps the throughput at
     it), why throughputs cannot be set side by side as the engines' speed; None where they can (offline,
     or every backend/mode's last rate inf)."""
-    last = {label: run.sweep[-1].get("request_rate") for label, run in ok.items() if run.sweep}
+    last = last_offered_rates(list(ok.values()))
     if all(rate_text(rate) == "inf" for rate in last.values()):
         return None
     rates = ", ".join(f"{label} {rate_text(rate)}" for label, rate in last.items())
@@ -122,19 +123,20 @@ def capped_by_rates(ok: dict[str, RunSummary]) -> str | None:
     )
 
 
-def comparable(found: Observation, ok: dict[str, RunSummary]) -> Observation:
-    """A claim on throughput, unsupported where the runs' throughputs are capped by offered rates."""
-    why = capped_by_rates(ok)
+def comparable(found: Observation, why: str | None) -> Observation:
+    """A claim on throughput, unsupported where the runs' throughputs are capped by offered rates (`why`:
+    `capped_by_rates`)."""
     return Observation(found.claim, NOT_SUPPORTED, why) if why and found.verdict != NOT_SUPPORTED else found
 
 
 def observations(view: RunView, breakdown: list[BreakdownEntry]) -> list[Observation]:
     """Each conclusion checked; `breakdown`: the run's KV breakdown entries (computed once, by the analyses)."""
     ok = _runs_by_label(view.runs)
+    capped = capped_by_rates(ok)
     return [
-        comparable(vllm_faster(ok), ok),
-        comparable(batching_helps(ok), ok),
+        comparable(vllm_faster(ok), capped),
+        comparable(batching_helps(ok), capped),
         traditional_reserves_max_length(view, ok),
         vllm_uses_less_memory(ok),
-        comparable(Observation(*paging_inside_transformers(view, ok, breakdown)), ok),
+        comparable(Observation(*paging_inside_transformers(view, ok, breakdown)), capped),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from lab.online_metrics import last_offered_rates
 from lab.online_settings import rate_text
 from lab.records import RunSummary
 from lab.report.format import fmt, mib
@@ -93,7 +94,7 @@ def _unsampled_note(runs: list[RunSummary], memory: dict[str, list[dict]]) -> li
 def breakdown_rate_note(runs: list[RunSummary]) -> list[str]:
     """Which offered rate the KV breakdown of a sweep describes (each backend/mode's last timed pass), and a
     warning where they differ: the bars then compare different loads. [] for a run without a sweep."""
-    last = {run.label: run.sweep[-1].get("request_rate") for run in runs if run.sweep}
+    last = last_offered_rates(runs)
     if not last:
         return []
     rates = "; ".join(f"{label}: {rate_cell(rate)} req/s" for label, rate in last.items())

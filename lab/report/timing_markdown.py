@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from lab.online_metrics import last_offered_rates
 from lab.online_settings import rate_text
 from lab.pass_records import CompileCount
 from lab.records import RunSummary
@@ -32,7 +33,7 @@ def passes_note(runs: list[RunSummary]) -> str:
 
 def sweep_note(runs: list[RunSummary]) -> str:
     """For an online sweep: which offered rate these offline tables show, per backend/mode ('' otherwise)."""
-    last = [f"{r.label} {rate_text(r.sweep[-1].get('request_rate'))}" for r in runs if r.sweep]
+    last = [f"{label} {rate_text(rate)}" for label, rate in last_offered_rates(runs).items()]
     if not last:
         return ""
     return (
