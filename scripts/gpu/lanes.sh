@@ -23,7 +23,7 @@
 set -uo pipefail
 state=/tmp/lanes
 TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static smoke-hf "
-TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf "
+TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
 
 lane_name() { echo "${1//,/_}"; }
 
@@ -50,6 +50,7 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     [[ $lane_gpus == "$gpus" ]] || continue
     local key=$step
     [[ $step == smoke && $vars == *hf_continuous* ]] && key=smoke-hf
+    [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && key=smoke-hf
     if [[ $TRANSFORMERS_ONLY != *" $key "* ]]; then
       echo "$(date -u +%T) $step: waiting for the vLLM bundle" >> "$dir/status"
       until [[ -f /tmp/b/installed ]]; do sleep 5; done

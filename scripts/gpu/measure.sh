@@ -369,8 +369,11 @@ serve-agree)
   ;;
 make-test)
   # issue 19: `make test` itself on the GPU host, natively (no Docker there: the container tests skip, saying
-  # why; the GPU tests run, since NVML sees a GPU). PYTEST_ARGS narrows it, e.g. PYTEST_ARGS=tests/unit.
-  make test LAB_PYTHON="$python" PYTEST_ARGS="-p no:cacheprovider --durations=25 -rs ${PYTEST_ARGS:-}"
+  # why; the GPU tests run, since NVML sees a GPU). PYTEST_ARGS narrows it, e.g. PYTEST_ARGS=tests/unit;
+  # commas stand for spaces there (a lanes plan splits its VAR=VALUE words at spaces), so that
+  # PYTEST_ARGS=tests/gpu/a.py,tests/gpu/b.py runs two files: the lanes cut make test into slices.
+  pytest_args=${PYTEST_ARGS:-}
+  make test LAB_PYTHON="$python" PYTEST_ARGS="-p no:cacheprovider --durations=25 -rs ${pytest_args//,/ }"
   ;;
 *)
   echo "unknown step $step: make-test, smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
