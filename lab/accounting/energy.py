@@ -8,7 +8,9 @@ pass (a phase "repeat" or "generate") and per GPU the backend used:
 - energy_j = (counter at the end - counter at the start) / 1000: exact to the counter's own update
   period (`counter_update_ms`, seen in the collector's samples) at each end. Where a GPU has no
   counter (before Volta), the trapezoid integral of its sampled power over the pass instead, and
-  `method` says so.
+  `method` says so. The same integral where the pass is shorter than two of the counter's updates or
+  the counter did not move in it (an H100 updates it about every 105 ms: a pass of 50 ms reads 0 J
+  or one whole update), since then the counter cannot tell the pass's energy.
 - mean_power_w = energy_j / pass seconds (the pass's epoch start to end).
 - peak_power_w, mean_util_pct: the largest power and the mean utilisation of the collector's
   samples inside the pass (NVML's power reading is itself averaged by the driver over a short
@@ -30,6 +32,7 @@ from lab.metrics import ratio
 TIMED_PHASES = ("repeat", "generate")
 COUNTER = "nvml energy counter"
 POWER_INTEGRAL = "sampled power, integrated (no energy counter)"
+SHORT_PASS_INTEGRAL = "sampled power, integrated (the pass is shorter than two energy-counter updates)"
 
 
 def timed_phases(phases: list[dict]) -> list[dict]:
@@ -82,8 +85,17 @@ def gpus_used(phase: dict, samples: list[dict]) -> list[int]:
     return sorted(seen)
 
 
-def gpu_pass_energy(phase: dict, samples: list[dict], gpu: int) -> dict:
-    """One GPU over one pass: energy_j, method, mean_power_w, peak_power_w, mean_util_pct."""
+def counter_cannot_tell(energy_j: float | None, seconds: float, update_ms: float | None) -> bool:
+    """True where a counter reading exists but cannot resolve the pass: it did not move, or the pass
+    is shorter than two of its updates."""
+    if energy_j is None:
+        return False
+    return energy_j == 0 or (update_ms is not None and seconds * 1000 < 2 * update_ms)
+
+
+def gpu_pass_energy(phase: dict, samples: list[dict], gpu: int, update_ms: float | None = None) -> dict:
+    """One GPU over one pass: energy_j, method, mean_power_w, peak_power_w, mean_util_pct.
+    `update_ms`: the counter's update period (`counter_update_ms`), to know a pass too short for it."""
     window, seconds = (phase["start"], phase["end"]), phase["end"] - phase["start"]
     start = (phase.get("energy_start_mj") or {}).get(str(gpu))
     end = (phase.get("energy_end_mj") or {}).get(str(gpu))
@@ -91,6 +103,9 @@ def gpu_pass_energy(phase: dict, samples: list[dict], gpu: int) -> dict:
     power = gpu_series(samples, gpu, "power_w", window)
     if energy is None:
         energy, method = trapezoid_j(power), POWER_INTEGRAL
+    elif counter_cannot_tell(energy, seconds, update_ms):
+        integral = trapezoid_j(power)
+        energy, method = (integral, SHORT_PASS_INTEGRAL) if integral else (None, None)
     util = [u for _, u in gpu_series(samples, gpu, "gpu_util_pct", window)]
     return {
         "gpu": gpu,
@@ -103,10 +118,10 @@ def gpu_pass_energy(phase: dict, samples: list[dict], gpu: int) -> dict:
     }
 
 
-def pass_energy(phase: dict, samples: list[dict], output_tokens: int | None) -> dict:
+def pass_energy(phase: dict, samples: list[dict], output_tokens: int | None, update_ms: float | None = None) -> dict:
     """One timed pass over the GPUs used: its seconds, per-GPU figures, energy_j and j_per_output_token
     (None where a used GPU's energy is unknown)."""
-    per_gpu = [gpu_pass_energy(phase, samples, g) for g in gpus_used(phase, samples)]
+    per_gpu = [gpu_pass_energy(phase, samples, g, update_ms) for g in gpus_used(phase, samples)]
     known = [g["energy_j"] for g in per_gpu]
     total = sum(known) if per_gpu and None not in known else None
     seconds = phase["end"] - phase["start"]
@@ -147,10 +162,11 @@ def energy_summary(phases: list[dict], samples: list[dict], output_tokens: int |
     figures are the last timed pass's, like the throughput tables. {"available": False, "reason"}
     where no GPU energy could be known (no NVML, the CPU, no GPU held by the run).
     """
-    passes = [pass_energy(p, samples, output_tokens) for p in timed_phases(phases)]
+    update_ms = counter_update_ms(samples)
+    passes = [pass_energy(p, samples, output_tokens, update_ms) for p in timed_phases(phases)]
     last = passes[-1] if passes else None
     if last is None or last["energy_j"] is None:
-        return {"available": False, "reason": unavailable_reason(last, meter)}
+        return {"available": False, "reason": unavailable_reason(last, meter, update_ms)}
     methods = sorted({g["method"] for g in last["per_gpu"]})
     return {
         "available": True,
@@ -162,11 +178,11 @@ def energy_summary(phases: list[dict], samples: list[dict], output_tokens: int |
         "j_per_output_token": last["j_per_output_token"],
         "per_gpu": last["per_gpu"],
         "passes": [{k: p[k] for k in ("phase", "seconds", "energy_j", "j_per_output_token")} for p in passes],
-        "counter_update_ms": counter_update_ms(samples),
+        "counter_update_ms": update_ms,
     }
 
 
-def unavailable_reason(last: dict | None, meter: dict | None) -> str:
+def unavailable_reason(last: dict | None, meter: dict | None, update_ms: float | None = None) -> str:
     """Why a run has no energy figure, in words for the report."""
     if meter is not None and meter.get("source") is None and (last is None or not last["gpus"]):
         return f"no NVML energy counter ({meter.get('reason') or 'unknown reason'})"
@@ -174,4 +190,10 @@ def unavailable_reason(last: dict | None, meter: dict | None) -> str:
         return "no timed pass finished"
     if not last["gpus"]:
         return "the run held no GPU (it ran on the CPU)"
+    if counter_cannot_tell(0.0, last["seconds"], update_ms):
+        period = f"{update_ms:.0f} ms" if update_ms else "unknown"
+        return (
+            f"the timed pass ({last['seconds'] * 1000:.0f} ms) is too short for the energy counter "
+            f"(updated every {period}) and no power sample fell inside it: time a longer workload"
+        )
     return "a GPU used had neither an energy counter nor sampled power"

@@ -374,6 +374,7 @@ make-test)
   # PYTEST_ARGS=tests/gpu/a.py,tests/gpu/b.py runs two files: the lanes cut make test into slices.
   pytest_args=${PYTEST_ARGS:-}
   make test LAB_PYTHON="$python" PYTEST_ARGS="-p no:cacheprovider --durations=25 -rs ${pytest_args//,/ }"
+  step_rc=$?  # the lanes' status line gives it: a failed test must not read as exit 0
   ;;
 *)
   echo "unknown step $step: make-test, smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
@@ -383,5 +384,6 @@ make-test)
        "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b," \
        "online-1b-hf, online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
 esac
-echo "== $step done in $((SECONDS - started)) s"
+echo "== $step done in $((SECONDS - started)) s${step_rc:+, exit $step_rc}"
 pack "$step"
+exit "${step_rc:-0}"

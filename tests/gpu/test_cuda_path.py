@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
+from lab.accounting.energy import COUNTER, SHORT_PASS_INTEGRAL
 from lab.hardware.nvml import gpu_count
 
 pytestmark = pytest.mark.gpu
@@ -161,5 +162,7 @@ def test_every_backend_has_energy_per_output_token_on_its_one_gpu(cuda_run):
     for label, run in runs.items():
         energy = run["energy"]
         assert energy["available"] and len(energy["gpus"]) == 1, (label, energy)
-        assert energy["method"] == "nvml energy counter", label
+        # the counter, or where a pass is shorter than two of its updates (vLLM's tiny pass), the
+        # sampled power integrated instead (lab/accounting/energy.py)
+        assert energy["method"] in (COUNTER, SHORT_PASS_INTEGRAL), (label, energy)
         assert energy["energy_j"] > 0 and energy["j_per_output_token"] > 0, label

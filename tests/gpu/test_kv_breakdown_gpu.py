@@ -19,6 +19,7 @@ import pytest
 from lab import run_folder as rf
 from lab.accounting.breakdown import run_breakdown
 from lab.hardware.nvml import gpu_count
+from lab.metrics import passes_of
 from lab.records import BackendResult, KvSample, RequestRecord
 
 pytestmark = pytest.mark.gpu
@@ -60,7 +61,8 @@ def _entry(run_dir: Path, label: str):
     part = rf.RunFolder(run_dir).part(label.replace("/", "-"))
     result = BackendResult.from_dict(rf.read_json(part.result))
     samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(part.kv_samples)]
-    records = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
+    every_pass = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(part.records)]
+    records = passes_of(every_pass)[-1]  # the KV samples are the last timed pass's (--repeats 3 by default)
     assert result.ok and sorted((r.prompt_tokens, r.output_tokens) for r in records) == sorted(LENGTHS)
     return result, samples, run_breakdown(result, samples, records)
 

@@ -18,7 +18,7 @@ from lab.arrivals import arrival_times
 from lab.online_metrics import CLOCK_TOLERANCE_S
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]  # vLLM on the CPU: a CUDA vLLM would run on the GPU
 
 RUNS = ["hf/sequential", "hf/batched", "hf/static-cache", "hf/continuous", "vllm/offline"]
 PAGED = ["hf/continuous", "vllm/offline"]  # the engines that sample their KV pool after every step

@@ -21,7 +21,7 @@ from lab import run_folder as rf
 from lab.accounting.kv import blocks_needed
 from lab.report.sharing import sharing_rows
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]  # vLLM on the CPU: a CUDA vLLM would run on the GPU
 
 OUTPUT_TOKENS = 12
 REQUESTS = 4  # the seed workload

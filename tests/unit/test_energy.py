@@ -11,6 +11,7 @@ import pytest
 from lab.accounting.energy import (
     COUNTER,
     POWER_INTEGRAL,
+    SHORT_PASS_INTEGRAL,
     counter_delta_j,
     counter_update_ms,
     energy_summary,
@@ -80,6 +81,28 @@ def test_without_a_counter_the_sampled_power_is_integrated_and_said_so():
     ]
     (only,) = pass_energy(phase, samples, output_tokens=100)["per_gpu"]
     assert (only["energy_j"], only["method"]) == (250.0 + 300.0, POWER_INTEGRAL)
+
+
+def test_a_pass_shorter_than_two_counter_updates_integrates_the_sampled_power_instead():
+    # The H100 of 2026-11-26: the counter moves every 105 ms; vLLM's 50 ms pass read 0 J from it.
+    short = {"phase": "repeat", "start": 100.0, "end": 100.05, "gpus_used": [0]}
+    short |= {"energy_start_mj": {"0": 7_000}, "energy_end_mj": {"0": 7_000}}
+    samples = [sample(100.0, gpu(0, power_w=300.0)), sample(100.05, gpu(0, power_w=320.0))]
+    (only,) = pass_energy(short, samples, output_tokens=10, update_ms=105.0)["per_gpu"]
+    assert (only["energy_j"], only["method"]) == (pytest.approx(0.05 * 310.0), SHORT_PASS_INTEGRAL)
+    # A counter that moved in a pass of two updates or more is kept as is.
+    long = dict(short, end=100.3, energy_end_mj={"0": 97_000})
+    (kept,) = pass_energy(long, samples, output_tokens=10, update_ms=105.0)["per_gpu"]
+    assert (kept["energy_j"], kept["method"]) == (90.0, COUNTER)
+
+
+def test_a_pass_too_short_for_the_counter_and_without_samples_says_so():
+    short = {"phase": "repeat", "start": 100.0, "end": 100.05, "gpus_used": [0]}
+    short |= {"energy_start_mj": {"0": 7_000}, "energy_end_mj": {"0": 7_000}}
+    updates = [sample(90.0 + 0.105 * i, gpu(0, energy_mj=1000 * i)) for i in range(4)]  # a 105 ms counter
+    found = energy_summary([short], updates, 10, {"source": "nvml"})
+    assert found["available"] is False
+    assert "too short for the energy counter (updated every 105 ms)" in found["reason"]
 
 
 def test_the_gpus_used_come_from_the_collector_where_the_runner_has_none():

@@ -6,8 +6,13 @@ import json
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 import lab
+from lab import cli_options
+from lab.errors import LabInputError
 from lab.hardware import env, nvml
+from lab.launchers.native import NativeLauncher
 
 KEYS = {
     "lab_version",
@@ -183,6 +188,20 @@ def test_vllm_cpu_build_is_told_from_the_distribution_as_vllm_tells_it():
     assert not env.vllm_is_cpu_build({"installed": True, "distribution": "vllm", "version": "0.26.0+cu130"})
     assert env.vllm_is_cpu_build({"installed": False}) is None
     assert env.vllm_is_cpu_build({"installed": True, "distribution": None, "version": None}) is None
+
+
+def test_device_cpu_with_a_gpu_build_of_vllm_is_refused_before_anything_starts(monkeypatch):
+    # Seen on the H100 (2026-11-26): `--device cpu` with vLLM 0.26.0's CUDA build ran vLLM on the GPU
+    # beside hf on the CPU. The facts below are a fake of vllm_facts() (no vLLM is imported).
+    cuda_build = {"installed": True, "distribution": "vllm", "version": "0.26.0"}
+    monkeypatch.setattr(cli_options, "vllm_facts", lambda: cuda_build)
+    native = NativeLauncher()
+    with pytest.raises(LabInputError, match="vllm 0.26.0, its GPU build.*Fix: --device cuda"):
+        cli_options.check_vllm_device(native, "cpu", uses_vllm=True)
+    cli_options.check_vllm_device(native, "cpu", uses_vllm=False)  # hf alone on the CPU: fine
+    cli_options.check_vllm_device(native, "cuda", uses_vllm=True)
+    monkeypatch.setattr(cli_options, "vllm_facts", lambda: {"installed": True, "distribution": "vllm-cpu"})
+    cli_options.check_vllm_device(native, "cpu", uses_vllm=True)
 
 
 def test_gpu_env_records_the_multicast_switches_and_gpu_choice(monkeypatch):
