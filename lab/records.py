@@ -209,6 +209,22 @@ class HfBatch:
     peak_reserved_bytes: int | None = None  # CUDA only
     step_s: list[float] | None = None  # the runner clock at each decoding step; None in older runs
     padded_rows: int = 0  # rows added to fill a static batch to the first batch's size (copies of its last request)
+    # Rows of the cache per request: --n samples or --beam-width beams (transformers expands the cache per
+    # sequence); runs older than this field read their engine's setting (lab.report.run_view)
+    sequences_per_request: int = 1
+
+    @property
+    def rows(self) -> int:
+        """The cache tensors' rows: (requests + padded_rows) x sequences_per_request."""
+        return (self.batch_size + self.padded_rows) * self.sequences_per_request
+
+    def sequence_lengths(self) -> tuple[list[int], list[int]]:
+        """(prompt tokens, output tokens) of every sequence of the batch's requests: each request's own row
+        `sequences_per_request` times (every sample or beam holds its own copy of the prompt)."""
+        times = self.sequences_per_request
+        return [p for p in self.prompt_tokens for _ in range(times)], [
+            o for o in self.output_tokens for _ in range(times)
+        ]
 
     def to_dict(self) -> dict:
         """Fields that were measured; those a device or cache type does not give are left out."""

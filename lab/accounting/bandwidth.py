@@ -21,16 +21,21 @@ the bytes are the same and the peak is G x one GPU's.
 - Weight bytes read per step: all parameters, less the input embedding table when it is not tied to
   the output layer (a step looks up one row per sequence, not the table).
 - hf: steps 2..N of each batch (step 1 is the prefill), each timed by the batch's `step_s` clock
-  readings. Attended slots per sequence at step k: dynamic cache, W + k - 1 (W the padded prompt:
-  the padding is masked, not skipped); static cache, every slot of the cache (transformers attends
-  over the whole static tensor, masked). Useful: P_i + k - 1 for each sequence with O_i >= k.
+  readings. Every row of the cache attends: (requests + padded_rows) x sequences_per_request (--n
+  samples or --beam-width beams each hold a row of their own). Attended slots per row at step k:
+  dynamic cache, W + k - 1 (W the padded prompt: the padding is masked, not skipped); static cache,
+  every slot of the cache (transformers attends over the whole static tensor, masked). Useful:
+  P_i + k - 1 for each sequence with O_i >= k (each of a request's samples or beams alike).
 - hf/continuous: as vLLM, from its own samples' count of prompt work per step (`lab.accounting.continuous`).
 - vLLM: the engine steps in which no request got its first token (prefill-free as far as this
   process sees; a chunk of a longer prompt still being prefilled is invisible), timed
   `t_s[i] - t_s[i-1]`. Attended slots: the previous sample's `tokens_stored` (prompt + generated - 1
   per running request) plus one per running request (the token the step feeds in); steps after a
-  sample without an exact count are left out. A paged kernel reads each request's own tokens only:
-  useful = total (hf/continuous's sdpa gathers them into a copy first: counted once, a lower bound).
+  sample without an exact count are left out. Where fewer than MIN_EXACT_SHARE of the prefill-free
+  steps are exact (with --n > 1 always: this process counts one prompt per request, the engine runs n
+  sequences; beam search: no count), the row is left out and `vllm_omission` says why: the exact few
+  are not the decode phase. A paged kernel reads each request's own tokens only: useful = total
+  (hf/continuous's sdpa gathers them into a copy first: counted once, a lower bound).
 
 From one backend/mode's typed records and the run's manifest (no torch, no vllm).
 """
@@ -41,6 +46,8 @@ from dataclasses import dataclass
 
 from lab.accounting.continuous import decode_steps as continuous_decode_steps
 from lab.records import BackendResult, HfBatch, KvSample, RequestRecord
+
+MIN_EXACT_SHARE = 0.5  # vLLM: below it the steps with an exact token count are not the decode phase
 
 
 @dataclass(frozen=True)
@@ -74,36 +81,58 @@ def weight_bytes_read_per_step(model: dict) -> int | None:
 def hf_decode_steps(batch: HfBatch, static: bool) -> list[tuple[float, int, int | None]]:
     """(seconds, attended slots, useful slots) of each decode step (2..N) of one hf batch; [] without `step_s`.
 
-    Useful: each sequence still generating its own tokens (O_i >= k) reads its P_i + k - 1; None
-    where the batch record lacks the lengths (older runs)."""
+    Every row of the cache is read: (requests + padded_rows) x sequences_per_request (n samples or beams,
+    each its own row). Useful: each sequence still generating its own tokens (O_i >= k) reads its
+    P_i + k - 1; None where the batch record lacks the lengths (older runs)."""
     times = batch.step_s or []
     if len(times) < 2:
         return []
-    size, width = batch.batch_size, batch.padded_prompt_tokens
+    rows, width = batch.rows, batch.padded_prompt_tokens
     per_sequence = batch.cache_slots_per_sequence if static else None
-    lengths = list(zip(batch.prompt_tokens, batch.output_tokens))
+    lengths = list(zip(*batch.sequence_lengths()))
     steps = []
     for k in range(2, len(times) + 1):
         slots = per_sequence if per_sequence else width + k - 1
         useful = sum(p + k - 1 for p, o in lengths if o >= k) if lengths else None
-        steps.append((times[k - 1] - times[k - 2], size * slots, useful))
+        steps.append((times[k - 1] - times[k - 2], rows * slots, useful))
     return steps
+
+
+def vllm_prefill_free_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[KvSample, KvSample]]:
+    """(sample before, sample after) of each engine step in which no request got its first token."""
+    first_tokens = {r.first_token_s for r in records if r.first_token_s is not None}
+    samples = sorted(samples, key=lambda s: s.step)
+    return [(previous, sample) for previous, sample in zip(samples, samples[1:]) if sample.t_s not in first_tokens]
+
+
+def _exact(sample: KvSample) -> bool:
+    """Whether the sample's token count is exact (`tokens_stored_exact` not recorded, older runs: taken as exact)."""
+    return sample.tokens_stored is not None and sample.tokens_stored_exact is not False
 
 
 def vllm_decode_steps(samples: list[KvSample], records: list[RequestRecord]) -> list[tuple[float, int, int]]:
     """(seconds, attended slots, useful slots: the same) of each prefill-free engine step with an exact token count."""
-    first_tokens = {r.first_token_s for r in records if r.first_token_s is not None}
-    samples = sorted(samples, key=lambda s: s.step)
     steps = []
-    for previous, sample in zip(samples, samples[1:]):
-        if sample.t_s in first_tokens or previous.tokens_stored is None:
-            continue
-        if previous.tokens_stored_exact is False:  # not recorded (older runs): taken as exact
-            continue
-        # Each request in flight before the step attends its stored tokens and the one it feeds in.
-        slots = previous.tokens_stored + previous.running
-        steps.append((sample.t_s - previous.t_s, slots, slots))
+    for previous, sample in vllm_prefill_free_steps(samples, records):
+        if _exact(previous):
+            # Each request in flight before the step attends its stored tokens and the one it feeds in.
+            slots = previous.tokens_stored + previous.running
+            steps.append((sample.t_s - previous.t_s, slots, slots))
     return steps
+
+
+def vllm_omission(samples: list[KvSample], records: list[RequestRecord]) -> str | None:
+    """Why vLLM's decode bandwidth is not counted, or None: fewer than MIN_EXACT_SHARE of its prefill-free
+    steps follow a sample with an exact token count."""
+    candidates = vllm_prefill_free_steps(samples, records)
+    exact = sum(_exact(previous) for previous, _ in candidates)
+    if not candidates or exact >= MIN_EXACT_SHARE * len(candidates):
+        return None
+    return (
+        f"not counted: this process's token count is exact in {exact:,} of {len(candidates):,} prefill-free "
+        "steps (with --n > 1 it counts one prompt per request, the engine runs n sequences; beam search and "
+        "preemption leave no count)"
+    )
 
 
 def decode_traffic(steps: list[tuple[float, int, int | None]], weight_bytes: int, kv_bytes_per_token: int) -> dict:
@@ -137,6 +166,11 @@ def peak_gb_s(manifest: dict) -> tuple[float | None, str]:
     return peak, gpu.get("name") if peak else gpu.get("peak_memory_bandwidth_error", "peak not recorded")
 
 
+def omission(result: BackendResult, samples: list[KvSample], records: list[RequestRecord]) -> str | None:
+    """Why a finished backend/mode's decode bandwidth is left out of the report, or None."""
+    return vllm_omission(samples, records) if result.backend == "vllm" else None
+
+
 def run_bandwidth(
     result: BackendResult, samples: list[KvSample], records: list[RequestRecord], peak: float | None
 ) -> DecodeBandwidth | None:
@@ -146,7 +180,7 @@ def run_bandwidth(
     if weights is None or not kv_per_token:
         return None
     if result.backend == "vllm":
-        steps = vllm_decode_steps(samples, records)
+        steps = [] if vllm_omission(samples, records) else vllm_decode_steps(samples, records)
     elif result.label == "hf/continuous":
         steps = continuous_decode_steps(samples)
     else:

@@ -23,8 +23,10 @@ Measurement against arithmetic (`checks` of each entry):
   with slots = W + N - 1 for the dynamic cache and, for the static cache, the length it was pinned
   to (`engine.static_cache_len`: the workload's longest W + N - 1; in runs before it was pinned, the
   largest W + N - 1 of any call so far, warm-up included) and rows including the copies that fill
-  the last static batch (`padded_rows`); on CUDA also the allocator's peak minus the weights
-  against the cache bytes (the rest is activations and logits).
+  the last static batch (`padded_rows`), each request's row repeated per sequence
+  (`sequences_per_request`: --n samples or --beam-width beams, as transformers expands the cache); on
+  CUDA also the allocator's peak minus the weights against the cache bytes (the rest is activations
+  and logits).
 - paged: the pool's used blocks against the blocks in the running requests' tables, per step (the
   residual); hf/continuous also its tables against ceil(tokens / block_size). vLLM runs without
   step facts: `lab.accounting.vllm_rebuild`.
@@ -74,6 +76,8 @@ def hf_batch_steps(
     tensor-parallel ranks (each holds kv_heads / gpus of every token); else 0 (the CPU has no caching
     allocator: nothing to trace). A static batch's `padded_rows` (copies filling it to one batch size,
     their tokens discarded) hold their whole rows for no request: internal fragmentation, as padding.
+    Every request holds `sequences_per_request` rows (n samples or beams, nothing shared): each row's
+    prompt copy and its own tokens are token states, its padding and finished tokens waste.
     """
     steps = batch.generated_tokens
     if steps < 1:
@@ -82,17 +86,21 @@ def hf_batch_steps(
     durations = step_durations_s(batch)
     measured = batch.cache_bytes
     slots_per_sequence = batch.cache_slots_per_sequence or width + steps - 1
-    rows = size + batch.padded_rows
-    final_slots = static_cache_slots(rows, slots_per_sequence) if static else dynamic_cache_slots(size, width, steps)
+    rows, sequences = batch.rows, batch.sequences_per_request
+    own_rows = size * sequences
+    final_slots = (
+        static_cache_slots(rows, slots_per_sequence) if static else dynamic_cache_slots(own_rows, width, steps)
+    )
     other = max(measured / bytes_per_token - final_slots, 0.0) if measured is not None else 0.0
-    filler = batch.padded_rows * slots_per_sequence
+    filler = batch.padded_rows * sequences * slots_per_sequence
     padded = SlotBreakdown(internal_fragmentation=filler, padding=filler)
+    prompts, outputs = batch.sequence_lengths()
     out = []
     for step in range(1, steps + 1):
         if static:
-            step_slots = static_batch_step(batch.prompt_tokens, batch.output_tokens, step, slots_per_sequence) + padded
+            step_slots = static_batch_step(prompts, outputs, step, slots_per_sequence) + padded
         else:
-            step_slots = dynamic_batch_step(batch.prompt_tokens, batch.output_tokens, step)
+            step_slots = dynamic_batch_step(prompts, outputs, step)
         per_sequence = slots_per_sequence if static else width + step - 1
         external = _rounding(rows, per_sequence, model, gpus) if model else 0.0
         out.append((durations[step - 1], step_slots + SlotBreakdown(external_fragmentation=external, other=other)))
@@ -140,7 +148,7 @@ def hf_cache_checks(result: BackendResult) -> dict:
         call_length = b.padded_prompt_tokens + b.generated_tokens - 1
         longest = max(longest, call_length)
         slots = (pinned or longest) if static else call_length
-        expected = (b.batch_size + b.padded_rows) * slots * bytes_per_token if bytes_per_token else None
+        expected = b.rows * slots * bytes_per_token if bytes_per_token else None
         measured = b.cache_bytes
         row = {
             "batch": b.batch,
@@ -158,7 +166,8 @@ def hf_cache_checks(result: BackendResult) -> dict:
         rows.append(row)
     return {
         "kind": "hf cache tensors",
-        "formula": "rows x (W + N - 1) x bytes/token" + (static_slots_note(pinned) if static else ""),
+        "formula": "rows (requests x sequences each) x (W + N - 1) x bytes/token"
+        + (static_slots_note(pinned) if static else ""),
         "batches": rows,
         "agree": sum(r["agrees"] for r in rows),
         "total": len(rows),

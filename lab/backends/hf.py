@@ -232,6 +232,7 @@ class HfBackend(Backend):
             output_tokens=[r.output_tokens for r in batch],
             start_s=start_s,
             end_s=end_s,
+            sequences_per_request=self.spec.engine.sequences,  # n samples or beams: rows each request expands to
             **cache_tensor_stats(out.past_key_values, self.ranks),
         )
         if self.device == "cuda":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.accounting.bandwidth import DecodeBandwidth, peak_gb_s, run_bandwidth
+from lab.accounting.bandwidth import DecodeBandwidth, omission, peak_gb_s, run_bandwidth
 from lab.accounting.breakdown import run_breakdown
 from lab.accounting.pass_memory import pass_memory, rate_memory
 from lab.records import BreakdownEntry
@@ -24,6 +24,7 @@ class Analyses:
     repeats: list[PassStats]  # one per backend/mode that timed several passes
     observations: list[Observation]
     sweep_memory: dict[str, list[dict]] = field(default_factory=dict)  # label -> pass_memory.rate_memory
+    bandwidth_omitted: dict[str, str] = field(default_factory=dict)  # label -> why its decode bandwidth is left out
 
 
 def memory_at_each_rate(view: RunView) -> dict[str, list[dict]]:
@@ -44,6 +45,7 @@ def analyse(view: RunView) -> Analyses:
     peak, peak_source = peak_gb_s(view.manifest)
     breakdown = [e for p in parts if (e := run_breakdown(p.result, p.kv_samples, p.records)) is not None]
     bandwidth = [run_bandwidth(p.result, p.kv_samples, p.records, peak) for p in parts]
+    omitted = {p.result.label: why for p in parts if (why := omission(p.result, p.kv_samples, p.records))}
     return Analyses(
         breakdown=breakdown,
         bandwidth=[e for e in bandwidth if e is not None],
@@ -52,4 +54,5 @@ def analyse(view: RunView) -> Analyses:
         repeats=repeated_passes(view.runs),
         observations=observations(view, breakdown),
         sweep_memory=memory_at_each_rate(view),
+        bandwidth_omitted=omitted,
     )

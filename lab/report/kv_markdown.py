@@ -217,8 +217,11 @@ def _hf_check_line(e: BreakdownEntry) -> str:
     return text
 
 
-def bandwidth_section(entries: list[DecodeBandwidth], peak: float | None, gpu: str) -> list[str]:
-    """The "Decode bandwidth" section; `peak` (GB/s) and `gpu` (its name, or why there is no peak)."""
+def bandwidth_section(
+    entries: list[DecodeBandwidth], peak: float | None, gpu: str, omitted: dict[str, str] | None = None
+) -> list[str]:
+    """The "Decode bandwidth" section; `peak` (GB/s) and `gpu` (its name, or why there is no peak); `omitted`:
+    backend/mode -> why it has no row."""
     rows = [
         [
             e.run,
@@ -236,15 +239,7 @@ def bandwidth_section(entries: list[DecodeBandwidth], peak: float | None, gpu: s
         if peak
         else f"No share of peak: {gpu}."
     )
-    return [
-        "## Decode bandwidth",
-        "",
-        "Bytes a decode step must read x decode steps per second, a lower bound of the memory traffic, as a share "
-        "of the GPU's peak; each figure twice, counted alike for every backend: useful (the weights once, plus each "
-        "request's own tokens, for the requests still generating) / total (the weights plus every slot the "
-        "attention reads). hf attends over its padding, the sequences of a batch that finished, and with the "
-        "static cache every slot; vLLM and hf/continuous over each request's own tokens. " + peak_line,
-        "",
+    table = (
         tabulate(
             rows,
             headers=[
@@ -258,7 +253,22 @@ def bandwidth_section(entries: list[DecodeBandwidth], peak: float | None, gpu: s
             ],
             tablefmt="github",
             disable_numparse=True,
-        ),
+        )
+        if rows
+        else "No backend/mode with its decode steps counted."
+    )
+    return [
+        "## Decode bandwidth",
+        "",
+        "Bytes a decode step must read x decode steps per second, a lower bound of the memory traffic, as a share "
+        "of the GPU's peak; each figure twice, counted alike for every backend: useful (the weights once, plus each "
+        "sequence's own tokens, for the sequences still generating; a request's samples or beams each count) / "
+        "total (the weights plus every slot the attention reads). hf attends over its padding, the sequences of a "
+        "batch that finished, and with the static cache every slot; vLLM and hf/continuous over each sequence's "
+        "own tokens. " + peak_line,
+        "",
+        table,
+        *([""] + [f"- {run}: {why}" for run, why in (omitted or {}).items()] if omitted else []),
     ]
 
 

@@ -61,8 +61,10 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     lines += [""] + breakdown_section(view.engine, analyses.breakdown)
     if analyses.breakdown and (note := breakdown_rate_note(runs)):
         lines += note + [""]
-    if analyses.bandwidth:
-        lines += [""] + bandwidth_section(analyses.bandwidth, analyses.peak_gb_s, analyses.peak_source)
+    if analyses.bandwidth or analyses.bandwidth_omitted:
+        lines += [""] + bandwidth_section(
+            analyses.bandwidth, analyses.peak_gb_s, analyses.peak_source, analyses.bandwidth_omitted
+        )
     failed = [r for r in runs if not r.ok]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {r.label}: {r.error}" for r in failed]

@@ -104,6 +104,7 @@ class RunView:
         if run.name not in self._parts:
             files = self.folder.part(run.name)
             result = BackendResult.from_dict(rf.read_json(files.result)) if files.result.exists() else None
+            result = with_batch_sequences(result, self.engine.sequences) if result is not None else None
             records = self.records(run.name)
             passes = passes_of(records)
             samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_samples)]
@@ -121,3 +122,14 @@ class RunView:
         """The parts of the backend/modes that succeeded and wrote a result."""
         parts = (self.part(run) for run in self.runs if run.ok)
         return [p for p in parts if p.result is not None]
+
+
+def with_batch_sequences(result: BackendResult, sequences: int) -> BackendResult:
+    """`result` with each hf batch's `sequences_per_request` set to `sequences` (the run's --n or --beam-width)
+    where the batch lacks it: runs written before the field held n or W cache rows per request all the same."""
+    engine = result.engine or {}
+    batches = engine.get("batches") or []
+    if all("sequences_per_request" in b for b in batches):
+        return result
+    filled = [{"sequences_per_request": sequences, **b} for b in batches]
+    return dataclasses.replace(result, engine={**engine, "batches": filled})

@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 
 from lab import run_folder as rf
+from lab.accounting.breakdown import run_breakdown
 from lab.accounting.kv import blocks_needed
+from lab.report.analyses import analyse
+from lab.report.run_view import RunView
 from lab.report.sharing import sharing_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.vllm_cpu]  # vLLM on the CPU: a CUDA vLLM would run on the GPU
@@ -97,6 +100,33 @@ def test_sweep_folder_holds_its_report_plots_and_finished_points(sampled):
 def point_part(sweep_dir: Path, name: str) -> rf.PartFolder:
     (point,) = rf.RunFolder(sweep_dir).points.iterdir()
     return rf.RunFolder(point).part(name)
+
+
+def point_view(sweep_dir: Path) -> RunView:
+    (point,) = rf.RunFolder(sweep_dir).points.iterdir()
+    return RunView(point)
+
+
+@pytest.mark.parametrize("sweep_name", ["sampled", "beams"])
+def test_hf_cache_rows_are_requests_times_sequences_and_leave_no_residual(sweep_name, request):
+    view = point_view(request.getfixturevalue(sweep_name))
+    part = next(view.part(run) for run in view.runs if run.label == "hf/batched")
+    batches = part.result.hf_batches
+    assert batches and {b.sequences_per_request for b in batches} == {2}
+    entry = run_breakdown(part.result, part.kv_samples, part.records)
+    cache = entry.checks
+    assert cache["agree"] == cache["total"] == len(batches), cache  # bytes = requests x 2 x (W + N - 1) x bytes/token
+    assert cache["residual"]["ok"] and entry.shares["other"] == pytest.approx(0.0, abs=1e-9), cache
+
+
+def test_vllm_decode_bandwidth_is_left_out_with_why_when_its_token_count_is_not_exact(sampled):
+    view = point_view(sampled)
+    analyses = analyse(view)
+    # With n = 2 this process counts one prompt per request while the engine runs two sequences.
+    assert {"vllm/offline", "vllm/shared"} <= set(analyses.bandwidth_omitted)
+    assert all(why.startswith("not counted") for why in analyses.bandwidth_omitted.values())
+    assert {e.run for e in analyses.bandwidth}.isdisjoint(analyses.bandwidth_omitted)
+    assert "- vllm/offline: not counted" in (view.path / "report.md").read_text()
 
 
 def test_hf_continuous_forks_n_samples_of_exact_length_per_request(forked):

@@ -9,7 +9,7 @@ import pytest
 
 from lab import run_folder as rf
 from lab.accounting import bandwidth
-from lab.records import HfBatch, KvSample, RequestRecord
+from lab.records import BackendResult, HfBatch, KvSample, RequestRecord
 from lab.report.analyses import analyse
 from lab.report.kv_markdown import bandwidth_section
 from lab.report.run_view import RunView
@@ -79,6 +79,37 @@ def test_vllm_steps_skip_prefills_and_count_the_fed_token():
     records = [RequestRecord(i, 1, 1, first, 1.0) for i, first in enumerate((0.10, 0.10, 0.15))]
     steps = bandwidth.vllm_decode_steps(samples, records)
     assert steps == [(pytest.approx(0.02), 22, 22), (pytest.approx(0.01), 33, 33)]  # paged: every slot is useful
+
+
+def _vllm_steps(exact: list[bool]) -> tuple[list[KvSample], list[RequestRecord]]:
+    """A prefill (the sample at t = 0.1, when both requests got their first token), then one prefill-free step
+    per entry, the sample before it exact or not."""
+    samples = [
+        KvSample(step=i, t_s=0.1 + i / 10, tokens_stored=20 + 2 * i, running=2, tokens_stored_exact=is_exact)
+        for i, is_exact in enumerate([*exact, True])
+    ]
+    return samples, [RequestRecord(i, 10, 5, 0.1, 1.0) for i in range(2)]
+
+
+def test_vllm_bandwidth_from_a_few_exact_steps_of_many_is_left_out_with_why():
+    # n > 1: this process's count is inexact at nearly every step; the one exact step is not the decode phase.
+    samples, records = _vllm_steps([False, False, True, False, False])
+    assert len(bandwidth.vllm_decode_steps(samples, records)) == 1
+    why = bandwidth.vllm_omission(samples, records)
+    assert why is not None and "exact in 1 of 5 prefill-free steps" in why
+    vllm = BackendResult(backend="vllm", mode="offline", status="ok", model=MODEL, engine={})
+    assert bandwidth.run_bandwidth(vllm, samples, records, peak=None) is None
+    assert bandwidth.omission(vllm, samples, records) == why
+    lines = bandwidth_section([], None, "no GPU seen by NVML", {"vllm/offline": why})
+    assert f"- vllm/offline: {why}" in lines
+
+
+def test_vllm_bandwidth_from_mostly_exact_steps_counts_the_exact_ones():
+    samples, records = _vllm_steps([True, True, False, True, True])  # 4 of 5 steps follow an exact sample
+    assert bandwidth.vllm_omission(samples, records) is None
+    vllm = BackendResult(backend="vllm", mode="offline", status="ok", model=MODEL, engine={})
+    found = bandwidth.run_bandwidth(vllm, samples, records, peak=None)
+    assert found is not None and found.decode_steps == 5 - 1
 
 
 def test_decode_traffic_is_bytes_over_seconds():
