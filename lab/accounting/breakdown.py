@@ -209,7 +209,8 @@ def paged_breakdown(result: BackendResult, samples: list[KvSample], records: lis
         return rebuilt_breakdown(result, samples, records) if result.backend == "vllm" else None
     weights = paged.forward_weights([s.t_s for s in samples])
     steps = [(w, paged.sample_breakdown(s, block_size)) for s, w in zip(samples, weights)]
-    checks = {"kind": "paged pool", "pool": paged.pool_check(samples, weights)}
+    sharing = bool(engine.get("enable_prefix_caching"))  # vLLM's prefix cache; hf/continuous's block sharing
+    checks = {"kind": "paged pool", "pool": paged.pool_check(samples, weights, sharing)}
     if result.label == "hf/continuous":
         checks["tables"] = block_check(samples, block_size)
     usable = samples[0].usable_blocks

@@ -109,13 +109,20 @@ def forward_weights(times_s: list[float]) -> list[float]:
     return [later - now for now, later in zip(times_s, times_s[1:])] + [0.0] if times_s else []
 
 
-def pool_check(samples: list[KvSample], weights: list[float]) -> dict:
+def pool_check(samples: list[KvSample], weights: list[float], sharing: bool = False) -> dict:
     """The pool's used blocks against the blocks in the running requests' tables, per step and
-    time-weighted (the residual), against RESIDUAL_LIMIT."""
-    rows, residual_s, held_s, budget_s = [], 0.0, 0.0, 0.0
+    time-weighted (the residual), against RESIDUAL_LIMIT.
+
+    `sharing` (the engine's prefix cache or block sharing on): a block in several requests' tables is
+    counted once by the pool, so tables holding more blocks than the pool counts as used are shared
+    blocks, reported apart, not residual; the pool counting more than the tables stays residual."""
+    rows, shared_rows, residual_s, held_s, budget_s = [], [], 0.0, 0.0, 0.0
     for sample, weight in zip(samples, weights):
         used = sample.blocks_used or 0
         residual = used - sample.held_blocks
+        if sharing and residual < 0:
+            shared_rows.append(-residual)
+            residual = 0
         residual_s += abs(residual) * weight
         held_s += used * weight
         budget_s += (sample.usable_blocks or 0) * weight
@@ -133,6 +140,9 @@ def pool_check(samples: list[KvSample], weights: list[float]) -> dict:
         "steps_with_residual": len(rows),
         "max_residual_blocks": max((abs(r["blocks_used"] - r["held_blocks"]) for r in rows), default=0),
         "residual_steps": rows[:20],
+        "sharing": sharing,
+        "steps_with_shared_blocks": len(shared_rows),
+        "max_shared_blocks": max(shared_rows, default=0),
     }
 
 

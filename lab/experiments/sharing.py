@@ -31,6 +31,7 @@ from lab.errors import LabInputError
 from lab.experiments.offline import run_experiment
 from lab.experiments.steps import Finished
 from lab.launchers.base import Echo, Launcher
+from lab.models.resolve import TOKENIZER_FILES, has_tokenizer
 from lab.report.sharing_writer import write_sharing_report
 
 SHARING_BACKENDS = "hf/batched,vllm/offline,vllm/shared"  # the default runs of a sharing sweep
@@ -95,6 +96,13 @@ def check_sharing_spec(spec: ExperimentSpec, points: list[SharingPoint]) -> Expe
     beams = [p.beam_width for p in points if p.beam_width > 1]
     if ("hf", "continuous") in runs and beams:
         raise LabInputError(f"--beam-width {','.join(map(str, beams))}: {NO_BEAMS}; drop hf/continuous from --backends")
+    if beams and any(backend == "vllm" for backend, _ in runs) and not has_tokenizer(spec.engine.model):
+        raise LabInputError(
+            f"--beam-width {','.join(map(str, beams))} with vLLM: vLLM's beam search needs the model's tokenizer "
+            f"(for its end-of-sequence token and the text it returns), and model folder {spec.engine.model} has "
+            f"none ({', '.join(TOKENIZER_FILES)}). Fix: copy the model's tokenizer files into the folder, or "
+            "leave vLLM out (--backends hf/batched)"
+        )
     return dataclasses.replace(spec, runs=tuple(runs))
 
 

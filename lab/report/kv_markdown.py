@@ -176,10 +176,16 @@ def _residual_line(e: BreakdownEntry) -> str:
 
 def _paged_check_line(e: BreakdownEntry) -> str:
     c = e.checks["pool"]
-    return (
+    text = (
         f"- {e.run}: blocks the pool counts as used vs blocks in the running requests' tables, at each of "
         f"{c['steps']:,} steps: {c['steps_with_residual']} steps differ, by at most {c['max_residual_blocks']} blocks"
     )
+    if c.get("steps_with_shared_blocks"):
+        text += (
+            f"; at {c['steps_with_shared_blocks']:,} steps the tables hold more, by at most {c['max_shared_blocks']} "
+            "blocks: blocks shared between requests (prefix cache on), which the pool counts once"
+        )
+    return text
 
 
 def _vllm_check_line(e: BreakdownEntry) -> str:

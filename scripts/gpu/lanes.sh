@@ -92,7 +92,9 @@ pack)  # what finished, and what a running step has written so far
   mkdir -p "${OUT:-/tmp/out}"
   for dir in "$state"/lane-*/; do
     name=$(basename "$dir")
-    for step in $(ls "$dir"/*.stdout 2>/dev/null | xargs -n1 basename | sed 's/\.stdout$//'); do
+    for stdout in "$dir"/*.stdout; do  # none in a lane that never started a step
+      [[ -f $stdout ]] || continue
+      step=$(basename "$stdout" .stdout)
       OUT="$dir/out" scripts/gpu/measure.sh pack "$step" > /dev/null 2>&1
     done
     tar -C "$dir" -czf "${OUT:-/tmp/out}/$name.tgz" . && ls -la "${OUT:-/tmp/out}/$name.tgz"

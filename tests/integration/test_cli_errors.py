@@ -176,6 +176,16 @@ def test_text_prompts_for_a_model_without_a_tokenizer_name_the_missing_files(mod
 
 
 @pytest.mark.engine
+def test_vllm_beam_search_on_a_model_without_a_tokenizer_is_refused_before_anything_starts(
+    model_without_tokenizer, results
+):
+    proc = lab("experiment", "--device", "cpu", "--results", str(results), "--model", str(model_without_tokenizer),
+               "--workload", "sharegpt-like", "--num-requests", "2", "--beam-width", "2")  # fmt: skip
+    assert_refused(proc, "vLLM's beam search needs the model's tokenizer", results)
+    assert "Fix: copy the model's tokenizer files into the folder" in proc.stderr
+
+
+@pytest.mark.engine
 def test_run_with_text_prompts_and_no_tokenizer_writes_nothing(model_without_tokenizer, tmp_path):
     out = tmp_path / "out"
     proc = lab(

@@ -123,3 +123,18 @@ def test_a_run_without_step_facts_is_rebuilt_from_its_records():
     assert entry.method.startswith("rebuilt from the records")
     assert sum(entry.budget_shares.values()) == pytest.approx(1.0)
     assert entry.free_slot_seconds == 8 * B * 0.5  # 10 usable blocks, 2 used, for 0.5 s
+
+
+def test_with_sharing_on_tables_holding_more_than_the_pool_are_shared_blocks_not_residual():
+    # Two requests' tables name the same 3 prompt blocks: 10 in the tables, 7 distinct in the pool.
+    samples = [_sample(0, 1.0, used=7, held=10, states=100, reserved=0, internal=0)]
+    shared = paged.pool_check(samples, [1.0], sharing=True)
+    assert (shared["steps_with_residual"], shared["residual_share_of_held"]) == (0, 0.0)
+    assert (shared["steps_with_shared_blocks"], shared["max_shared_blocks"]) == (1, 3) and shared["ok"]
+    # The same numbers without sharing are a difference the tables do not explain.
+    unshared = paged.pool_check(samples, [1.0], sharing=False)
+    assert (unshared["steps_with_residual"], unshared["max_residual_blocks"]) == (1, 3)
+    assert unshared["steps_with_shared_blocks"] == 0
+    # The pool counting more than the tables stays residual with sharing on too.
+    more = paged.pool_check([_sample(0, 1.0, used=12, held=10, states=100, reserved=0, internal=0)], [1.0], True)
+    assert (more["steps_with_residual"], more["max_residual_blocks"]) == (1, 2)

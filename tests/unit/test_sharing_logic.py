@@ -7,9 +7,9 @@ import math
 import pytest
 
 from lab.accounting.sharing import memory_saving, pool_use, requests_per_budget
-from lab.config import EngineSettings, parse_backends
+from lab.config import EngineSettings, ExperimentSpec, parse_backends
 from lab.errors import LabInputError
-from lab.experiments.sharing import SharingPoint, parse_counts, sharing_points
+from lab.experiments.sharing import SharingPoint, check_sharing_spec, parse_counts, sharing_points
 from lab.online_settings import OnlineSettings
 from lab.records import KvSample
 from lab.workloads import build_workload
@@ -124,3 +124,16 @@ def test_samples_beams_or_a_shared_prefix_with_arrivals_over_time_are_refused():
     # Offline (every request at t=0) they run; one sequence a request takes arrivals (vllm/shared alone).
     assert EngineSettings(model="m", workload="seed", n=2, online=OnlineSettings(request_rates=(math.inf,))).n == 2
     assert EngineSettings(model="m", workload="seed", online=over_time[0]).online.is_sweep
+
+
+def test_beam_search_on_vllm_with_a_model_folder_without_tokenizer_is_refused_up_front(tmp_path):
+    # vLLM's beam search reads the tokenizer (EOS, the returned text): without one it failed mid-run.
+    (tmp_path / "config.json").write_text("{}")
+    spec = ExperimentSpec(EngineSettings(model=str(tmp_path), workload="seed"), runs=parse_backends("hf/batched,vllm"))
+    with pytest.raises(LabInputError, match="--beam-width 2 with vLLM: vLLM's beam search needs the model's tokenizer"):
+        check_sharing_spec(spec, [SharingPoint(beam_width=2)])
+    assert check_sharing_spec(spec, [SharingPoint(n=2)]).runs[-1] == ("vllm", "shared")  # samples need none
+    hf_only = ExperimentSpec(spec.engine, runs=parse_backends("hf/batched"))
+    assert check_sharing_spec(hf_only, [SharingPoint(beam_width=2)]).runs == (("hf", "batched"),)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert check_sharing_spec(spec, [SharingPoint(beam_width=2)])
