@@ -183,7 +183,9 @@ def _paged_check_line(e: BreakdownEntry) -> str:
     if c.get("steps_with_shared_blocks"):
         text += (
             f"; at {c['steps_with_shared_blocks']:,} steps the tables hold more, by at most {c['max_shared_blocks']} "
-            "blocks: blocks shared between requests (prefix cache on), which the pool counts once"
+            "blocks: blocks shared between requests (prefix cache on), which the pool counts once; the "
+            "shares above, built from each request's own table, count such a block once for every request "
+            "holding it: the memory actually held is the pool's own count"
         )
     return text
 
