@@ -129,7 +129,13 @@ class VllmBackend(Backend):
         self._num_blocks = int(engine.vllm_config.cache_config.num_gpu_blocks or 0)
         self._info = describe_engine(self._llm.llm_engine.vllm_config, self._num_blocks, self.device, kwargs)
         self._info["step_facts"] = "scheduler_cls" in kwargs
+        self._info["per_request_seed"] = self.per_request_seed if self.spec.engine.n > 1 else None
         self._info["step_facts_verified"] = vllm.__version__ in VERIFIED_VLLM
+
+    @property
+    def per_request_seed(self) -> bool:
+        """Whether n > 1 samples get a seed of their own (`vllm_sharing.sampling_params`): not on the CPU."""
+        return self.device != "cpu"
 
     def engine_kwargs(self) -> dict:
         """The `vllm.LLM` arguments this run uses (also written into engine_info)."""
@@ -215,7 +221,9 @@ class VllmBackend(Backend):
             for request in dispatcher.due():
                 # vLLM appends a random suffix internally; outputs carry the id we give.
                 key = f"{self._generate_calls}-{request.request_id}"
-                params = sharing.sampling_params(self.spec.engine, request.request_id, request.output_tokens)
+                params = sharing.sampling_params(
+                    self.spec.engine, request.request_id, request.output_tokens, self.per_request_seed
+                )
                 engine.add_request(key, rendered[request.request_id], params)
                 progress[key] = Progress(request)
             if not engine.has_unfinished_requests():

