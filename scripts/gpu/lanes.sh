@@ -51,6 +51,8 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     local key=$step
     [[ $step == smoke && $vars == *hf_continuous* ]] && key=smoke-hf
     [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && key=smoke-hf
+    # a step given only transformers backends (BACKENDS=hf/...) needs no vLLM either
+    [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]] && key=smoke-hf
     if [[ $TRANSFORMERS_ONLY != *" $key "* ]]; then
       echo "$(date -u +%T) $step: waiting for the vLLM bundle" >> "$dir/status"
       until [[ -f /tmp/b/installed ]]; do sleep 5; done
