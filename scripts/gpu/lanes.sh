@@ -87,7 +87,11 @@ wait)
     [[ -z $running ]] && break
     sleep 20
   done
-  for s in "$state"/lane-*/status; do echo "== ${s%/status}"; tail -n4 "$s"; done
+  for s in "$state"/lane-*/status; do
+    echo "== ${s%/status}"; tail -n4 "$s"
+    newest=$(ls -t "${s%/status}"/*.stdout 2>/dev/null | head -n1)  # the step running (or last run)
+    [[ -n $newest ]] && tail -n3 "$newest" | cut -c1-160 | sed 's/^/    /'
+  done
   nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
   ;;
 pack)  # what finished, and what a running step has written so far
