@@ -63,10 +63,15 @@ export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=
 export NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-pack() {  # the run folders of a step (JSON lines gzipped, report.html left out) -> $OUT/<step>-results.tgz
-  find "/tmp/lab-results/$1" -name '*.jsonl' -exec gzip -9f {} \;  # lab reads the .gz twins
-  find "/tmp/lab-results/$1" -name 'report.html' -delete  # `lab report DIR` regenerates it; 64 MiB a call
-  tar -C /tmp/lab-results -czf "$out/$1-results.tgz" "$1" && ls -la "$out"
+pack() {  # a copy of the step's run folders (JSON lines gzipped, report.html left out) -> $OUT/<step>-results.tgz
+  # A copy, never in place: a step still running writes on into its files, and gzip in place unlinks
+  # them under it (2026-11-26: a collector's timeline lost the rest of its run that way).
+  local stage; stage=$(mktemp -d)
+  cp -a "/tmp/lab-results/$1" "$stage/" || { rm -rf "$stage"; return 1; }
+  find "$stage/$1" -name '*.jsonl' -exec gzip -9f {} \;  # lab reads the .gz twins
+  find "$stage/$1" -name 'report.html' -delete  # `lab report DIR` regenerates it; 64 MiB a call
+  tar -C "$stage" -czf "$out/$1-results.tgz" "$1" && ls -la "$out"
+  rm -rf "$stage"
 }
 if [[ ${1:-} == pack ]]; then  # scripts/gpu/measure.sh pack STEP: after a step stopped by `timeout`
   pack "$2"; exit
