@@ -11,6 +11,7 @@
 #   1   smoke GPU_TESTS=tests/gpu/test_hf_continuous_gpu.py
 #   2,3 tp-8b TP=2          (starts when the lanes before it that use GPU 2 or GPU 3 are done)
 #   0,1,2,3 tp-8b TP=4 STEP_TIMEOUT=600   (stopped after 600 s, so a stalled step cannot hold the lane)
+#   0,1,2,3 agree-tp-lab TP=2 ONLY_GPUS=0,1 (on GPUs 0,1, with GPUs 2,3 kept idle: alone on the host)
 # Each step runs as `LAB_GPUS=GPUS CUDA_VISIBLE_DEVICES=GPUS measure.sh STEP` (the lab then reads NVML
 # on those GPUs alone, and the tests' own CUDA calls see them alone), so the lanes' figures stay apart. Steps that need vLLM wait until
 # scripts/gpu/stage.sh has installed the bundle (/tmp/b/installed); the transformers-only steps
@@ -63,8 +64,11 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     # STEP_TIMEOUT=S among the line's variables: the step is stopped (SIGTERM to its process group, so
     # the lab stops its engines; SIGKILL 60 s later) after S seconds, and the lane goes on (exit 124)
     limit=$(sed -n 's/.*STEP_TIMEOUT=\([0-9][0-9]*\).*/\1/p' <<< "$vars")
+    # ONLY_GPUS=0,1 on a line of lane "0,1,2,3": the step runs on GPUs 0,1 while the lane holds all
+    # four, so that nothing runs beside it (a measurement that must run alone on the host)
+    local use; use=$(sed -n 's/.*ONLY_GPUS=\([0-9,][0-9,]*\).*/\1/p' <<< "$vars")
     # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
-    env LAB_GPUS="$gpus" CUDA_VISIBLE_DEVICES="$gpus" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars \
+    env LAB_GPUS="${use:-$gpus}" CUDA_VISIBLE_DEVICES="${use:-$gpus}" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars \
         timeout -k 60 "${limit:-0}" scripts/gpu/measure.sh "$step" >> "$dir/$step.stdout" 2>&1
     local rc=$?
     echo "$(date -u +%T) $step $vars: exit $rc after $((SECONDS - t0)) s" >> "$dir/status"
