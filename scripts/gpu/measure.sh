@@ -43,7 +43,8 @@
 #   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
 #             BACKENDS=hf/batched as a call of its own
 #   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
-#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights)
+#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights), BENCH_RUNS
+#             (3) times; scripts/gpu/bench_agree.py gives the verdict (agree within 5%, outside, inconclusive)
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
@@ -317,10 +318,13 @@ agree-tp-lab|agree-tp-bench)
     lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
         --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
   else
-    for run in $(seq "${BENCH_RUNS:-2}"); do
+    for run in $(seq "${BENCH_RUNS:-3}"); do
       bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
           --output-json "$results/vllm-bench-vllm-$n-tp$tp-$run.json"
     done
+    # against the lab's run of agree-tp-lab, where it ran before on this machine (5%; exit 1 otherwise)
+    lab_run=$(ls -d /tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-* 2>/dev/null | tail -n1)
+    [[ -n $lab_run ]] && "$python" scripts/gpu/bench_agree.py "$lab_run" "$results"/vllm-bench-vllm-$n-tp$tp-*.json
   fi
   ;;
 online-1b|online-1b-hf|online-1b-seq|online-8b|online-8b-hf)
