@@ -2,7 +2,8 @@
 reads argv and the environment and builds the config.
 
 Exit codes: 0 done; 1 a run or step failed (its error is recorded); 2 bad input (the message says
-what to change); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+what to change); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM). A run cut off part-way keeps
+what finished and exits with the cut's code (`lab.cut.Cut.exit_code`: 128 + N, or 1 for an error).
 """
 
 from __future__ import annotations
@@ -185,10 +186,14 @@ def experiment(
     Exit codes:
       0    every backend/mode succeeded
       1    at least one failed, crashed or timed out: its error is recorded, and the run folder
-           and its report are written all the same (the last line of stdout)
+           and its report are written all the same (the last line of stdout); or a step outside
+           the backends failed part-way, and what finished before it is kept (as below)
       2    bad input: nothing was started and nothing written
       130  Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP: every process and container the run
-           started was stopped, and its temporary folder removed (no run folder)
+           started was stopped. The backend/modes (a sweep's points; an online sweep's
+           offered rates) that finished are kept as a run folder whose manifest's `cut`
+           names the rest as not run and why (the last line of stdout); with nothing
+           finished, its temporary folder is removed (no run folder)
     """
     points = sharing_sweep(kw)  # bad counts, or a sharing sweep with arrivals: exit 2 before anything starts
     if points and click.get_current_context().get_parameter_source("backends") == ParameterSource.DEFAULT:
@@ -213,9 +218,8 @@ def experiment(
     else:
         finished = run_experiment(spec, results_dir, launcher, progress, tag)
         click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
-    report_failures(finished.failed, finished.runs)
     click.echo(str(finished.path))
-    sys.exit(1 if finished.failed else 0)
+    report_failures(finished)
 
 
 @cli.command()
@@ -268,7 +272,8 @@ def capacity(
 ) -> None:
     """Concurrent requests each approach fits in one KV-cache budget (arithmetic and measured), and throughput.
 
-    Exit codes as `lab experiment`'s: 1 when a measured point failed (recorded in capacity.json).
+    Exit codes as `lab experiment`'s: 1 when a measured point failed (recorded in capacity.json); cut
+    off after its first measured point, the points measured are kept (capacity.json `cut`).
     """
     device, launcher = device_and_launcher(runtime, cache_dir, results_dir, kw["device"], kw["tensor_parallel_size"])
     model = model or default_model(device)
@@ -284,9 +289,8 @@ def capacity(
     )
     finished = run_capacity(spec, results_dir, launcher, progress, tag)
     click.echo(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"))
-    report_failures(finished.failed, finished.runs, "measured points")
     click.echo(str(finished.path))
-    sys.exit(1 if finished.failed else 0)
+    report_failures(finished, "measured points")
 
 
 def device_and_launcher(

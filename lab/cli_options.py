@@ -18,6 +18,7 @@ from lab.cli_sweeps import online_settings
 from lab.config import MAX_BYTES, WARMUPS, EngineSettings
 from lab.continuous_settings import parse_continuous_settings
 from lab.errors import Interrupted, LabInputError, StepFailed
+from lab.experiments.steps import Finished
 from lab.experiments.timeout import LOAD_ALLOWANCE_S, PER_OUTPUT_TOKEN_S
 from lab.hardware import nvml
 from lab.hardware.device import resolve_device
@@ -309,10 +310,19 @@ def apply_preset(ctx: click.Context, preset: dict, given: dict) -> dict:
     return out
 
 
-def report_failures(failed: list[str], total: int, what: str = "backend/modes") -> None:
-    """Say on stderr which backend/modes (or measured points) failed: the exit code will be 1."""
-    if failed:
-        progress(f"lab: {len(failed)} of {total} {what} failed ({', '.join(failed)}): exit code 1")
+def report_failures(finished: Finished, what: str = "backend/modes") -> None:
+    """Say on stderr which backend/modes (or measured points) failed, and for a run cut off part-way what
+    it kept and what did not run; then exit with the code that says so (`Finished.exit_code`)."""
+    code = finished.exit_code
+    if finished.failed:
+        failed = ", ".join(finished.failed)
+        progress(f"lab: {len(finished.failed)} of {finished.runs} {what} failed ({failed}): exit code {code}")
+    if finished.cut is not None:
+        progress(
+            f"lab: cut off ({finished.cut.describe()}); what finished is kept as a run folder of its own, "
+            f"{finished.path}: exit code {code}"
+        )
+    sys.exit(code)
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
@@ -329,19 +339,25 @@ def parse_gpus(text: str | None) -> list[int] | None:
 
 
 def fault_injection(label: str) -> PhaseHook | None:
-    """Test-only fault injection: LAB_TEST_FAULT=<backend/mode>:hang|sigkill makes that backend hang or
-    kill itself with SIGKILL when its first timed pass starts (engine loaded and warmed up), so the
-    tests of time limits and crashes run the real engines. Read here only; never set it otherwise."""
-    target, _, action = os.environ.get(TEST_FAULT_ENV, "").partition(":")
+    """Test-only fault injection: LAB_TEST_FAULT=<backend/mode>:hang|sigkill[@K] makes that backend hang
+    or kill itself with SIGKILL when its K-th timed pass starts (default 1; engine loaded and warmed up;
+    an online sweep's second rate with --repeats 1 is pass 2), so the tests of time limits, crashes and
+    cut sweeps run the real engines. Read here only; never set it otherwise."""
+    target, _, fault = os.environ.get(TEST_FAULT_ENV, "").partition(":")
     if target != label:
         return None
-    if action not in ("hang", "sigkill"):
-        raise LabInputError(f"{TEST_FAULT_ENV}={target}:{action}: the action is hang or sigkill")
+    action, _, at_pass = fault.partition("@")
+    if action not in ("hang", "sigkill") or not (at_pass or "1").isdigit():
+        raise LabInputError(f"{TEST_FAULT_ENV}={target}:{fault}: the fault is hang or sigkill, then @K for pass K")
+    passes = []
 
     def inject(phase: str) -> None:
         if phase not in ("repeat", "generate"):
             return
-        click.echo(f"lab: {TEST_FAULT_ENV}: {action} at the start of the timed pass")
+        passes.append(phase)
+        if len(passes) != int(at_pass or 1):
+            return
+        click.echo(f"lab: {TEST_FAULT_ENV}: {action} at the start of timed pass {len(passes)}")
         if action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         while True:

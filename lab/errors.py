@@ -4,6 +4,9 @@
 1    a backend/mode or a step failed (`lab experiment`: recorded in the run folder) -> StepFailed
 2    bad input, nothing written -> LabInputError
 128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) -> Interrupted
+
+A run cut off part-way by a signal or a failed step keeps what finished (`lab.experiments.sweep`) and
+exits with the same code, 128 + N or 1 (`lab.cut.Cut.exit_code`): never 0, and never 2.
 """
 
 from __future__ import annotations

@@ -278,6 +278,7 @@ class BackendResult(_BackendMode):
     )
     compile: dict | None = None  # CompileCount of the load and of the warm-up ({"load": ..., "warmup": ...})
     skipped_rates: list | None = None  # online serving, --stop-at-saturation: the offered rates not run
+    cut: dict | None = None  # online serving cut part-way: lab.cut.Cut, its finished rates kept (lab.rates_kept)
     clock_wall_t0: float | None = None  # epoch seconds of the last pass's t=0
     memory: dict | None = None  # the backend's memory_stats() (torch allocator on CUDA)
     engine: dict | None = None  # the backend's engine_info()
@@ -342,6 +343,7 @@ class RunSummary(_BackendMode):
     sweep: list[dict] | None = None  # online serving: lab.online_metrics.rate_metrics of each offered rate
     sweep_memory: list[dict] | None = None  # online serving: lab.accounting.pass_memory.rate_memory of each rate
     skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run
+    cut: dict | None = None  # the result's `cut`: the offered rates not run, and why
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""

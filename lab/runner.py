@@ -24,7 +24,8 @@ counters are read around the load, the warm-up and each pass (`Backend.compile_s
 
 A failure (an exception, out of memory) is written as status "error" with its message; the process
 then exits with 1, and the experiment goes on with the next backend. An interrupt closes the engine
-(vLLM's engine core with it), writes the result as interrupted and goes on up.
+(vLLM's engine core with it), writes the result as interrupted and goes on up. Either way an online
+sweep keeps the rates it finished (`lab.rates_kept`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from lab.accounting.parallel import tensor_parallel_problem
 from lab.backends.base import Backend, Clock
 from lab.backends.registry import backend_class
 from lab.config import RunSpec
+from lab.cut import Cut
 from lab.errors import LabInputError
 from lab.hardware.device import resolve_device, resolve_dtype
 from lab.hardware.energy import EnergyMeter, open_meter
@@ -52,6 +54,7 @@ from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenize
 from lab.online_metrics import describe_point, rate_metrics, started_early
 from lab.online_settings import rate_text
 from lab.pass_records import CompileCount, TimedPass, last_pass_samples
+from lab.rates_kept import FinishedRates, keep_finished_rates
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
 
@@ -187,13 +190,12 @@ def run_backend(
         spec.backend, spec.mode, phases=phases.items, environment=environment, energy_meter=meter_facts
     )
     backend = None
+    finished = FinishedRates()  # an online sweep's rates as they finish: kept if a later one is cut
     try:
         backend, requests = _start_backend(spec, inputs, phases, result)
         _warm_up(spec, backend, requests, phases, result)
-        records, kv_samples = _sweep(spec, backend, requests, phases, result)
-        rf.write_jsonl(part.records, (r.to_dict() for r in records))
-        rf.write_jsonl(part.kv_samples, (s.to_dict() for s in last_pass_samples(kv_samples)))
-        rf.write_jsonl(part.kv_passes, (s.to_dict() for s in kv_samples))
+        records, kv_samples = _sweep(spec, backend, requests, phases, result, finished)
+        _write_records(part, records, kv_samples)
         result.engine = backend.engine_info()
         result.status = "ok" if all(r.ok for r in records) else "error"
         if not result.ok:
@@ -205,6 +207,9 @@ def run_backend(
             result.error = f"{type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc(limit=20)
         phases.end_open()
+        if keep_finished_rates(result, finished, spec.engine.online.request_rates, Cut.of(exc)):
+            _write_records(part, finished.records, finished.kv_samples)
+            result.engine = _engine_info(backend)
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:
@@ -217,6 +222,20 @@ def run_backend(
             meter.close()
         rf.write_json(part.result, result.to_dict())
     return result
+
+
+def _engine_info(backend: Backend | None) -> dict | None:
+    """The engine's figures after a cut (its pool's bytes per block), if it can still give them."""
+    try:
+        return backend.engine_info() if backend is not None else None
+    except Exception:  # noqa: BLE001 - the kept rates matter more than the engine's figures
+        return None
+
+
+def _write_records(part: rf.PartFolder, records: list[RequestRecord], kv_samples: list[KvSample]) -> None:
+    rf.write_jsonl(part.records, (r.to_dict() for r in records))
+    rf.write_jsonl(part.kv_samples, (s.to_dict() for s in last_pass_samples(kv_samples)))
+    rf.write_jsonl(part.kv_passes, (s.to_dict() for s in kv_samples))
 
 
 def _start_backend(spec: RunSpec, inputs: Inputs, phases: Phases, result: BackendResult):
@@ -289,16 +308,20 @@ def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: P
 
 
 def _sweep(
-    spec: RunSpec, backend: Backend, requests: list[Request], phases: Phases, result: BackendResult
+    spec: RunSpec,
+    backend: Backend,
+    requests: list[Request],
+    phases: Phases,
+    result: BackendResult,
+    finished: FinishedRates,
 ) -> tuple[list[RequestRecord], list[KvSample]]:
     """Every offered rate of --request-rate in turn (offline: inf alone), `repeats` timed passes each, the
     requests arriving on the rate's seeded schedule (`lab.arrivals`, the same for every backend). With
     --stop-at-saturation, the rates above the first that saturated are skipped (`result.skipped_rates`).
-    Returns every pass's records and KV samples, each with its `request_rate` (None: inf)."""
+    Each rate goes into `finished` when its passes are done. Returns every pass's records and KV samples,
+    each with its `request_rate` (None: inf)."""
     online = spec.engine.online
-    records: list[RequestRecord] = []
     passes: list[TimedPass] = []
-    kv_samples: list[KvSample] = []
     for number, rate in enumerate(online.request_rates):
         timed = arrivals.schedule(requests, rate, online.burstiness, spec.engine.seed)
         last = number == len(online.request_rates) - 1
@@ -310,8 +333,7 @@ def _sweep(
                 record.status, record.error = "error", "the records show it started before its arrival"
         for sample in rate_samples:
             sample.request_rate = offered
-        records.extend(rate_records)
-        kv_samples.extend(rate_samples)
+        finished.add(rate, rate_records, rate_samples, len(passes))
         if not online.is_sweep:
             continue
         point = rate_metrics(rate_records, rate, online.slos)
@@ -320,7 +342,7 @@ def _sweep(
             result.skipped_rates = [rate_text(r) for r in online.request_rates[number + 1 :]]
             phases.items[-1]["phase"] = "generate"  # the last pass that ran
             break
-    return records, kv_samples
+    return finished.records, finished.kv_samples
 
 
 def _timed_passes(

@@ -5,7 +5,7 @@ However the process ends, the experiment gets a `BackendResult` and goes on with
 - it died before writing one (killed by a signal, the out-of-memory killer, a crash): an error result
   with its exit signal or code and the last lines of its log;
 - it ran past its time limit: it is stopped with every process it started, and recorded as an error
-  that names the limit.
+  that names the limit (an online sweep keeps the rates it finished: `lab.rates_kept`).
 Whatever it left running in its process group (an orphaned engine core) is killed and listed.
 
 This module is light (no torch, no vllm): on a Docker host it runs in a small host environment.
@@ -13,12 +13,14 @@ This module is light (no torch, no vllm): on a Docker host it runs in a small ho
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import time
 
 from lab import run_folder as rf
 from lab.config import RunSpec
+from lab.cut import Cut
 from lab.launchers.base import Echo
 from lab.launchers.process import LabProcess, LogPump
 from lab.launchers.supervisor import Supervisor
@@ -84,6 +86,8 @@ def read_result(run: RunSpec, part: rf.PartFolder, proc: LabProcess, timed_out: 
             f"timed out: still running after {limit}; stopped it and every process it started (its log: "
             f"{part.log.relative_to(part.path.parent.parent)}). Fix: a longer --timeout if the work needs it"
         )
+        if result.cut:  # an online sweep's finished rates were kept: the limit cut the rest, not a signal
+            result.cut = recut(result.cut, f"timed out: still running after {limit}")
     elif written is None:
         result.error = (
             f"the {run.backend} process {how_it_ended(proc)} before writing its result; "
@@ -92,6 +96,12 @@ def read_result(run: RunSpec, part: rf.PartFolder, proc: LabProcess, timed_out: 
     elif not result.ok and (cause := root_cause(part, result.error or "")):
         result.error = f"{result.error} (in its log: {cause})"
     return result
+
+
+def recut(cut: dict, reason: str, signal: str | None = None) -> dict:
+    """A backend's `cut` (its finished rates kept) with the reason that really cut it: the backend only
+    saw the SIGTERM by which the experiment stopped it."""
+    return dataclasses.replace(Cut.from_dict(cut), reason=reason, signal=signal).to_dict()
 
 
 def root_cause(part: rf.PartFolder, error: str) -> str | None:

@@ -17,15 +17,18 @@ so nothing is tokenized in this process.
 
 Writes `results/<run-id>/`: manifest.json, capacity.json, capacity.md, capacity.png (the curve, where
 one was measured) and runs/<point>/ for each measured point; written as `.tmp-<run-id>` and renamed
-when complete, never overwriting. It runs wherever `lab experiment` runs: the launcher it is given
-(native or Docker) starts every point.
+when complete, never overwriting. A run cut off after its first measured point (a signal, an error
+outside the backends) keeps the points measured, and `cut` names the rest (`lab.experiments.sweep`).
+It runs wherever `lab experiment` runs: the launcher it is given (native or Docker) starts every point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import paper
@@ -35,8 +38,10 @@ from lab.accounting.capacity import capacity_arithmetic, concurrency_levels
 from lab.accounting.continuous import batched_requests
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
+from lab.cut import Cut, cut_entry
 from lab.experiments.backend_run import execute_run
 from lab.experiments.steps import Finished, manifest, model_build, resolve_once
+from lab.experiments.sweep import Sweep, Swept
 from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
 from lab.launchers.supervisor import Supervisor
@@ -71,8 +76,9 @@ def run_capacity(
         points = Points(
             folder, processes, spec.collect, timeout_s, describe_timeout(timeout_s, spec.timeout_s is not None)
         )
-        measured = measure_all(spec, base, arithmetic, points, echo) if spec.measure else []
-        data = capacity_data(spec, facts, arithmetic, [p for p, _ in measured])
+        swept = measure_all(spec, base, arithmetic, points, echo) if spec.measure else Swept([])
+        measured = swept.done
+        data = dict(capacity_data(spec, facts, arithmetic, [p for p, _ in measured]), **cut_entry(swept.cut))
         rf.write_json(folder.capacity_json, data)
         drawn = write_capacity_plot(folder, data)
         rf.atomic_write(folder.capacity_md, render_capacity(data, drawn))
@@ -87,8 +93,8 @@ def run_capacity(
             started,
             folder,
         )
-        rf.write_json(folder.manifest, dict(info, kind="capacity", capacity=spec.to_dict()))
-    return Finished(results_dir / run_id, len(measured), [p["point"] for p, r in measured if not r.ok])
+        rf.write_json(folder.manifest, dict(info, kind="capacity", capacity=spec.to_dict(), **cut_entry(swept.cut)))
+    return Finished(results_dir / run_id, len(measured), [p["point"] for p, r in measured if not r.ok], swept.cut)
 
 
 def workload_facts(resolved: dict, run: RunSpec, spec: CapacitySpec) -> dict:
@@ -123,37 +129,56 @@ class Points:
     timeout_text: str
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A point to measure: its name (runs/<name>/), its run, and what capacity.json adds to it."""
+
+    name: str
+    run: RunSpec
+    extra: dict = field(default_factory=dict)
+
+
 def measure_all(
     spec: CapacitySpec, base: RunSpec, arithmetic: dict, where: Points, echo: Echo
-) -> list[tuple[dict, BackendResult]]:
-    """The measured points: vLLM and hf/continuous at the budget, hf at its capacities, then the curve."""
+) -> Swept[tuple[dict, BackendResult]]:
+    """The measured points: vLLM at the budget, then (`later_points`) hf/continuous at the budget, hf at
+    its capacities and the curve. A cut after the first keeps those measured (`lab.experiments.sweep`)."""
+
+    def measure(planned: Planned) -> tuple[dict, BackendResult]:
+        point, result = measure_point(planned.name, planned.run, where, echo)
+        return dict(point, **planned.extra), result
+
+    sweep = Sweep(where.processes, echo, functools.partial(unmeasured, where.folder))
+    if sweep.run([Planned("vllm-offline-budget", base)], measure, lambda p: p.name):
+        sweep.run(later_points(spec, base, arithmetic, sweep.done[0][0]), measure, lambda p: p.name)
+    return sweep.end()
+
+
+def later_points(spec: CapacitySpec, base: RunSpec, arithmetic: dict, budget_point: dict) -> list[Planned]:
+    """hf/continuous at the budget, hf/batched at its capacities (and the curve's batch sizes),
+    hf/static-cache at the static capacity, then vLLM's curve up to the most requests it ran at once."""
     engine = base.engine
-
-    def measure(name: str, run: RunSpec, **extra) -> dict:
-        point, result = measure_point(name, run, where, echo)
-        points.append((dict(point, **extra), result))
-        return points[-1][0]
-
-    points: list[tuple[dict, BackendResult]] = []
-    budget_point = measure("vllm-offline-budget", base)
-    measure("hf-continuous-budget", RunSpec("hf", "continuous", engine))
+    planned = [Planned("hf-continuous-budget", RunSpec("hf", "continuous", engine))]
     hf_sizes = set(concurrency_levels(arithmetic["padded"]["concurrency"], spec.concurrency) if spec.curve else [])
     hf_sizes.add(arithmetic["padded"]["concurrency"])
     for size in sorted(s for s in hf_sizes if s >= 1):
-        measure(
-            f"hf-batched-b{size}", RunSpec("hf", "batched", dataclasses.replace(engine, batch_size=size)), role="curve"
-        )
+        run = RunSpec("hf", "batched", dataclasses.replace(engine, batch_size=size))
+        planned.append(Planned(f"hf-batched-b{size}", run, {"role": "curve"}))
     static = arithmetic["static"]["concurrency"]
     if static >= 1:
-        measure(
-            f"hf-static-cache-b{static}", RunSpec("hf", "static-cache", dataclasses.replace(engine, batch_size=static))
-        )
+        run = RunSpec("hf", "static-cache", dataclasses.replace(engine, batch_size=static))
+        planned.append(Planned(f"hf-static-cache-b{static}", run))
     if spec.curve:
         limit = budget_point.get("max_running") or arithmetic["paged"]["concurrency"]
         for seqs in concurrency_levels(limit, spec.concurrency):
             run = RunSpec("vllm", "offline", dataclasses.replace(engine, max_num_seqs=seqs))
-            measure(f"vllm-offline-c{seqs}", run, role="curve", max_num_seqs_requested=seqs)
-    return points
+            planned.append(Planned(f"vllm-offline-c{seqs}", run, {"role": "curve", "max_num_seqs_requested": seqs}))
+    return planned
+
+
+def unmeasured(folder: rf.RunFolder, planned: Planned, cut: Cut) -> None:
+    """The point that was running when the run was cut keeps nothing: its runs/<name>/ is removed."""
+    shutil.rmtree(folder.part(planned.name).path, ignore_errors=True)
 
 
 def measure_point(name: str, run: RunSpec, where: Points, echo: Echo) -> tuple[dict, BackendResult]:

@@ -123,6 +123,7 @@ def summarize_run(
         sweep=sweep_metrics(records, slos or {}) if is_sweep(records) else None,
         sweep_memory=rate_memory(pass_memory(result, records, list(kv_samples), own)) if is_sweep(records) else None,
         skipped_rates=result.skipped_rates,
+        cut=result.cut,
     )
 
 

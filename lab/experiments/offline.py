@@ -14,31 +14,43 @@ process runs every offered rate in turn after its one warm-up (`lab.runner`, `la
 A backend that fails, crashes or runs past its limit is recorded with its reason and the others still
 run; the run folder is written all the same, and `Finished.failed` names them (exit code 1). Anything
 else that fails, and an interrupt (Ctrl-C, SIGTERM), stops every process the run started (their
-containers too) and removes the temporary folder: nothing half-written stays in results/.
+containers too). The backend/modes that finished before it are kept as a run folder of their own, with
+the backend that was running where its process kept the offered rates it finished, and the manifest's
+`cut` names the rest as not run and why (`lab.experiments.sweep`; exit 128 + N for signal N, else 1).
+With nothing finished the temporary folder is removed: nothing half-written stays in results/.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import shutil
 import time
 from pathlib import Path
 
 from lab import run_folder as rf
 from lab.accounting.capacity import workload_budget_bytes
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
-from lab.config import ExperimentSpec
-from lab.experiments.backend_run import execute_run
+from lab.config import ExperimentSpec, RunSpec
+from lab.cut import Cut, cut_entry
+from lab.experiments.backend_run import execute_run, recut
 from lab.experiments.merge import merge_runs
 from lab.experiments.steps import Finished, describe_result, manifest, model_build, resolve_once
+from lab.experiments.sweep import Sweep
 from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
 from lab.launchers.supervisor import Supervisor
 from lab.progress import StepBar
+from lab.records import BackendResult
 from lab.report.writer import write_report
 
 
-def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "") -> Finished:
-    """Run every backend/mode of `spec`; return the finished run folder and what failed in it."""
+def run_experiment(
+    spec: ExperimentSpec, results_dir: Path, launcher: Launcher, echo: Echo, tag: str = "", keep_cut: bool = True
+) -> Finished:
+    """Run every backend/mode of `spec`; return the finished run folder, what failed in it and the cut
+    that stopped it early (its finished backend/modes kept, `lab.experiments.sweep`). `keep_cut` False
+    (one point of a sharing sweep, whole or not at all): a cut keeps nothing and goes on up."""
     run_id = rf.new_run_id(tag)
     with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
         started = time.time()
@@ -53,19 +65,39 @@ def run_experiment(spec: ExperimentSpec, results_dir: Path, launcher: Launcher, 
         limit = describe_timeout(timeout_s, given=spec.timeout_s is not None)
         echo(f"time limit per backend/mode: {limit}")
         interval_ms = spec.collector_interval_ms if spec.collect else None
-        results = []
         bar = StepBar(len(specs))  # a live bar on a terminal; quiet in logs
-        for number, run in enumerate(specs, start=1):
+
+        def run(run: RunSpec) -> BackendResult:
+            number = specs.index(run) + 1
             with bar.step(run.label):
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: starting its own process")
-                part = folder.part(run.name)
-                result = execute_run(run, part, processes, bar.echo, interval_ms, timeout_s, limit)
+                result = execute_run(run, folder.part(run.name), processes, bar.echo, interval_ms, timeout_s, limit)
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: {describe_result(result)}")
-            results.append(result)
-        merge_runs(folder, [s.name for s in specs], spec.engine.online.slos)
-        rf.write_json(folder.manifest, manifest(spec.to_dict(), launcher, results, built, started, folder))
+            return result
+
+        sweep = Sweep(processes, echo, functools.partial(finished_rates, folder), keep=keep_cut)
+        sweep.run(specs, run, lambda r: r.label)
+        swept = sweep.end()
+        merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online.slos)
+        info = manifest(spec.to_dict(), launcher, swept.done, built, started, folder)
+        rf.write_json(folder.manifest, dict(info, **cut_entry(swept.cut)))
         write_report(folder.path)
-    return Finished.of(results_dir / run_id, results)
+    return Finished.of(results_dir / run_id, swept.done, swept.cut)
+
+
+def finished_rates(folder: rf.RunFolder, run: RunSpec, cut: Cut) -> BackendResult | None:
+    """The backend/mode that was running when the experiment was cut: its result where its process kept
+    the offered rates it finished (`lab.rates_kept`), with the experiment's own reason; else None, and
+    its folder is removed (a backend cut mid-way is not presented as finished)."""
+    part = folder.part(run.name)
+    result = BackendResult.from_dict(rf.read_json(part.result)) if part.result.exists() else None
+    if result is None or not result.cut:
+        shutil.rmtree(part.path, ignore_errors=True)
+        return None
+    result.cut = recut(result.cut, cut.reason, cut.signal)
+    result.error = f"{cut.reason}: the sweep was cut at {result.cut['point']} req/s"
+    rf.write_json(part.result, result.to_dict())
+    return result
 
 
 def sized_from_workload(spec: ExperimentSpec, resolved: dict, echo: Echo) -> ExperimentSpec:

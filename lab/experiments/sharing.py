@@ -15,11 +15,19 @@ only the shared engine, and no saving is computed). hf/continuous, where named, 
 inside transformers with their blocks shared (`lab.backends.hf_continuous_sharing`); its saving is
 measured within its run. The sweep folder is written as
 `.tmp-<id>` and renamed when every point is done (lab.run_folder.creating).
+
+A sweep cut off part-way (Ctrl-C, SIGTERM from `timeout` or a lease ending, a later point failing outside
+its backends) keeps the points that finished (`lab.experiments.sweep`): the manifest lists them, its
+`cut` names the points not run and why, the report covers the finished ones and says so, and the folder
+is renamed into results/ as usual; the exit code is 128 + N for signal N (else 1). The point that was
+running is removed with its temporary folder: a point is whole (every backend at it) or not there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +35,13 @@ from pathlib import Path
 from lab import run_folder as rf
 from lab.backends.hf_continuous_sharing import NO_BEAMS
 from lab.config import ExperimentSpec, check_sharing, run_label
+from lab.cut import Cut, cut_entry
 from lab.errors import LabInputError
 from lab.experiments.offline import run_experiment
 from lab.experiments.steps import Finished
+from lab.experiments.sweep import Sweep
 from lab.launchers.base import Echo, Launcher
+from lab.launchers.supervisor import Supervisor
 from lab.models.resolve import TOKENIZER_FILES, has_tokenizer
 from lab.report.sharing_writer import write_sharing_report
 
@@ -111,23 +122,24 @@ def run_sharing(
 ) -> Finished:
     """Run every point as its own experiment under the sweep folder; write the sharing report. A backend
     that fails at one point is recorded there (its error in that point's folder) and the sweep goes on;
-    the returned `failed` names it with its point ('n=2: vllm/shared')."""
+    the returned `failed` names it with its point ('n=2: vllm/shared'). A cut (a signal, or an error
+    outside any backend) after a point finished keeps the finished points (`lab.experiments.sweep`)."""
     spec = check_sharing_spec(spec, points)
-    with rf.creating(results_dir, rf.new_run_id(tag or "sharing")) as folder:
+    run_id = rf.new_run_id(tag or "sharing")
+    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
         started = time.time()
-        entries = []
-        runs, failed = 0, []
-        for number, point in enumerate(points, start=1):
-            echo(f"sharing point {number}/{len(points)}: {point.label} ({', '.join(run_label(*r) for r in spec.runs)})")
-            engine = dataclasses.replace(
-                spec.engine, n=point.n, beam_width=point.beam_width, shared_prefix_tokens=point.shared_prefix_tokens
-            )
+        labels = ", ".join(run_label(*r) for r in spec.runs)
+
+        def run(point: SharingPoint) -> tuple[dict, Finished]:
+            echo(f"sharing point {points.index(point) + 1}/{len(points)}: {point.label} ({labels})")
             finished = run_experiment(
-                dataclasses.replace(spec, engine=engine), folder.points, launcher, echo, point.slug
+                point_spec(spec, point), folder.points, launcher, echo, point.slug, keep_cut=False
             )
-            runs += finished.runs
-            failed += [f"{point.label}: {label}" for label in finished.failed]
-            entries.append({"point": point.to_dict(), "run": finished.path.name})
+            return {"point": point.to_dict(), "run": finished.path.name}, finished
+
+        sweep = Sweep(processes, echo, functools.partial(unfinished, folder))
+        sweep.run(points, run, lambda p: p.label)
+        swept = sweep.end()
         rf.write_json(
             folder.manifest,
             {
@@ -136,8 +148,25 @@ def run_sharing(
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "config": spec.to_dict(),
-                "points": entries,
+                "points": [entry for entry, _ in swept.done],
+                **cut_entry(swept.cut),
             },
         )
         write_sharing_report(folder.path)
-    return Finished(results_dir / folder.run_id, runs, failed)
+    failed = [f"{entry['point']['label']}: {label}" for entry, finished in swept.done for label in finished.failed]
+    return Finished(results_dir / run_id, sum(f.runs for _, f in swept.done), failed, swept.cut)
+
+
+def point_spec(spec: ExperimentSpec, point: SharingPoint) -> ExperimentSpec:
+    """The sweep's experiment at one point: its n, beam width and shared prefix."""
+    engine = dataclasses.replace(
+        spec.engine, n=point.n, beam_width=point.beam_width, shared_prefix_tokens=point.shared_prefix_tokens
+    )
+    return dataclasses.replace(spec, engine=engine)
+
+
+def unfinished(folder: rf.RunFolder, point: SharingPoint, cut: Cut) -> None:
+    """The point that was running when the sweep was cut keeps nothing: its temporary folder under
+    points/ is removed (its experiment removes it itself, unless a second signal cut that short)."""
+    for tmp in folder.points.glob(f"{rf.TMP_PREFIX}*") if folder.points.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lab import run_folder as rf
 from lab.config import RunSpec
+from lab.cut import Cut
 from lab.errors import LabInputError, StepFailed
 from lab.hardware.env import collect_environment
 from lab.launchers.base import Echo, Launcher
@@ -24,15 +25,24 @@ from lab.records import BackendResult
 
 @dataclass(frozen=True)
 class Finished:
-    """A finished run folder, how many processes it ran and the names of those that failed."""
+    """A finished run folder, how many processes it ran, the names of those that failed, and the cut
+    that stopped it early, if one did (its finished points kept: `lab.experiments.sweep`)."""
 
     path: Path
     runs: int
     failed: list[str]
+    cut: Cut | None = None
 
     @classmethod
-    def of(cls, path: Path, results: list[BackendResult]) -> Finished:
-        return cls(path, len(results), [r.label for r in results if not r.ok])
+    def of(cls, path: Path, results: list[BackendResult], cut: Cut | None = None) -> Finished:
+        return cls(path, len(results), [r.label for r in results if not r.ok], cut)
+
+    @property
+    def exit_code(self) -> int:
+        """0 done, 1 something failed (recorded), the cut's code where it was cut (`Cut.exit_code`)."""
+        if self.cut is not None:
+            return self.cut.exit_code
+        return 1 if self.failed else 0
 
 
 def resolve_once(run: RunSpec, folder: rf.RunFolder, processes: Supervisor, echo: Echo) -> dict:

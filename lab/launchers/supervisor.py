@@ -45,16 +45,27 @@ class Supervisor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for signum in self._previous:
-            signal.signal(signum, signal.SIG_IGN)  # nothing may cut the cleanup short
         try:
-            if self.running:
-                why = f"interrupted ({exc})" if isinstance(exc, KeyboardInterrupt) else "stopping"
-                self._say(f"{why}: stopping {len(self.running)} process(es) this run started")
-                self.stop_all()
+            self.stop_after(exc)
         finally:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
+
+    def hold_signals(self) -> None:
+        """Ignore SIGINT, SIGTERM and SIGHUP until the block ends (then the handlers from before it are
+        back): for the cleanup, and for writing a run whose points have all finished or been kept, which a
+        second Ctrl-C must not cut short. A SIGKILL still can (`timeout -k`): see the README."""
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def stop_after(self, exc: BaseException | None) -> None:
+        """Stop every process still running, saying why (`exc`: what ended the run, None: nothing),
+        with the signals held from here on."""
+        self.hold_signals()  # nothing may cut the cleanup short
+        if self.running:
+            why = f"interrupted ({exc})" if isinstance(exc, KeyboardInterrupt) else "stopping"
+            self._say(f"{why}: stopping {len(self.running)} process(es) this run started")
+            self.stop_all()
 
     def start(self, service: str, args: list[str], name: str, **popen_kwargs) -> LabProcess:
         proc = self.launcher.start(service, args, process_name(self.run_id, name), **popen_kwargs)

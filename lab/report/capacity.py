@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from lab import paper
 from lab import run_folder as rf
+from lab.report.cut_markdown import cut_lines
 from lab.report.figure import new_figure
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def render_capacity(data: dict, plot_drawn: bool = False) -> str:
     lines = [
         "# KV-cache capacity under one budget",
         "",
+        *cut_lines(data.get("cut"), "measured points"),
         f"Budget {c['kv_budget_bytes']:,} bytes for {c['budget_covers']}; model `{c['model']}` ({c['dtype']}, "
         f"{c['kv_bytes_per_token']:,} KV bytes per token); workload `{c['workload']}`, {c['requests']} requests, mean "
         f"{c['mean_prompt_tokens']:.1f} prompt + {c['mean_output_tokens']:.1f} output tokens; static reservation "

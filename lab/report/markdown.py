@@ -11,6 +11,7 @@ from tabulate import tabulate
 from lab.records import RunSummary
 from lab.report.analyses import Analyses
 from lab.report.continuous import settings_lines
+from lab.report.cut_markdown import cut_lines
 from lab.report.format import fmt, mib, version
 from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
@@ -30,7 +31,8 @@ from lab.report.tutorial_markdown import tutorial_section
 def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str:
     """The whole report.md text; `plots`: the plots index (`lab.report.plots.write_plots`)."""
     runs = view.runs
-    lines = [f"# PagedAttention Lab run `{view.manifest['run_id']}`", "", "## Conditions", ""]
+    lines = [f"# PagedAttention Lab run `{view.manifest['run_id']}`", ""]
+    lines += cut_lines(view.manifest.get("cut")) + ["## Conditions", ""]
     lines += conditions(view)
     stats = {s.run: s for s in analyses.repeats}
     lines += ["", "## Throughput", "", passes_note(runs), "", throughput_table(runs, stats)]

@@ -8,6 +8,7 @@ from tabulate import tabulate
 from lab.online_metrics import LATENCY_GROWTH_LIMIT, SATURATION_SHARE, default_latency_bound_s
 from lab.online_settings import OnlineSettings, rate_text
 from lab.records import RunSummary
+from lab.report.cut_markdown import rates_cut_lines
 from lab.report.format import fmt
 from lab.report.online_memory_markdown import rate_memory_table
 from lab.report.sustained import BOUNDS_NOTE, columns, sustained_table
@@ -27,6 +28,8 @@ def online_section(
     skipped = [f"{r.label}: {', '.join(map(str, r.skipped_rates))}" for r in swept if r.skipped_rates]
     if skipped:
         lines += ["", "Rates skipped after saturation (--stop-at-saturation): " + "; ".join(skipped) + "."]
+    if cut := rates_cut_lines(swept):
+        lines += [""] + cut
     if table := rate_memory_table(swept, memory or {}):
         lines += [""] + table
     lines += [

@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from lab import paper
 from lab import run_folder as rf
+from lab.report.cut_markdown import cut_lines
 from lab.report.format import fmt, mib, pct
 from lab.report.html import CSS, markdown_to_html
 from lab.report.sharing import SharingRow, forking_observation, observation, sharing_rows
@@ -76,6 +77,7 @@ def render_sharing(rows: list[SharingRow], manifest: dict, drawn: dict[str, bool
         "- **requests / budget**: requests vLLM's usable pool holds at this run's blocks (hf: bytes) per request.",
         "- **output tokens** count every sequence: requests x n (or beams) x output length.",
         "",
+        *cut_lines(manifest.get("cut"), "points"),
         tabulate([_cells(r) for r in rows], headers=HEADERS, tablefmt="github", disable_numparse=True),
         "",
         "## Against the paper",
