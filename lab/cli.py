@@ -18,6 +18,7 @@ import click
 from click.core import ParameterSource
 
 from lab import run_folder as rf
+from lab.cli_faults import fault_injection
 from lab.cli_images import images
 from lab.cli_models import models
 from lab.cli_options import (
@@ -31,7 +32,6 @@ from lab.cli_options import (
     default_model,
     engine_options,
     engine_settings,
-    fault_injection,
     handle_errors,
     lab_gpus,
     parse_bytes,

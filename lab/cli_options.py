@@ -8,7 +8,7 @@ import functools
 import os
 import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 import click
@@ -27,10 +27,8 @@ from lab.hardware.gpus import check_gpu_request
 from lab.launchers.base import Launcher
 from lab.launchers.native import NativeLauncher
 from lab.models.resolve import check_model_name
-from lab.runner import PhaseHook
 from lab.workloads import check_workload_name
 
-TEST_FAULT_ENV = "LAB_TEST_FAULT"  # tests only: see fault_injection()
 DEFAULT_GPU_MODEL = "synthetic:llama-1b"
 DEFAULT_CPU_MODEL = "synthetic:tiny"
 
@@ -257,6 +255,12 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            # SIGTERM and SIGHUP raise Interrupted for the whole command, not only while a process it
+            # started runs (lab.launchers.supervisor): between two of them (a sweep's points) too,
+            # so that its temporary folders are cleaned up or kept finished, never left half-written
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, Interrupted.on_signal)
         try:
             return func(*args, **kwargs)
         except (LabInputError, StepFailed) as exc:
@@ -336,34 +340,6 @@ def parse_gpus(text: str | None) -> list[int] | None:
     if not indices or min(indices) < 0:
         raise LabInputError(f"--gpus takes GPU indices, e.g. 0 or 0,1; got {text!r}")
     return indices
-
-
-def fault_injection(label: str) -> PhaseHook | None:
-    """Test-only fault injection: LAB_TEST_FAULT=<backend/mode>:hang|sigkill[@K] makes that backend hang
-    or kill itself with SIGKILL when its K-th timed pass starts (default 1; engine loaded and warmed up;
-    an online sweep's second rate with --repeats 1 is pass 2), so the tests of time limits, crashes and
-    cut sweeps run the real engines. Read here only; never set it otherwise."""
-    target, _, fault = os.environ.get(TEST_FAULT_ENV, "").partition(":")
-    if target != label:
-        return None
-    action, _, at_pass = fault.partition("@")
-    if action not in ("hang", "sigkill") or not (at_pass or "1").isdigit():
-        raise LabInputError(f"{TEST_FAULT_ENV}={target}:{fault}: the fault is hang or sigkill, then @K for pass K")
-    passes = []
-
-    def inject(phase: str) -> None:
-        if phase not in ("repeat", "generate"):
-            return
-        passes.append(phase)
-        if len(passes) != int(at_pass or 1):
-            return
-        click.echo(f"lab: {TEST_FAULT_ENV}: {action} at the start of timed pass {len(passes)}")
-        if action == "sigkill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        while True:
-            time.sleep(3600)
-
-    return inject
 
 
 def check_inputs(launcher: Launcher, model: str, workload: str) -> None:

@@ -59,7 +59,8 @@ def keep_finished_rates(
     if result.passes and result.passes[-1].get("memory"):
         result.memory = result.passes[-1]["memory"]
     rename_timed_phases(result.phases, finished.passes)
-    result.cut = dataclasses.replace(cut, point=rate_text(left[0]), not_run=[rate_text(r) for r in left]).to_dict()
+    rates = [rate_text(r) for r in left]
+    result.cut = dataclasses.replace(cut, cut_at=rates[0], points_not_run=rates).to_dict()
     return True
 
 

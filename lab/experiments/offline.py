@@ -67,7 +67,7 @@ def run_experiment(
         interval_ms = spec.collector_interval_ms if spec.collect else None
         bar = StepBar(len(specs))  # a live bar on a terminal; quiet in logs
 
-        def run(run: RunSpec) -> BackendResult:
+        def run_one(run: RunSpec) -> BackendResult:
             number = specs.index(run) + 1
             with bar.step(run.label):
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: starting its own process")
@@ -76,7 +76,7 @@ def run_experiment(
             return result
 
         sweep = Sweep(processes, echo, functools.partial(finished_rates, folder), keep=keep_cut)
-        sweep.run(specs, run, lambda r: r.label)
+        sweep.run(specs, run_one, lambda r: r.label)
         swept = sweep.end()
         merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online.slos)
         info = manifest(spec.to_dict(), launcher, swept.done, built, started, folder)
@@ -95,7 +95,7 @@ def finished_rates(folder: rf.RunFolder, run: RunSpec, cut: Cut) -> BackendResul
         shutil.rmtree(part.path, ignore_errors=True)
         return None
     result.cut = recut(result.cut, cut.reason, cut.signal)
-    result.error = f"{cut.reason}: the sweep was cut at {result.cut['point']} req/s"
+    result.error = f"{cut.reason}: its sweep was cut at {result.cut['cut_at']} req/s"
     rf.write_json(part.result, result.to_dict())
     return result
 

@@ -103,5 +103,5 @@ class Sweep(Generic[P, T]):
 def failure_text(exc: BaseException, cut: Cut) -> str:
     """The error that cut the sweep: the lab's own by its message, any other with its traceback."""
     if isinstance(exc, (LabInputError, StepFailed)):
-        return f"error while {cut.point} ran: {exc}"
-    return f"error while {cut.point} ran:\n" + "".join(traceback.format_exception(exc)).rstrip()
+        return f"error at {cut.cut_at}: {exc}"
+    return f"error at {cut.cut_at}:\n" + "".join(traceback.format_exception(exc)).rstrip()

@@ -14,11 +14,11 @@ def cut_lines(cut: dict | None, points: str = "backend/modes") -> list[str]:
     found = Cut.from_dict(cut)
     if found is None:
         return []
-    while_ran = f" while {found.point} ran" if found.point else ""
-    partial = f", and what of {found.point} finished (its own cut is below)" if found.partial else ""
-    not_run = [f"{p} (in part)" if found.partial and p == found.point else str(p) for p in found.not_run]
+    at = f" at {found.cut_at}" if found.cut_at is not None else ""
+    partial = f", and what of {found.cut_at} finished (its own cut is below)" if found.partial else ""
+    not_run = [f"{p} (in part)" if found.partial and p == found.cut_at else str(p) for p in found.points_not_run]
     return [
-        f"**Cut off** ({found.reason}){while_ran}: only the {points} that finished are here{partial}. "
+        f"**Cut off** ({found.reason}){at}: only the {points} that finished are here{partial}. "
         f"Not run: {', '.join(not_run)}.",
         "",
     ]
@@ -29,5 +29,5 @@ def rates_cut_lines(runs: list[RunSummary]) -> list[str]:
     cut = [(run.label, Cut.from_dict(run.cut)) for run in runs if run.cut]
     if not cut:
         return []
-    texts = [f"{label}: {', '.join(str(rate_text(r)) for r in c.not_run)} ({c.reason})" for label, c in cut]
+    texts = [f"{label}: {', '.join(str(rate_text(r)) for r in c.points_not_run)} ({c.reason})" for label, c in cut]
     return ["Rates not run (the sweep was cut; the rates above finished whole): " + "; ".join(texts) + "."]

@@ -4,7 +4,7 @@ SIGTERM arrives while vLLM runs, and a model folder has no tokenizer. Each time 
 recorded with its reason, the other backends run, the exit code says so, and no process of the run
 is left behind: every process seen in the experiment's tree while it ran (`Watched`) has ended.
 
-Hangs and crashes are made by the CLI's test-only fault injection, LAB_TEST_FAULT (lab/cli_options.py:
+Hangs and crashes are made by the CLI's test-only fault injection, LAB_TEST_FAULT (lab/cli_faults.py:
 `fault_injection`): the real backend, its engine loaded and warmed up, hangs or kills itself with SIGKILL
 when its timed pass starts.
 """
@@ -12,6 +12,7 @@ when its timed pass starts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import psutil
 import pytest
 
 from lab import run_folder as rf
+from lab.report.run_view import RunView
+from lab.report.sharing_writer import write_sharing_report
 
 pytestmark = pytest.mark.engine
 
@@ -238,3 +241,118 @@ def test_vllm_runs_a_workload_of_token_counts_on_a_model_without_a_tokenizer(
     records = rf.read_jsonl(out / rf.RECORDS)
     assert [(r["prompt_tokens"], r["output_tokens"]) for r in records] == COUNTS
     assert all(r["status"] == "ok" for r in records)
+
+
+# ----------------------------------------------------------------------------- sweeps cut off part-way
+
+
+def read_until(watched: Watched, *marks: str) -> list[str]:
+    """The command's progress lines (stderr) until each of `marks` has been seen, in turn."""
+    seen, left = [], list(marks)
+    for line in watched.popen.stderr:
+        seen.append(line)
+        if left[0] in line:
+            left.pop(0)
+            if not left:
+                return seen
+    raise AssertionError("the command ended before " + " then ".join(marks) + ":\n" + "".join(seen))
+
+
+def tmp_folders(results: Path) -> list[Path]:
+    """Every hidden temporary folder under `results`, however deep (a sweep's points/ included)."""
+    return [p for p in results.rglob(f"{rf.TMP_PREFIX}*") if p.is_dir()]
+
+
+def test_a_sharing_sweep_cut_by_sigterm_keeps_its_finished_point(tiny_model, counts_workload, tmp_path):
+    results = tmp_path / "results"
+    args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
+    args += ["--backends", "hf/batched", "--workload", f"file:{counts_workload}", "--repeats", "1", "--n", "1,2"]
+    watched = Watched(args, dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Point n=1 finished (renamed into points/), and point n=2's backend process is running.
+    seen = read_until(watched, "sharing point 2/2", "hf-batched: hf/batched on")
+    (sweep_tmp,) = [p for p in results.iterdir() if p.name.startswith(rf.TMP_PREFIX)]
+    finished_first = [p.name for p in (sweep_tmp / rf.POINTS).iterdir() if not p.name.startswith(rf.TMP_PREFIX)]
+    watched.popen.send_signal(signal.SIGTERM)
+    stdout, rest = watched.finish(timeout_s=120)
+    assert watched.popen.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert watched.left_running() == [], "".join(seen) + rest  # point n=2's backend and collector were stopped
+    assert tmp_folders(results) == []
+    (sweep_dir,) = results.iterdir()
+    assert stdout.strip().splitlines()[-1] == str(sweep_dir)  # where the kept sweep is, as a finished one says it
+    manifest = rf.read_json(sweep_dir / rf.MANIFEST)
+    cut = {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "cut_at": "n=2", "points_not_run": ["n=2"]}
+    assert manifest["cut"] == cut
+    assert [entry["point"]["label"] for entry in manifest["points"]] == ["n=1"]
+    (point_dir,) = (sweep_dir / rf.POINTS).iterdir()  # the n=2 point's unfinished folder is gone
+    assert [point_dir.name] == finished_first == [manifest["points"][0]["run"]]
+    (run,) = RunView(point_dir).summary_file["runs"]  # a finished run folder, loaded as the report loads it
+    assert (run["backend"], run["mode"]) == ("hf", "batched")
+    assert_exact_counts(run, COUNTS)
+    line = "**Cut off** (interrupted by SIGTERM) at n=2: only the points that finished are here. Not run: n=2."
+    assert line in (sweep_dir / "sharing.md").read_text()
+    assert line in write_sharing_report(shutil.copytree(sweep_dir, tmp_path / "copy"))  # `lab report` on it
+    assert "lab: cut off (interrupted by SIGTERM at n=2; not run: n=2)" in rest and "exit code 143" in rest
+
+
+@pytest.fixture(scope="module")
+def online_sweep_cut(tiny_model, counts_workload, tmp_path_factory):
+    """An online sweep (50 req/s, then inf) of hf/batched then hf/sequential: hf/batched hangs at its second
+    rate and meets its --timeout; hf/sequential hangs there too, and the experiment gets SIGTERM."""
+    results = tmp_path_factory.mktemp("results")
+    args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
+    args += ["--backends", "hf/batched,hf/sequential", "--workload", f"file:{counts_workload}", "--repeats", "1"]
+    args += ["--request-rate", "50,inf", "--timeout", "30", "--no-collector"]
+    env = {**os.environ, "LAB_TEST_FAULT": "hf/batched:hang@2,hf/sequential:hang@2"}
+    watched = Watched(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = read_until(watched, "timed out: still running after 30 s", "hf-sequential: LAB_TEST_FAULT: hang")
+    watched.popen.send_signal(signal.SIGTERM)
+    stdout, rest = watched.finish(timeout_s=120)
+    return watched, stdout, "".join(seen) + rest, results
+
+
+def test_sigterm_during_an_online_sweep_keeps_the_rates_that_finished(online_sweep_cut):
+    watched, stdout, stderr, results = online_sweep_cut
+    assert watched.popen.returncode == 128 + signal.SIGTERM, stderr
+    assert watched.left_running() == [] and tmp_folders(results) == []
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    manifest = rf.read_json(run_dir / rf.MANIFEST)
+    assert manifest["cut"] == {
+        "reason": "interrupted by SIGTERM",
+        "signal": "SIGTERM",
+        "cut_at": "hf/sequential",
+        "points_not_run": ["hf/sequential"],
+        "partial": True,  # its finished rate is kept: below
+    }
+    runs = {f"{r['backend']}/{r['mode']}": r for r in rf.read_json(run_dir / rf.SUMMARY)["runs"]}
+    cut = runs["hf/sequential"]["cut"]
+    assert cut == {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "cut_at": "inf", "points_not_run": ["inf"]}
+    assert_rates_kept(run_dir, runs["hf/sequential"], "hf-sequential")
+    report = (run_dir / rf.REPORT).read_text()
+    assert "**Cut off** (interrupted by SIGTERM) at hf/sequential: only the backend/modes that finished" in report
+    assert "hf/sequential: inf (interrupted by SIGTERM)" in report
+
+
+def test_a_backend_past_its_time_limit_keeps_the_rates_it_finished(online_sweep_cut):
+    watched, stdout, stderr, _ = online_sweep_cut
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    runs = {f"{r['backend']}/{r['mode']}": r for r in rf.read_json(run_dir / rf.SUMMARY)["runs"]}
+    timed_out = runs["hf/batched"]
+    assert timed_out["error"].startswith("timed out: still running after 30 s (--timeout)"), timed_out["error"]
+    reason = timed_out["cut"]["reason"]
+    assert reason.startswith("timed out: still running after 30 s (--timeout)") and "signal" not in timed_out["cut"]
+    assert (timed_out["cut"]["cut_at"], timed_out["cut"]["points_not_run"]) == ("inf", ["inf"])
+    assert_rates_kept(run_dir, timed_out, "hf-batched")
+
+
+def assert_rates_kept(run_dir: Path, run: dict, name: str) -> None:
+    """The backend/mode's first rate (50 req/s) is kept whole, with exact token counts; the cut one is not."""
+    assert run["status"] == "error"  # it did not run its whole sweep
+    assert [point["request_rate"] for point in run["sweep"]] == [50.0]
+    assert (run["metrics"]["requests"], run["metrics"]["output_tokens"]) == (len(COUNTS), sum(o for _, o in COUNTS))
+    records = rf.read_jsonl(rf.RunFolder(run_dir).part(name).records)
+    assert [(r["prompt_tokens"], r["output_tokens"], r["request_rate"]) for r in records] == [
+        (p, o, 50.0) for p, o in COUNTS
+    ]
+    assert all(r["status"] == "ok" for r in records)
+    phases = [p["phase"] for p in rf.read_json(rf.RunFolder(run_dir).part(name).result)["phases"]]
+    assert phases == ["load", "warmup", "generate", "cut"]  # the cut pass is not a timed one

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
+from lab import run_folder as rf
+from lab.config import CapacitySpec, EngineSettings, RunSpec
 from lab.cut import Cut, cut_entry
 from lab.errors import Interrupted, LabInputError, StepFailed
+from lab.experiments import capacity
 from lab.experiments.backend_run import recut
 from lab.experiments.steps import Finished
 from lab.experiments.sweep import Sweep
@@ -28,7 +31,7 @@ from lab.report.cut_markdown import cut_lines, rates_cut_lines
 
 def test_a_signal_cut_names_the_signal_and_exits_128_plus_its_number():
     cut = Cut.of(Interrupted(signal.SIGTERM), "n=2", ["n=2", "n=4"])
-    assert (cut.reason, cut.signal, cut.point, cut.not_run) == (
+    assert (cut.reason, cut.signal, cut.cut_at, cut.points_not_run) == (
         "interrupted by SIGTERM",
         "SIGTERM",
         "n=2",
@@ -109,7 +112,7 @@ def test_a_cut_keeps_the_finished_points_and_names_the_rest_as_not_run():
     assert swept.cut == Cut("interrupted by SIGTERM", "SIGTERM", "c", ["c", "d"])
     assert processes.stopped_after == [stop]  # the cut point's processes stopped before its files are touched
     assert salvaged == [("c", swept.cut)]
-    assert said == ["cut off (interrupted by SIGTERM while c ran; not run: c, d): keeping the 2 point(s) that finished"]
+    assert said == ["cut off (interrupted by SIGTERM at c; not run: c, d): keeping the 2 point(s) that finished"]
 
 
 def test_a_cut_before_any_point_finished_goes_on_up():
@@ -128,7 +131,7 @@ def test_a_cut_point_that_kept_part_of_itself_is_kept_and_marked_partial():
     sweep.run(["a", "b"], fake_points("a", Interrupted(signal.SIGTERM)))
     swept = sweep.end()
     assert swept.done == ["A (rates 1, 2)"]
-    assert swept.cut.partial and swept.cut.not_run == ["a", "b"]
+    assert swept.cut.partial and swept.cut.points_not_run == ["a", "b"]
     assert said[-1].endswith("keeping the 1 point(s) that finished (the last of them in part)")
 
 
@@ -152,8 +155,8 @@ def test_a_second_call_runs_nothing_once_cut_and_counts_the_first_calls_points()
     assert not sweep.run(["x", "y"], fake_points("x", StepFailed("building the model failed")))
     assert not sweep.run(["z"], str.upper)
     swept = sweep.end()
-    assert swept.done == ["BUDGET"] and swept.cut.not_run == ["x", "y"] and swept.cut.exit_code == 1
-    assert said[0] == "error while x ran: building the model failed"
+    assert swept.done == ["BUDGET"] and swept.cut.points_not_run == ["x", "y"] and swept.cut.exit_code == 1
+    assert said[0] == "error at x: building the model failed"
 
 
 def test_an_unexpected_error_that_cuts_a_sweep_is_shown_with_its_traceback():
@@ -161,7 +164,7 @@ def test_an_unexpected_error_that_cuts_a_sweep_is_shown_with_its_traceback():
     sweep = Sweep(FakeSupervisor(), said.append)
     sweep.run(["a", "b"], fake_points("b", OSError(28, "No space left on device")))
     assert sweep.end().cut.reason == "OSError: [Errno 28] No space left on device"
-    assert said[0].startswith("error while b ran:\nTraceback (most recent call last):")
+    assert said[0].startswith("error at b:\nTraceback (most recent call last):")
 
 
 class FakeLauncher:
@@ -190,7 +193,9 @@ def test_sigterm_during_a_point_stops_its_process_and_holds_signals_until_the_ru
         swept = sweep.end()
         assert processes.running == [] and started[0].returncode is not None  # stopped, not orphaned
         os.kill(os.getpid(), signal.SIGTERM)  # while the run is written: held, it cuts nothing short
-    assert swept.done == ["A"] and swept.cut.reason == "interrupted by SIGTERM" and swept.cut.not_run == ["b", "c"]
+    assert (
+        swept.done == ["A"] and swept.cut.reason == "interrupted by SIGTERM" and swept.cut.points_not_run == ["b", "c"]
+    )
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -223,8 +228,8 @@ def test_a_cut_online_sweep_keeps_its_finished_rates_and_names_the_rest():
     assert result.cut == {
         "reason": "interrupted by SIGTERM",
         "signal": "SIGTERM",
-        "point": 4.0,
-        "not_run": [4.0, "inf"],
+        "cut_at": 4.0,
+        "points_not_run": [4.0, "inf"],
     }
     assert [p["index"] for p in result.passes] == [0, 1] and result.passes_s == [0.5, 0.5]
     assert result.generate_s == 0.5 and result.memory == {"peak_allocated_bytes": 101}  # the last kept pass's
@@ -244,12 +249,12 @@ def test_nothing_is_kept_where_no_rate_finished_or_every_rate_did():
 
 
 def test_a_backend_stopped_at_its_time_limit_says_so_in_its_cut():
-    cut = {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "point": "inf", "not_run": ["inf"]}
+    cut = {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "cut_at": "inf", "points_not_run": ["inf"]}
     timed_out = recut(cut, "timed out: still running after 45 s (--timeout)")
     assert timed_out == {
         "reason": "timed out: still running after 45 s (--timeout)",
-        "point": "inf",
-        "not_run": ["inf"],
+        "cut_at": "inf",
+        "points_not_run": ["inf"],
     }
 
 
@@ -259,8 +264,7 @@ def test_a_backend_stopped_at_its_time_limit_says_so_in_its_cut():
 def test_the_report_says_what_was_cut_why_and_what_did_not_run():
     cut = Cut("interrupted by SIGTERM", "SIGTERM", "n=2", ["n=2", "n=4"]).to_dict()
     assert cut_lines(cut, "points") == [
-        "**Cut off** (interrupted by SIGTERM) while n=2 ran: only the points that finished are here. "
-        "Not run: n=2, n=4.",
+        "**Cut off** (interrupted by SIGTERM) at n=2: only the points that finished are here. Not run: n=2, n=4.",
         "",
     ]
     partial = Cut("interrupted by SIGTERM", "SIGTERM", "hf/batched", ["hf/batched", "vllm/offline"], partial=True)
@@ -272,10 +276,47 @@ def test_the_report_says_what_was_cut_why_and_what_did_not_run():
 
 
 def test_an_online_sweep_names_each_backends_rates_not_run():
-    cut = {"reason": "timed out: still running after 45 s (--timeout)", "point": 4.0, "not_run": [4.0, "inf"]}
+    cut = {"reason": "timed out: still running after 45 s (--timeout)", "cut_at": 4.0, "points_not_run": [4.0, "inf"]}
     runs = [RunSummary("hf", "batched", cut=cut), RunSummary("vllm", "offline", status="ok")]
     assert rates_cut_lines(runs) == [
         "Rates not run (the sweep was cut; the rates above finished whole): hf/batched: 4.0, inf "
         "(timed out: still running after 45 s (--timeout))."
     ]
     assert rates_cut_lines(runs[1:]) == []
+
+
+# ----------------------------------------------------------------------------- lab capacity's measured points
+
+
+def test_capacity_cut_after_its_budget_point_keeps_what_it_measured_and_names_every_later_point(tmp_path, monkeypatch):
+    """The points in `lab capacity`'s order, the budget point's measured concurrency deciding vLLM's curve;
+    a SIGTERM at hf/batched's second size keeps the three points before it and removes its runs/<point>/."""
+    folder = rf.RunFolder(tmp_path)
+    started: list[str] = []
+
+    def fake_measure_point(name, run, where, echo):  # stands in for a backend process: no engine runs
+        started.append(name)
+        where.folder.part(name).path.mkdir(parents=True)
+        if name == "hf-batched-b2":
+            raise Interrupted(signal.SIGTERM)
+        point = {"point": name, "backend": run.backend, "mode": run.mode, "max_running": 4, "status": "ok"}
+        return point, BackendResult(run.backend, run.mode, status="ok")
+
+    monkeypatch.setattr(capacity, "measure_point", fake_measure_point)
+    spec = CapacitySpec(EngineSettings(model="synthetic:tiny", workload="seed", device="cpu"), kv_budget_bytes=4096)
+    arithmetic = {"padded": {"concurrency": 3}, "static": {"concurrency": 2}, "paged": {"concurrency": 6}}
+    where = capacity.Points(folder, FakeSupervisor(), collect=False, timeout_s=60, timeout_text="60 s")
+    swept = capacity.measure_all(spec, RunSpec("vllm", "offline", spec.engine), arithmetic, where, print)
+    measured = ["vllm-offline-budget", "hf-continuous-budget", "hf-batched-b1"]
+    assert [p["point"] for p, _ in swept.done] == measured and started == [*measured, "hf-batched-b2"]
+    # hf/batched at 1, 2 and its capacity 3; static at 2; vLLM's curve up to the 4 it ran at once.
+    assert swept.cut.cut_at == "hf-batched-b2" and swept.cut.exit_code == 143
+    assert swept.cut.points_not_run == [
+        "hf-batched-b2",
+        "hf-batched-b3",
+        "hf-static-cache-b2",
+        "vllm-offline-c1",
+        "vllm-offline-c2",
+        "vllm-offline-c4",
+    ]
+    assert sorted(p.name for p in (tmp_path / rf.RUNS).iterdir()) == sorted(measured)  # b2's folder removed
