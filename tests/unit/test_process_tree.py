@@ -93,20 +93,11 @@ def test_sweep_kills_what_an_exited_process_left_in_its_group():
     os.kill(own_session, signal.SIGKILL)
 
 
-class FakeLauncher:
-    """A stand-in for a launcher that starts a sleeping Python instead of `lab` (real processes)."""
-
-    runtime = "fake"
-
-    def start(self, service, args, name, **popen_kwargs) -> LabProcess:
-        return LabProcess([sys.executable, "-c", "import time; time.sleep(600)"], dict(os.environ), name)
-
-
-def test_sigterm_during_a_supervised_run_stops_every_process_and_restores_the_handlers():
+def test_sigterm_during_a_supervised_run_stops_every_process_and_restores_the_handlers(fake_launcher):
     before = signal.getsignal(signal.SIGTERM)
     said: list[str] = []
     with pytest.raises(Interrupted) as caught:
-        with Supervisor(FakeLauncher(), "run-1", said.append, grace_s=2) as processes:
+        with Supervisor(fake_launcher, "run-1", said.append, grace_s=2) as processes:
             started = [processes.start("hf", [], "hf-batched"), processes.start("collector", [], "collector")]
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises before this ends
@@ -118,14 +109,14 @@ def test_sigterm_during_a_supervised_run_stops_every_process_and_restores_the_ha
     assert [p.name for p in started] == ["lab-run-1-hf-batched", "lab-run-1-collector"]
 
 
-def test_a_closed_output_does_not_stop_the_cleanup():
+def test_a_closed_output_does_not_stop_the_cleanup(fake_launcher):
     """A group SIGTERM can close the pipe that reads the orchestrator's output before it cleans up."""
 
     def closed_pipe(message: str) -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
     with pytest.raises(Interrupted):
-        with Supervisor(FakeLauncher(), "run-2", closed_pipe, grace_s=2) as processes:
+        with Supervisor(fake_launcher, "run-2", closed_pipe, grace_s=2) as processes:
             started = [processes.start("vllm", [], "vllm-offline"), processes.start("collector", [], "collector")]
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises before this ends

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 import pytest
@@ -167,16 +166,7 @@ def test_an_unexpected_error_that_cuts_a_sweep_is_shown_with_its_traceback():
     assert said[0].startswith("error at b:\nTraceback (most recent call last):")
 
 
-class FakeLauncher:
-    """Stands in for a launcher: starts a sleeping Python instead of `lab` (real processes)."""
-
-    runtime = "fake"
-
-    def start(self, service, args, name, **popen_kwargs) -> LabProcess:
-        return LabProcess([sys.executable, "-c", "import time; time.sleep(600)"], dict(os.environ), name)
-
-
-def test_sigterm_during_a_point_stops_its_process_and_holds_signals_until_the_run_is_written():
+def test_sigterm_during_a_point_stops_its_process_and_holds_signals_until_the_run_is_written(fake_launcher):
     before = signal.getsignal(signal.SIGTERM)
     started: list[LabProcess] = []
 
@@ -187,7 +177,7 @@ def test_sigterm_during_a_point_stops_its_process_and_holds_signals_until_the_ru
             time.sleep(5)  # the handler raises before this ends
         return point.upper()
 
-    with Supervisor(FakeLauncher(), "run-3", print, grace_s=2) as processes:
+    with Supervisor(fake_launcher, "run-3", print, grace_s=2) as processes:
         sweep = Sweep(processes, print)
         sweep.run(["a", "b", "c"], run)
         swept = sweep.end()
