@@ -8,6 +8,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -256,6 +257,12 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            # SIGTERM and SIGHUP raise Interrupted for the whole command, not only while a process it
+            # started runs (lab.launchers.supervisor): between two of them (a sweep's points) too,
+            # so that its temporary folders are cleaned up or kept finished, never left half-written
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, Interrupted.on_signal)
         try:
             return func(*args, **kwargs)
         except (LabInputError, StepFailed) as exc:

@@ -15,6 +15,12 @@ only the shared engine, and no saving is computed). hf/continuous, where named, 
 inside transformers with their blocks shared (`lab.backends.hf_continuous_sharing`); its saving is
 measured within its run. The sweep folder is written as
 `.tmp-<id>` and renamed when every point is done (lab.run_folder.creating).
+
+A sweep cut off (SIGTERM from `timeout`, Ctrl-C, an error outside any backend) after at least one
+point finished keeps those points: its manifest lists them, names the points not run and why
+(`"cut"`), its report covers the finished ones, and the folder is renamed as usual; then the
+interruption goes on (exit 128 + N for signal N), so the exit code still says the sweep is incomplete.
+The point that was running when the cut came is removed with its own temporary folder.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 from lab import run_folder as rf
 from lab.backends.hf_continuous_sharing import NO_BEAMS
 from lab.config import ExperimentSpec, check_sharing, run_label
-from lab.errors import LabInputError
+from lab.errors import Interrupted, LabInputError
 from lab.experiments.offline import run_experiment
 from lab.experiments.steps import Finished
 from lab.launchers.base import Echo, Launcher
@@ -113,31 +119,52 @@ def run_sharing(
     that fails at one point is recorded there (its error in that point's folder) and the sweep goes on;
     the returned `failed` names it with its point ('n=2: vllm/shared')."""
     spec = check_sharing_spec(spec, points)
+    stop: BaseException | None = None
     with rf.creating(results_dir, rf.new_run_id(tag or "sharing")) as folder:
         started = time.time()
         entries = []
         runs, failed = 0, []
-        for number, point in enumerate(points, start=1):
-            echo(f"sharing point {number}/{len(points)}: {point.label} ({', '.join(run_label(*r) for r in spec.runs)})")
-            engine = dataclasses.replace(
-                spec.engine, n=point.n, beam_width=point.beam_width, shared_prefix_tokens=point.shared_prefix_tokens
-            )
-            finished = run_experiment(
-                dataclasses.replace(spec, engine=engine), folder.points, launcher, echo, point.slug
-            )
-            runs += finished.runs
-            failed += [f"{point.label}: {label}" for label in finished.failed]
-            entries.append({"point": point.to_dict(), "run": finished.path.name})
-        rf.write_json(
-            folder.manifest,
-            {
-                "kind": "sharing",
-                "run_id": folder.run_id,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "config": spec.to_dict(),
-                "points": entries,
-            },
-        )
+        labels = ", ".join(run_label(*r) for r in spec.runs)
+        try:
+            for number, point in enumerate(points, start=1):
+                echo(f"sharing point {number}/{len(points)}: {point.label} ({labels})")
+                finished = run_experiment(point_spec(spec, point), folder.points, launcher, echo, point.slug)
+                runs += finished.runs
+                failed += [f"{point.label}: {label}" for label in finished.failed]
+                entries.append({"point": point.to_dict(), "run": finished.path.name})
+        except BaseException as cut:  # noqa: BLE001 - re-raised below, once the finished points are kept
+            if not entries:
+                raise
+            stop = cut
+            echo(f"sharing sweep cut off ({cut_reason(cut)}): keeping its {len(entries)} finished point(s)")
+        manifest = {
+            "kind": "sharing",
+            "run_id": folder.run_id,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": spec.to_dict(),
+            "points": entries,
+        }
+        if stop is not None:
+            manifest["cut"] = {"reason": cut_reason(stop), "points_not_run": [p.label for p in points[len(entries) :]]}
+        rf.write_json(folder.manifest, manifest)
         write_sharing_report(folder.path)
+    if stop is not None:
+        echo(f"kept: {results_dir / folder.run_id}")
+        raise stop
     return Finished(results_dir / folder.run_id, runs, failed)
+
+
+def point_spec(spec: ExperimentSpec, point: SharingPoint) -> ExperimentSpec:
+    """The sweep's experiment at one point: its n, beam width and shared prefix."""
+    engine = dataclasses.replace(
+        spec.engine, n=point.n, beam_width=point.beam_width, shared_prefix_tokens=point.shared_prefix_tokens
+    )
+    return dataclasses.replace(spec, engine=engine)
+
+
+def cut_reason(stop: BaseException) -> str:
+    """Why a sweep stopped early: the signal's name ('SIGTERM'), else the exception's type and text."""
+    if isinstance(stop, Interrupted):
+        return f"interrupted by {stop.signal_name}"
+    return f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__

@@ -76,6 +76,7 @@ def render_sharing(rows: list[SharingRow], manifest: dict, drawn: dict[str, bool
         "- **requests / budget**: requests vLLM's usable pool holds at this run's blocks (hf: bytes) per request.",
         "- **output tokens** count every sequence: requests x n (or beams) x output length.",
         "",
+        *_cut_lines(manifest),
         tabulate([_cells(r) for r in rows], headers=HEADERS, tablefmt="github", disable_numparse=True),
         "",
         "## Against the paper",
@@ -99,6 +100,17 @@ def render_sharing(rows: list[SharingRow], manifest: dict, drawn: dict[str, bool
     for name, ok in drawn.items():
         lines.append(f"![{name}]({name})" if ok else f"{name}: not drawn (no figures to plot).")
     return "\n".join(lines) + "\n"
+
+
+def _cut_lines(manifest: dict) -> list[str]:
+    """A sweep cut off before its last point: why, and which points did not run."""
+    cut = manifest.get("cut")
+    if not cut:
+        return []
+    return [
+        f"**Cut off** ({cut['reason']}): the points below finished; not run: {', '.join(cut['points_not_run'])}.",
+        "",
+    ]
 
 
 def _cells(row: SharingRow) -> list[str]:

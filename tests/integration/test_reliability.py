@@ -238,3 +238,34 @@ def test_vllm_runs_a_workload_of_token_counts_on_a_model_without_a_tokenizer(
     records = rf.read_jsonl(out / rf.RECORDS)
     assert [(r["prompt_tokens"], r["output_tokens"]) for r in records] == COUNTS
     assert all(r["status"] == "ok" for r in records)
+
+
+# ----------------------------------------------------------------------------- a sharing sweep cut off
+
+
+def test_a_sharing_sweep_cut_by_sigterm_keeps_its_finished_point(tiny_model, counts_workload, tmp_path):
+    results = tmp_path / "results"
+    args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
+    args += ["--backends", "hf/batched", "--workload", f"file:{counts_workload}", "--repeats", "1", "--n", "1,2"]
+    watched = Watched(args, dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = []
+    for line in watched.popen.stderr:  # until the second point starts: the first one is finished
+        seen.append(line)
+        if "sharing point 2/2" in line:
+            break
+    watched.popen.send_signal(signal.SIGTERM)
+    _, rest = watched.finish(timeout_s=120)
+    assert watched.popen.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert watched.left_running() == []
+    assert [p.name for p in results.iterdir() if p.name.startswith(rf.TMP_PREFIX)] == []
+    (sweep_dir,) = results.iterdir()
+    manifest = rf.read_json(sweep_dir / rf.MANIFEST)
+    assert manifest["cut"] == {"reason": "interrupted by SIGTERM", "points_not_run": ["n=2"]}
+    assert [entry["point"]["label"] for entry in manifest["points"]] == ["n=1"]
+    (point_dir,) = (sweep_dir / rf.POINTS).iterdir()  # the n=2 point's unfinished folder is gone
+    assert point_dir.name == manifest["points"][0]["run"]
+    (run,) = rf.read_json(point_dir / rf.SUMMARY)["runs"]
+    assert (run["backend"], run["mode"]) == ("hf", "batched")
+    assert_exact_counts(run, COUNTS)
+    report = (sweep_dir / "sharing.md").read_text()
+    assert "**Cut off** (interrupted by SIGTERM): the points below finished; not run: n=2." in report, report
