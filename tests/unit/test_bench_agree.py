@@ -6,21 +6,15 @@ fields the script reads (`fake_lab_folder`, `fake_bench_json`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "bench_agree.py"
-
 
 @pytest.fixture(scope="module")
-def bench_agree():
-    spec = importlib.util.spec_from_file_location("bench_agree", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_agree(gpu_script):
+    return gpu_script("bench_agree")
 
 
 def fake_lab_folder(folder: Path, rates: list[float], *, requests: int = 1024, status: str = "ok") -> Path:

@@ -7,21 +7,14 @@ on the real engines (CPU: `LAB_GPU_DRY=1 scripts/gpu/measure.sh agree-tp-gap`).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "vllm_bench_gap.py"
-
 
 @pytest.fixture(scope="module")
-def gap():
-    spec = importlib.util.spec_from_file_location("vllm_bench_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gap(gpu_script):
+    return gpu_script("vllm_bench_gap")
 
 
 class FakeClock:
