@@ -131,9 +131,10 @@ bench() {  # bench MODEL_DIR N ARGS...: `vllm bench throughput` on N random prom
       --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 "$@"
 }
 host_load() {  # what else runs on the host: its load and every GPU process (a measurement alone has none)
-  echo "-- host before $1: $(uptime)"
-  command -v nvidia-smi > /dev/null && nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory \
-      --format=csv,noheader
+  echo "-- host before $1: load average $(cut -d" " -f1-3 /proc/loadavg), $(nproc) CPUs"
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory --format=csv,noheader
+  fi
 }
 bench_vllm() {  # bench_vllm MODEL_DIR N ARGS...: its vllm backend with the lab's engine settings
   bench "$@" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching
