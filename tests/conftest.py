@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,20 @@ from lab.hardware.nvml import gpu_count
 from lab.models.build import build_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what synthetic:tiny's tokenizer is saved as
+GPU_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "gpu"
+
+
+@pytest.fixture(scope="session")
+def gpu_script():
+    """Loads scripts/gpu/NAME.py as a module (the scripts are no package), for tests of their logic."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, GPU_SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

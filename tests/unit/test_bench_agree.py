@@ -1,22 +1,41 @@
-"""scripts/gpu/bench_agree.py's verdict: the lab's vLLM against `vllm bench throughput` (issue 18)."""
+"""scripts/gpu/bench_agree.py's verdict: the lab's vLLM against `vllm bench throughput` (issue 18).
+
+The lab's summary.json and bench's JSON files here are fakes written for the test, with only the
+fields the script reads (`fake_lab_folder`, `fake_bench_json`).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "bench_agree.py"
-
 
 @pytest.fixture(scope="module")
-def bench_agree():
-    spec = importlib.util.spec_from_file_location("bench_agree", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_agree(gpu_script):
+    return gpu_script("bench_agree")
+
+
+def fake_lab_folder(folder: Path, rates: list[float], *, requests: int = 1024, status: str = "ok") -> Path:
+    """A run folder whose summary.json holds one vLLM run with a timed pass at each rate."""
+    run = {
+        "backend": "vllm",
+        "status": status,
+        "error": None if status == "ok" else "some requests failed; see records.jsonl",
+        "passes": [],
+        "pass_metrics": [{"requests_per_s": r, "requests": requests, "prompt_tokens": requests * 128} for r in rates],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"runs": [run]}))
+    return folder
+
+
+def fake_bench_json(path: Path, rate: float, *, requests: int = 1024, prompt_tokens: int = 131_477) -> str:
+    """One `vllm bench throughput --output-json` file."""
+    total = prompt_tokens + requests * 128
+    path.write_text(json.dumps({"requests_per_second": rate, "num_requests": requests, "total_num_tokens": total}))
+    return str(path)
 
 
 def test_medians_within_five_percent_and_tight_runs_agree(bench_agree):
@@ -40,6 +59,8 @@ def test_the_lab_side_leaves_out_a_pass_that_compiled(bench_agree, tmp_path):
     summary = {
         "runs": [
             {
+                "backend": "vllm",
+                "status": "ok",
                 "passes": [{"index": 0, "invalid": "compiled"}, {"index": 1, "invalid": None}],
                 "pass_metrics": [{"requests_per_s": 50.0}, {"requests_per_s": 150.0}],
             }
@@ -50,11 +71,57 @@ def test_the_lab_side_leaves_out_a_pass_that_compiled(bench_agree, tmp_path):
 
 
 def test_main_exits_nonzero_unless_they_agree(bench_agree, tmp_path, capsys):
-    summary = {"runs": [{"passes": [], "pass_metrics": [{"requests_per_s": r} for r in (100.0, 100.5, 101.0)]}]}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"requests_per_second": 99.0}))
-    assert bench_agree.main([str(tmp_path), str(bench)]) == 0
-    bench.write_text(json.dumps({"requests_per_second": 80.0}))
-    assert bench_agree.main([str(tmp_path), str(bench)]) == 1
+    lab = fake_lab_folder(tmp_path / "lab", [100.0, 100.5, 101.0])
+    bench = fake_bench_json(tmp_path / "bench.json", 99.0)
+    assert bench_agree.main([str(lab), bench]) == 0
+    fake_bench_json(tmp_path / "bench.json", 80.0)
+    assert bench_agree.main([str(lab), bench]) == 1
     assert "outside" in capsys.readouterr().out
+
+
+def test_bench_as_users_run_it_is_printed_beside_and_decides_nothing(bench_agree, tmp_path, capsys):
+    lab = fake_lab_folder(tmp_path / "lab", [100.0, 100.5, 101.0])
+    like = [fake_bench_json(tmp_path / f"warm-{i}.json", r) for i, r in enumerate((99.0, 99.5, 100.0))]
+    as_run = [fake_bench_json(tmp_path / f"default-{i}.json", r) for i, r in enumerate((80.0, 80.5))]
+    assert bench_agree.main([str(lab), *like, "--as-run", *as_run]) == 0
+    out = capsys.readouterr().out
+    assert "gap of the medians: +1.0% (limit 5%): agree" in out
+    assert "as users run it (2 runs)" in out
+    assert "gap of the medians to those: +25.2%: outside (for the record: decides nothing)" in out
+
+
+def test_both_sides_prompt_tokens_are_printed(bench_agree, tmp_path, capsys):
+    assert bench_agree.bench_prompt_tokens({"total_num_tokens": 262_549, "num_requests": 1024}) == 131_477
+    lab = fake_lab_folder(tmp_path / "lab", [100.0])
+    bench_agree.main([str(lab), fake_bench_json(tmp_path / "bench.json", 100.0)])
+    assert "prompt tokens a pass: lab 131,072, bench 131,477" in capsys.readouterr().out
+
+
+def test_a_different_number_of_requests_is_refused_before_any_verdict(bench_agree, tmp_path, capsys):
+    lab = fake_lab_folder(tmp_path / "lab", [100.0], requests=1024)
+    bench = fake_bench_json(tmp_path / "bench.json", 100.0, requests=256)
+    assert bench_agree.main([str(lab), bench]) == 2
+    captured = capsys.readouterr()
+    assert "--num-prompts" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("make_folder", "problem"),
+    [
+        (lambda folder: folder, "summary.json does not exist"),
+        (lambda folder: fake_lab_folder(folder, [100.0], status="error"), "did not succeed"),
+    ],
+)
+def test_a_folder_without_a_successful_vllm_run_is_refused(bench_agree, tmp_path, capsys, make_folder, problem):
+    folder = make_folder(tmp_path / "lab")
+    folder.mkdir(exist_ok=True)
+    assert bench_agree.main([str(folder), fake_bench_json(tmp_path / "bench.json", 100.0)]) == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_a_missing_bench_result_is_refused(bench_agree, tmp_path, capsys):
+    lab = fake_lab_folder(tmp_path / "lab", [100.0])
+    assert bench_agree.main([str(lab)]) == 2  # argparse: at least one
+    assert bench_agree.main([str(lab), str(tmp_path / "missing.json")]) == 2
+    assert "no such bench result" in capsys.readouterr().err

