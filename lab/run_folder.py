@@ -24,8 +24,8 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
 A run is written into `results/.tmp-<run-id>/` (`creating`) and renamed when complete, so a
 half-written run is never mistaken for a finished one, and an existing run folder is never
 overwritten. A run cut off part-way is complete too once it is written from the points that finished
-(`lab.experiments.sweep`), and is renamed the same way. Long JSON lines files may be committed gzipped (`records.jsonl.gz`): readers take
-either.
+(`lab.experiments.sweep`), and is renamed the same way. Long JSON lines files may be committed
+gzipped (`records.jsonl.gz`): readers take either.
 """
 
 from __future__ import annotations
