@@ -26,6 +26,7 @@ The point that was running when the cut came is removed with its own temporary f
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ def run_sharing(
                 raise
             stop = cut
             echo(f"sharing sweep cut off ({cut_reason(cut)}): keeping its {len(entries)} finished point(s)")
+            drop_unfinished(folder.points)
         manifest = {
             "kind": "sharing",
             "run_id": folder.run_id,
@@ -161,6 +163,13 @@ def point_spec(spec: ExperimentSpec, point: SharingPoint) -> ExperimentSpec:
         spec.engine, n=point.n, beam_width=point.beam_width, shared_prefix_tokens=point.shared_prefix_tokens
     )
     return dataclasses.replace(spec, engine=engine)
+
+
+def drop_unfinished(points_dir: Path) -> None:
+    """Remove what the point cut off left under points/: a signal that lands while its folder is being
+    created, before `rf.creating` guards it, can leave its `.tmp-<id>` behind."""
+    for leftover in points_dir.glob(f"{rf.TMP_PREFIX}*") if points_dir.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def cut_reason(stop: BaseException) -> str:
