@@ -72,7 +72,11 @@ def lab_run(run_dir: Path) -> dict:
 
 def lab_rates(run_dir: Path) -> list[float]:
     """requests/s of each timed pass of the folder's vLLM run that counts (a pass that compiled does not)."""
-    run = lab_run(run_dir)
+    return pass_rates(lab_run(run_dir))
+
+
+def pass_rates(run: dict) -> list[float]:
+    """requests/s of each of `run`'s timed passes that counts."""
     invalid = {p["index"] for p in run.get("passes") or () if p.get("invalid")}
     return [m["requests_per_s"] for i, m in enumerate(run["pass_metrics"]) if i not in invalid]
 
@@ -85,14 +89,14 @@ def bench_results(paths: list[Path]) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-def bench_rates(paths: list[Path]) -> list[float]:
-    """requests_per_second of each `vllm bench throughput --output-json` file."""
-    return [result["requests_per_second"] for result in bench_results(paths)]
+def bench_rates(results: list[dict]) -> list[float]:
+    """requests_per_second of each bench result."""
+    return [result["requests_per_second"] for result in results]
 
 
-def check_same_workload(run_dir: Path, bench: list[dict]) -> None:
+def check_same_workload(run: dict, bench: list[dict]) -> None:
     """Both sides ran the same number of requests."""
-    lab_requests = {m["requests"] for m in lab_run(run_dir)["pass_metrics"]}
+    lab_requests = {m["requests"] for m in run["pass_metrics"]}
     bench_requests = {b["num_requests"] for b in bench}
     if len(lab_requests | bench_requests) != 1:
         raise InputProblem(
@@ -128,8 +132,8 @@ def describe(name: str, values: list[float], output_len: int) -> str:
     )
 
 
-def prompt_tokens_line(run_dir: Path, bench: list[dict]) -> str:
-    lab = lab_run(run_dir)["pass_metrics"][0]["prompt_tokens"]
+def prompt_tokens_line(run: dict, bench: list[dict]) -> str:
+    lab = run["pass_metrics"][0]["prompt_tokens"]
     counts = ", ".join(f"{p:,}" for p in sorted({bench_prompt_tokens(b) for b in bench}))
     return f"prompt tokens a pass: lab {lab:,}, bench {counts} (its text prompts re-encoded)"
 
@@ -148,13 +152,14 @@ def main(argv: list[str]) -> int:
     except SystemExit as stop:  # argparse has printed the usage
         return int(stop.code or 0)
     try:
-        lab, bench = lab_rates(args.lab_run_dir), bench_rates(args.bench_json)
-        as_run = bench_rates(args.as_run)
-        results = bench_results(args.bench_json + args.as_run)
-        check_same_workload(args.lab_run_dir, results)
+        run = lab_run(args.lab_run_dir)
+        results = bench_results(args.bench_json + args.as_run)  # each file read once
+        check_same_workload(run, results)
     except InputProblem as problem:
         print(f"bench_agree: {problem}", file=sys.stderr)
         return 2
+    lab = pass_rates(run)
+    bench, as_run = bench_rates(results[: len(args.bench_json)]), bench_rates(results[len(args.bench_json) :])
     print(describe(f"lab ({len(lab)} passes)", lab, OUTPUT_LEN))
     print(describe(f"vllm bench throughput ({len(bench)} runs)", bench, OUTPUT_LEN))
     result, gap = verdict(lab, bench)
@@ -163,7 +168,7 @@ def main(argv: list[str]) -> int:
         print(describe(f"vllm bench throughput as users run it ({len(as_run)} runs)", as_run, OUTPUT_LEN))
         as_run_result, as_run_gap = verdict(lab, as_run)
         print(f"  gap of the medians to those: {as_run_gap:+.1%}: {as_run_result} (for the record: decides nothing)")
-    print(prompt_tokens_line(args.lab_run_dir, results))
+    print(prompt_tokens_line(run, results))
     return 0 if result == "agree" else 1
 
 

@@ -24,7 +24,7 @@
 # says which runs ran beside others.
 set -uo pipefail
 state=/tmp/lanes
-TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static smoke-hf "
+TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static "
 TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
 
 lane_name() { echo "${1//,/_}"; }
@@ -33,6 +33,14 @@ shares_gpu() {  # shares_gpu "0,1" "1,2": true when the two GPU lists have a GPU
   local a b
   for a in ${1//,/ }; do for b in ${2//,/ }; do [[ $a == "$b" ]] && return 0; done; done
   return 1
+}
+
+transformers_only() {  # transformers_only STEP VARS: true when the step needs no vLLM (starts before the bundle)
+  local step=$1 vars=$2
+  [[ $TRANSFORMERS_ONLY == *" $step "* ]] && return 0
+  [[ $step == smoke && $vars == *hf_continuous* ]] && return 0
+  [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && return 0
+  [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]]  # given only transformers backends (BACKENDS=hf/...)
 }
 
 run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
@@ -50,12 +58,7 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
   done
   while read -r lane_gpus step vars; do
     [[ $lane_gpus == "$gpus" ]] || continue
-    local key=$step
-    [[ $step == smoke && $vars == *hf_continuous* ]] && key=smoke-hf
-    [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && key=smoke-hf
-    # a step given only transformers backends (BACKENDS=hf/...) needs no vLLM either
-    [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]] && key=smoke-hf
-    if [[ $TRANSFORMERS_ONLY != *" $key "* ]]; then
+    if ! transformers_only "$step" "$vars"; then
       echo "$(date -u +%T) $step: waiting for the vLLM bundle" >> "$dir/status"
       until [[ -f /tmp/b/installed ]]; do sleep 5; done
     fi
