@@ -1,6 +1,11 @@
 """The lab's vLLM against `vllm bench throughput` on the same workload: issue 18's 5% (at TP=2).
 
-Usage: python scripts/gpu/bench_agree.py LAB_RUN_DIR BENCH_JSON [BENCH_JSON ...] [--as-run BENCH_JSON ...]
+Usage: python scripts/gpu/bench_agree.py LAB_RUN_DIR [LAB_RUN_DIR ...] BENCH_JSON [BENCH_JSON ...]
+       [--as-run BENCH_JSON ...]
+
+Several LAB_RUN_DIRs (folders) pool their timed passes: run `agree-tp-lab REPEATS=1` several times to
+give the lab what each bench run has, one timed run per engine start (on four H100s, 2026-11-27, the
+bench's engine starts differed by 22% while the lab's three passes in one engine differed by 3%).
 
 Both sides run N random prompts of 128 tokens with 128 output tokens each (EOS ignored), so they are
 compared in requests per second; output tokens per second is that x 128 on both sides.
@@ -140,10 +145,22 @@ def prompt_tokens_line(run: dict, bench: list[dict]) -> str:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lab_run_dir", type=Path)
-    parser.add_argument("bench_json", type=Path, nargs="+", help="the bench runs that decide (like for like)")
+    parser.add_argument(
+        "paths", type=Path, nargs="+", help="the lab's run folders, then the bench runs that decide (like for like)"
+    )
     parser.add_argument("--as-run", type=Path, nargs="*", default=[], help="bench as users run it: for the record")
     return parser.parse_args(argv)
+
+
+def split_paths(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(the lab's run folders, the bench JSONs): the folders first, as given."""
+    folders = [p for p in paths if p.is_dir()]
+    files = paths[len(folders) :]
+    if not folders or paths[: len(folders)] != folders:
+        raise InputProblem(f"{paths[0]} is not a run folder: give the lab's run folders first, then the bench JSONs")
+    if not files:
+        raise InputProblem("no bench result given: add the JSON files of `vllm bench throughput --output-json`")
+    return folders, files
 
 
 def main(argv: list[str]) -> int:
@@ -152,15 +169,17 @@ def main(argv: list[str]) -> int:
     except SystemExit as stop:  # argparse has printed the usage
         return int(stop.code or 0)
     try:
-        run = lab_run(args.lab_run_dir)
-        results = bench_results(args.bench_json + args.as_run)  # each file read once
-        check_same_workload(run, results)
+        folders, deciding = split_paths(args.paths)
+        runs = [lab_run(folder) for folder in folders]
+        results = bench_results(deciding + args.as_run)  # each file read once
+        for run in runs:
+            check_same_workload(run, results)
     except InputProblem as problem:
         print(f"bench_agree: {problem}", file=sys.stderr)
         return 2
-    lab = pass_rates(run)
-    bench, as_run = bench_rates(results[: len(args.bench_json)]), bench_rates(results[len(args.bench_json) :])
-    print(describe(f"lab ({len(lab)} passes)", lab, OUTPUT_LEN))
+    lab = [rate for run in runs for rate in pass_rates(run)]
+    bench, as_run = bench_rates(results[: len(deciding)]), bench_rates(results[len(deciding) :])
+    print(describe(f"lab ({len(lab)} passes, {len(runs)} engine start{'s' * (len(runs) > 1)})", lab, OUTPUT_LEN))
     print(describe(f"vllm bench throughput ({len(bench)} runs)", bench, OUTPUT_LEN))
     result, gap = verdict(lab, bench)
     print(f"gap of the medians: {gap:+.1%} (limit {TOLERANCE:.0%}): {result}")
@@ -168,7 +187,7 @@ def main(argv: list[str]) -> int:
         print(describe(f"vllm bench throughput as users run it ({len(as_run)} runs)", as_run, OUTPUT_LEN))
         as_run_result, as_run_gap = verdict(lab, as_run)
         print(f"  gap of the medians to those: {as_run_gap:+.1%}: {as_run_result} (for the record: decides nothing)")
-    print(prompt_tokens_line(run, results))
+    print(prompt_tokens_line(runs[0], results))
     return 0 if result == "agree" else 1
 
 

@@ -351,28 +351,35 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
 print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
       export VLLM_CPU_OMP_THREADS_BIND
     fi
-    for run in $(seq "${BENCH_RUNS:-3}"); do
+    # run numbers go on from this machine's earlier calls (a plan may alternate agree-tp-lab and agree-tp-bench)
+    shopt -s nullglob
+    done_runs=("$results"/vllm-bench-vllm-$n-tp$tp-*.json)
+    shopt -u nullglob
+    first=$((${#done_runs[@]} + 1))
+    for run in $(seq "$first" $((first + ${BENCH_RUNS:-3} - 1))); do
       host_load "bench like for like, run $run"
       bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" "${like[@]}" \
           --output-json "$results/vllm-bench-vllm-$n-tp$tp-warm-$run.json"
     done
-    for run in $(seq "${BENCH_DEFAULT_RUNS:-0}"); do
+    first=$((first + ${BENCH_RUNS:-3}))
+    for run in $(seq "$first" $((first + ${BENCH_DEFAULT_RUNS:-0} - 1))); do
       host_load "bench as run, run $run"
       bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
           --output-json "$results/vllm-bench-vllm-$n-tp$tp-default-$run.json"
     done
-    # against the lab's run of agree-tp-lab, where it ran before on this machine (5%; exit 1 otherwise);
-    # every bench result of this step on this machine counts, earlier calls' too
-    lab_run=$(ls -d /tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-* 2>/dev/null | tail -n1)
+    # against every run of agree-tp-lab at this n and TP on this machine (their passes pooled: one per
+    # engine start with REPEATS=1) (5%; exit 1 otherwise); every bench result of this step on this
+    # machine counts, earlier calls' too
     shopt -s nullglob
+    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-*/)
     warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
     shopt -u nullglob
-    if [[ -z $lab_run ]]; then
+    if (( ${#lab_runs[@]} == 0 )); then
       echo "no run of agree-tp-lab at n=$n, TP=$tp on this machine: run it first for the verdict"
     elif (( ${#warm[@]} == 0 )); then
       echo "no like-for-like bench run at n=$n, TP=$tp on this machine: BENCH_RUNS=3 for the verdict"
     else
-      "$python" scripts/gpu/bench_agree.py "$lab_run" "${warm[@]}" --as-run "${as_run[@]}"
+      "$python" scripts/gpu/bench_agree.py "${lab_runs[@]}" "${warm[@]}" --as-run "${as_run[@]}"
       step_rc=$?
     fi
   fi
