@@ -11,7 +11,7 @@ LAB_PYTHON ?=
 TEST_PYTHON = $(if $(LAB_PYTHON),$(LAB_PYTHON),$(VENV)/bin/python)
 TEST_SETUP = $(if $(LAB_PYTHON),true,scripts/setup-venv.sh $(VENV) full)
 RUFF = $(TEST_PYTHON) -m ruff
-RUFF_CHECKS = $(RUFF) check lab tests && $(RUFF) format --check lab tests
+RUFF_CHECKS = $(RUFF) check lab tests scripts && $(RUFF) format --check lab tests scripts
 # An interpreter given as LAB_PYTHON may lack ruff (the GPU machine's has none): lint then says it
 # did not run, and the tests still run. The lab's own environment always has it (requirements/test.txt).
 LINT = $(if $(LAB_PYTHON),{ if $(RUFF) --version >/dev/null 2>&1; then $(RUFF_CHECKS); else \
@@ -33,11 +33,11 @@ experiment: ## Run every backend on the default model and workload, each in its 
 test: lint ## Lint, then the tests with the real engines (GPU tests where NVML sees a GPU, containers where Docker answers)
 	@$(TEST_SETUP) && $(DOCKER_READY) && $(TEST_PYTHON) -m pytest $(PYTEST_ARGS)
 
-lint: ## ruff: lint and check the formatting of lab/ and tests/ (rules in pyproject.toml)
+lint: ## ruff: lint and check the formatting of lab/, tests/ and scripts/ (rules in pyproject.toml)
 	@$(TEST_SETUP) && $(LINT)
 
-format: ## ruff: format lab/ and tests/ and apply the safe lint fixes
-	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/ruff check --fix lab tests && $(VENV)/bin/ruff format lab tests
+format: ## ruff: format lab/, tests/ and scripts/ and apply the safe lint fixes
+	@scripts/setup-venv.sh $(VENV) full && $(VENV)/bin/ruff check --fix lab tests scripts && $(VENV)/bin/ruff format lab tests scripts
 
 test-gpu: ## Run only the GPU tests; fails on a host where NVML sees no GPU
 	@$(TEST_SETUP) && $(DOCKER_READY) && $(TEST_PYTHON) -m pytest -m gpu --require-gpu $(PYTEST_ARGS)

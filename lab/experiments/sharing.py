@@ -167,6 +167,7 @@ def point_spec(spec: ExperimentSpec, point: SharingPoint) -> ExperimentSpec:
 
 def unfinished(folder: rf.RunFolder, point: SharingPoint, cut: Cut) -> None:
     """The point that was running when the sweep was cut keeps nothing: its temporary folder under
-    points/ is removed (its experiment removes it itself, unless a second signal cut that short)."""
+    points/ is removed. Its experiment removes it itself, except where a signal landed while that folder
+    was being created, before `rf.creating` guards it, or a second signal cut the removal short."""
     for tmp in folder.points.glob(f"{rf.TMP_PREFIX}*") if folder.points.is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)

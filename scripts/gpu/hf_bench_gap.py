@@ -96,9 +96,16 @@ def lab_like(model, tokenizer, prompts: list[str]) -> tuple[float, int]:
     sync()
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad,
-                             logits_processor=LogitsProcessorList([clock]), return_dict_in_generate=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([clock]),
+            return_dict_in_generate=True,
+        )
     sync()
     return time.perf_counter() - start, out.sequences.shape[1] - ids.shape[1]
 
@@ -116,8 +123,17 @@ def main() -> None:
     tokenizer.pad_token = tokenizer.eos_token  # as bench does for llama
     prompts = random_prompts(tokenizer, args.prompts)
     lengths = [len(tokenizer(p).input_ids) for p in prompts]  # with the special tokens bench's call adds
-    print(json.dumps({"prompt_tokens_min": min(lengths), "prompt_tokens_mean": sum(lengths) / len(lengths),
-                      "prompt_tokens_max": max(lengths), "padding_side": tokenizer.padding_side}), flush=True)
+    print(
+        json.dumps(
+            {
+                "prompt_tokens_min": min(lengths),
+                "prompt_tokens_mean": sum(lengths) / len(lengths),
+                "prompt_tokens_max": max(lengths),
+                "padding_side": tokenizer.padding_side,
+            }
+        ),
+        flush=True,
+    )
     variants = [
         ("bench-cold", lambda: bench_loop(model, tokenizer, prompts, sample=True, text=True)),
         ("bench-warm", lambda: bench_loop(model, tokenizer, prompts, sample=True, text=True)),
@@ -129,10 +145,16 @@ def main() -> None:
     for name, run in variants:
         for repeat in range(1 if name == "bench-cold" else args.repeats):
             seconds, new_tokens = run()
-            row = {"variant": name, "repeat": repeat, "prompts": args.prompts, "seconds": seconds,
-                   "new_tokens_per_sequence": new_tokens,
-                   "output_tokens_per_s": args.prompts * NEW_TOKENS / seconds,
-                   "dtype": str(model.dtype), "torch": torch.__version__}
+            row = {
+                "variant": name,
+                "repeat": repeat,
+                "prompts": args.prompts,
+                "seconds": seconds,
+                "new_tokens_per_sequence": new_tokens,
+                "output_tokens_per_s": args.prompts * NEW_TOKENS / seconds,
+                "dtype": str(model.dtype),
+                "torch": torch.__version__,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:

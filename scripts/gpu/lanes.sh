@@ -3,6 +3,8 @@
 #
 #   scripts/gpu/lanes.sh start PLAN   start the lanes in the background (setsid) and return at once
 #   scripts/gpu/lanes.sh wait SECONDS print each lane's progress until every lane is done, or SECONDS
+#   scripts/gpu/lanes.sh stop         SIGTERM every running `lab experiment` (a sweep keeps its finished
+#                                     points) and start no further step; returns once they exited (90 s at most)
 #   scripts/gpu/lanes.sh pack         $OUT/lane-<n>.tgz: each lane's logs and its steps' run folders
 #
 # PLAN is a file of lines `GPUS STEP [VAR=VALUE ...]` (scripts/gpu/plans/*.txt); the lines of one GPUS
@@ -24,7 +26,7 @@
 # says which runs ran beside others.
 set -uo pipefail
 state=/tmp/lanes
-TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static smoke-hf "
+TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static "
 TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
 
 lane_name() { echo "${1//,/_}"; }
@@ -33,6 +35,14 @@ shares_gpu() {  # shares_gpu "0,1" "1,2": true when the two GPU lists have a GPU
   local a b
   for a in ${1//,/ }; do for b in ${2//,/ }; do [[ $a == "$b" ]] && return 0; done; done
   return 1
+}
+
+transformers_only() {  # transformers_only STEP VARS: true when the step needs no vLLM (starts before the bundle)
+  local step=$1 vars=$2
+  [[ $TRANSFORMERS_ONLY == *" $step "* ]] && return 0
+  [[ $step == smoke && $vars == *hf_continuous* ]] && return 0
+  [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && return 0
+  [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]]  # given only transformers backends (BACKENDS=hf/...)
 }
 
 run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
@@ -50,12 +60,8 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
   done
   while read -r lane_gpus step vars; do
     [[ $lane_gpus == "$gpus" ]] || continue
-    local key=$step
-    [[ $step == smoke && $vars == *hf_continuous* ]] && key=smoke-hf
-    [[ $step == make-test && $vars == PYTEST_ARGS=tests/gpu/test_hf_continuous_gpu.py ]] && key=smoke-hf
-    # a step given only transformers backends (BACKENDS=hf/...) needs no vLLM either
-    [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]] && key=smoke-hf
-    if [[ $TRANSFORMERS_ONLY != *" $key "* ]]; then
+    [[ -f $state/stop ]] && { echo "$(date -u +%T) $step $vars: not started (lanes.sh stop)" >> "$dir/status"; continue; }
+    if ! transformers_only "$step" "$vars"; then
       echo "$(date -u +%T) $step: waiting for the vLLM bundle" >> "$dir/status"
       until [[ -f /tmp/b/installed ]]; do sleep 5; done
     fi
@@ -103,6 +109,14 @@ wait)
   done
   nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
   ;;
+stop)  # before pack near the lease's end: a step cut by SIGTERM writes what it keeps (lab's Interrupted)
+  touch "$state/stop"
+  # SIGTERM to the lab's own commands alone: not to measure.sh or its `tee` (a lab whose stdout pipe died
+  # while it saved its kept sweep lost it, 2026-11-27), which then go on to pack the step's folders
+  pkill -TERM -f "python[^ ]* -m lab (experiment|capacity) "
+  for _ in $(seq 18); do pgrep -f "python.* -m lab " > /dev/null || break; sleep 5; done
+  pgrep -af "python.* -m lab " | cut -c1-160 | sed 's/^/still running: /'
+  ;;
 pack)  # what finished, and what a running step has written so far
   mkdir -p "${OUT:-/tmp/out}"
   for dir in "$state"/lane-*/; do
@@ -116,6 +130,6 @@ pack)  # what finished, and what a running step has written so far
   done
   ;;
 *)
-  echo "usage: scripts/gpu/lanes.sh start PLAN | wait SECONDS | pack" >&2; exit 2
+  echo "usage: scripts/gpu/lanes.sh start PLAN | wait SECONDS | stop | pack" >&2; exit 2
   ;;
 esac

@@ -31,7 +31,7 @@
 #             workload:0.25); the report gives shares of D and of the memory held
 #   capacity  lab capacity on a mixed-length file workload (64 requests, prompts 16-512, outputs 16-128),
 #             a 128 MiB KV budget, the curve at concurrency 4 and 16 (vLLM's max_num_seqs, hf batch size)
-#   sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b, sharing-8b-beam
+#   sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, prefix-8b, sharing-8b, sharing-8b-beam
 #             memory sharing (issue 17): sharegpt-like, hf/batched, vllm/offline (prefix cache off) and
 #             vllm/shared (on) at each point; parallel samples (SHARING_N), beam widths (BEAMS, 128 output
 #             tokens: vLLM's beam search is one engine call per token), shared prefixes (PREFIXES: 80, 341)
@@ -288,9 +288,9 @@ mixed)
       --backends hf/sequential,hf/static-cache,hf/static-cache-eager --repeats "${REPEATS:-3}" "${util[@]}" \
       --results "$results" --label mixed13-b8
   ;;
-sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b|sharing-8b-beam|sharing-1b-hfc)
+sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|prefix-8b|sharing-8b|sharing-8b-beam|sharing-1b-hfc)
   # Each point is two vLLM starts (with and without sharing) and one hf/batched run: 2-3 points a call.
-  model=$anchor_model; [[ $step == sharing-8b* ]] && model=$tp_model
+  model=$anchor_model; [[ $step == *-8b* ]] && model=$tp_model
   [[ ${LAB_GPU_DRY:-0} == 1 ]] && model=synthetic:tiny
   case "$step" in
     sharing-1b-n) sweep=(--n "${SHARING_N:-2,4}") ;;
@@ -298,7 +298,7 @@ sharing-1b-n|sharing-1b-n6|sharing-1b-beam|sharing-1b-beam6|prefix-1b|sharing-8b
     sharing-8b) sweep=(--n "${SHARING_N:-2,6}") ;;
     sharing-1b-beam) sweep=(--beam-width "${BEAMS:-2,4}" --output-tokens 128) ;;
     sharing-1b-beam6|sharing-8b-beam) sweep=(--beam-width "${BEAMS:-6}" --output-tokens 128) ;;
-    prefix-1b) sweep=(--shared-prefix-tokens "${PREFIXES:-80,341}") ;;
+    prefix-1b|prefix-8b) sweep=(--shared-prefix-tokens "${PREFIXES:-80,341}") ;;
     sharing-1b-hfc) sweep=(--n "${SHARING_N:-2,4,6}"); BACKENDS=${BACKENDS:-hf/continuous} ;;
   esac
   lab models build "$model"
@@ -351,28 +351,35 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
 print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
       export VLLM_CPU_OMP_THREADS_BIND
     fi
-    for run in $(seq "${BENCH_RUNS:-3}"); do
+    # run numbers go on from this machine's earlier calls (a plan may alternate agree-tp-lab and agree-tp-bench)
+    shopt -s nullglob
+    done_runs=("$results"/vllm-bench-vllm-$n-tp$tp-*.json)
+    shopt -u nullglob
+    first=$((${#done_runs[@]} + 1))
+    for run in $(seq "$first" $((first + ${BENCH_RUNS:-3} - 1))); do
       host_load "bench like for like, run $run"
       bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" "${like[@]}" \
           --output-json "$results/vllm-bench-vllm-$n-tp$tp-warm-$run.json"
     done
-    for run in $(seq "${BENCH_DEFAULT_RUNS:-0}"); do
+    first=$((first + ${BENCH_RUNS:-3}))
+    for run in $(seq "$first" $((first + ${BENCH_DEFAULT_RUNS:-0} - 1))); do
       host_load "bench as run, run $run"
       bench_vllm "$model" "$n" "${bench_load[@]}" --tensor-parallel-size "$tp" \
           --output-json "$results/vllm-bench-vllm-$n-tp$tp-default-$run.json"
     done
-    # against the lab's run of agree-tp-lab, where it ran before on this machine (5%; exit 1 otherwise);
-    # every bench result of this step on this machine counts, earlier calls' too
-    lab_run=$(ls -d /tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-* 2>/dev/null | tail -n1)
+    # against every run of agree-tp-lab at this n and TP on this machine (their passes pooled: one per
+    # engine start with REPEATS=1) (5%; exit 1 otherwise); every bench result of this step on this
+    # machine counts, earlier calls' too
     shopt -s nullglob
+    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-*/)
     warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
     shopt -u nullglob
-    if [[ -z $lab_run ]]; then
+    if (( ${#lab_runs[@]} == 0 )); then
       echo "no run of agree-tp-lab at n=$n, TP=$tp on this machine: run it first for the verdict"
     elif (( ${#warm[@]} == 0 )); then
       echo "no like-for-like bench run at n=$n, TP=$tp on this machine: BENCH_RUNS=3 for the verdict"
     else
-      "$python" scripts/gpu/bench_agree.py "$lab_run" "${warm[@]}" --as-run "${as_run[@]}"
+      "$python" scripts/gpu/bench_agree.py "${lab_runs[@]}" "${warm[@]}" --as-run "${as_run[@]}"
       step_rc=$?
     fi
   fi
@@ -439,7 +446,7 @@ make-test)
   echo "unknown step $step: make-test, smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
        "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
-       "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, sharing-8b," \
+       "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, prefix-8b, sharing-8b," \
        "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, agree-tp-gap, online-1b," \
        "online-1b-hf, online-1b-seq, online-8b, online-8b-hf, online-inf-agree or serve-agree" >&2; exit 2 ;;
 esac

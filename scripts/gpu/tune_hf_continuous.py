@@ -44,6 +44,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+from lab.config import EngineSettings, RunSpec
+from lab.runner import resolve_inputs
+
 PROMPT_TOKENS, OUTPUT_TOKENS = 128, 128
 REFERENCE_DEFAULT_TOK_S = 2150  # issue 15: generate_batch, default settings, later calls (H100, transformers 5.17)
 
@@ -66,8 +74,12 @@ POOL_OPTIONS = ("--kv-cache-memory", "--gpu-memory-utilization")
 
 CONFIGS: dict[str, Config] = {
     "generate_batch-default": Config("baseline", note="model.generate_batch, transformers' defaults and pool"),
-    "lab-default": Config("baseline", "", ("--gpu-memory-utilization", "0.5"),
-                          note="sdpa, block 16, vLLM's pool rule, max_batch_tokens auto"),
+    "lab-default": Config(
+        "baseline",
+        "",
+        ("--gpu-memory-utilization", "0.5"),
+        note="sdpa, block 16, vLLM's pool rule, max_batch_tokens auto",
+    ),
     "pool-4g": Config("baseline", note="the lab's defaults with the base pool"),
     "graphs": Config("baseline", "cuda_graphs=on"),
     "block-64": Config("block", "block_size=64"),
@@ -82,11 +94,19 @@ CONFIGS: dict[str, Config] = {
     "graphs-compile1": Config("compile", "cuda_graphs=on,compile_level=1"),
     "eager": Config("compile", "attn=eager"),
     "graphs-async": Config("compile", "cuda_graphs=on,async_batching=on", note="did not finish in 2026-11-26's trial"),
-    "graphs-rule": Config("pool", "cuda_graphs=on", ("--gpu-memory-utilization", "0.5"),
-                          note="vLLM's default pool: 5.17 warms its graphs up reading the whole pool"),
+    "graphs-rule": Config(
+        "pool",
+        "cuda_graphs=on",
+        ("--gpu-memory-utilization", "0.5"),
+        note="vLLM's default pool: 5.17 warms its graphs up reading the whole pool",
+    ),
     "graphs-pool-16g": Config("pool", "cuda_graphs=on", ("--kv-cache-memory", "16GiB")),
-    "flash2-graphs": Config("flash", "attn=flash_attention_2,cuda_graphs=on", needs="flash_attn",
-                            note="a paged kernel: the decode fast path reads blocks in place"),
+    "flash2-graphs": Config(
+        "flash",
+        "attn=flash_attention_2,cuda_graphs=on",
+        needs="flash_attn",
+        note="a paged kernel: the decode fast path reads blocks in place",
+    ),
 }
 
 
@@ -98,8 +118,9 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="List the configurations and exit.")
     parser.add_argument("--custom", help="Name of one more configuration, made of --settings and --lab-args.")
     parser.add_argument("--settings", default="", help="With --custom: its --hf-continuous value.")
-    parser.add_argument("--lab-args", default="", help="With --custom: further `lab experiment` options, e.g. "
-                        "'--kv-cache-memory 4GiB'.")
+    parser.add_argument(
+        "--lab-args", default="", help="With --custom: further `lab experiment` options, e.g. '--kv-cache-memory 4GiB'."
+    )
     parser.add_argument("--model", default="synthetic:llama-1b")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a dry check of this script.")
     parser.add_argument("--prompts", type=int, default=256)
@@ -125,8 +146,11 @@ def main() -> None:
         record = run_config(name, CONFIGS[name], args, workload)
         record["wall_s"] = time.time() - started
         write_record(args.out, name, record)
-        print(f"{name}: {record.get('status')} {fmt_rate(record.get('output_tokens_per_s_median'))} tok/s "
-              f"({record['wall_s']:.0f} s)", flush=True)
+        print(
+            f"{name}: {record.get('status')} {fmt_rate(record.get('output_tokens_per_s_median'))} tok/s "
+            f"({record['wall_s']:.0f} s)",
+            flush=True,
+        )
     print_table(args.out)
 
 
@@ -152,16 +176,29 @@ def write_workload(out: Path, prompts: int) -> Path:
     """N lines of {"prompt_tokens": 128, "output_tokens": 128}: the lab draws the ids, seeded (seed 0)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"random-{prompts}x{PROMPT_TOKENS}-{OUTPUT_TOKENS}.jsonl"
-    path.write_text("".join(json.dumps({"prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS}) + "\n"
-                            for _ in range(prompts)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS}) + "\n" for _ in range(prompts)
+        )
+    )
     return path
 
 
 def write_record(out: Path, name: str, record: dict) -> None:
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
-    record = dict(record, config=name, **({"group": CONFIGS[name].group, "settings": CONFIGS[name].settings,
-                                           "lab_args": list(CONFIGS[name].lab_args), "note": CONFIGS[name].note}))
+    record = dict(
+        record,
+        config=name,
+        **(
+            {
+                "group": CONFIGS[name].group,
+                "settings": CONFIGS[name].settings,
+                "lab_args": list(CONFIGS[name].lab_args),
+                "note": CONFIGS[name].note,
+            }
+        ),
+    )
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
@@ -182,9 +219,27 @@ def run_config(name: str, config: Config, args, workload: Path) -> dict:
 
 
 def lab_command(name: str, config: Config, args, workload: Path) -> list[str]:
-    command = [sys.executable, "-m", "lab", "experiment", "--backends", "hf/continuous", "--model", args.model,
-               "--device", args.device, "--workload", f"file:{workload}", "--repeats", str(args.repeats),
-               "--no-kv-samples", "--results", str(args.out / "runs"), "--label", f"tune-{name}"]
+    command = [
+        sys.executable,
+        "-m",
+        "lab",
+        "experiment",
+        "--backends",
+        "hf/continuous",
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--workload",
+        f"file:{workload}",
+        "--repeats",
+        str(args.repeats),
+        "--no-kv-samples",
+        "--results",
+        str(args.out / "runs"),
+        "--label",
+        f"tune-{name}",
+    ]
     if config.settings:
         command += ["--hf-continuous", config.settings]
     pool = () if any(o in config.lab_args for o in POOL_OPTIONS) else BASE_POOL
@@ -214,16 +269,27 @@ def lab_record(run_dir: Path) -> dict:
     gpus = ((manifest.get("host") or {}).get("nvml") or {}).get("gpus") or [{}]
     allocator, whole = run["memory"].get("allocator") or {}, run["memory"]["whole_process"]
     return {
-        "status": run["status"], "error": run.get("error"), "run_dir": str(run_dir), "gpu": gpus[0].get("name"),
-        "transformers": engine.get("transformers_version"), "torch": engine.get("torch_version"),
-        "output_tokens": tokens, "passes_s": run.get("passes_s"), "output_tokens_per_s_passes": rates,
+        "status": run["status"],
+        "error": run.get("error"),
+        "run_dir": str(run_dir),
+        "gpu": gpus[0].get("name"),
+        "transformers": engine.get("transformers_version"),
+        "torch": engine.get("torch_version"),
+        "output_tokens": tokens,
+        "passes_s": run.get("passes_s"),
+        "output_tokens_per_s_passes": rates,
         "output_tokens_per_s_median": statistics.median(rates) if rates else None,
         "output_tokens_per_s_best": max(rates, default=None),
-        "load_s": run.get("load_s"), "warmup_s": (run.get("warmup") or {}).get("s"),
-        "ttft_s_p50": metrics.get("ttft_s_p50"), "tpot_s_p50": metrics.get("tpot_s_p50"),
-        "attn_implementation": engine.get("attn_implementation"), "block_size": engine.get("block_size"),
-        "num_blocks": engine.get("num_blocks"), "kv_pool_bytes": engine.get("kv_pool_bytes"),
-        "kv_pool_rule": engine.get("kv_pool_rule"), "max_batch_tokens_rule": engine.get("max_batch_tokens_rule"),
+        "load_s": run.get("load_s"),
+        "warmup_s": (run.get("warmup") or {}).get("s"),
+        "ttft_s_p50": metrics.get("ttft_s_p50"),
+        "tpot_s_p50": metrics.get("tpot_s_p50"),
+        "attn_implementation": engine.get("attn_implementation"),
+        "block_size": engine.get("block_size"),
+        "num_blocks": engine.get("num_blocks"),
+        "kv_pool_bytes": engine.get("kv_pool_bytes"),
+        "kv_pool_rule": engine.get("kv_pool_rule"),
+        "max_batch_tokens_rule": engine.get("max_batch_tokens_rule"),
         "attention_mask_bytes": engine.get("attention_mask_bytes"),
         "continuous_batching_config": engine.get("continuous_batching_config"),
         "steps_last_pass": engine.get("steps_last_pass"),
@@ -238,8 +304,21 @@ def lab_record(run_dir: Path) -> dict:
 
 def run_raw(args) -> dict:
     """`generate_batch` in a process of its own (this script again); it writes its own record."""
-    proc, error = run([sys.executable, __file__, str(args.out), "--raw-generate-batch", "--model", args.model,
-                       "--device", args.device, "--prompts", str(args.prompts)], args.timeout)
+    proc, error = run(
+        [
+            sys.executable,
+            __file__,
+            str(args.out),
+            "--raw-generate-batch",
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+            "--prompts",
+            str(args.prompts),
+        ],
+        args.timeout,
+    )
     path = args.out / "records" / "generate_batch-default.json"
     if error:
         return {"status": "error", "error": error}
@@ -248,12 +327,6 @@ def run_raw(args) -> dict:
 
 def measure_generate_batch(args, calls: int = 3) -> dict:
     """Three `generate_batch` calls with transformers' defaults on the lab's token ids, each timed on its own."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from lab.config import EngineSettings, RunSpec
-    from lab.runner import resolve_inputs
 
     cuda = args.device == "cuda"
     workload = write_workload(args.out, args.prompts)
@@ -278,21 +351,26 @@ def measure_generate_batch(args, calls: int = 3) -> dict:
         tokens.append(sum(len(r.generated_tokens) for r in results.values()))
     rates = [t / s for t, s in zip(tokens, passes)]
     exact = all(t == args.prompts * OUTPUT_TOKENS for t in tokens)
-    return {"status": "ok" if exact else "error", "error": None if exact else f"output tokens per call {tokens}",
-            "gpu": torch.cuda.get_device_name() if cuda else "cpu (dry check)",
-            "transformers": transformers.__version__,
-            "torch": torch.__version__, "passes_s": passes, "output_tokens": tokens,
-            "output_tokens_per_s_passes": rates, "output_tokens_per_s_first": rates[0],
-            "output_tokens_per_s_median": statistics.median(rates[1:]), "output_tokens_per_s_best": max(rates[1:]),
-            "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-            "attn_implementation": model.config._attn_implementation,
-            "timing": "around each generate_batch call (it builds and warms a manager each time, as by default)"}
+    return {
+        "status": "ok" if exact else "error",
+        "error": None if exact else f"output tokens per call {tokens}",
+        "gpu": torch.cuda.get_device_name() if cuda else "cpu (dry check)",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "passes_s": passes,
+        "output_tokens": tokens,
+        "output_tokens_per_s_passes": rates,
+        "output_tokens_per_s_first": rates[0],
+        "output_tokens_per_s_median": statistics.median(rates[1:]),
+        "output_tokens_per_s_best": max(rates[1:]),
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "attn_implementation": model.config._attn_implementation,
+        "timing": "around each generate_batch call (it builds and warms a manager each time, as by default)",
+    }
 
 
 def dry_run_config():
     """On the CPU transformers' default pool is 90% of free RAM: a small one instead (dry check only)."""
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
     return ContinuousBatchingConfig(num_blocks=256, max_batch_tokens=256)
 
 
@@ -306,16 +384,20 @@ def fmt_rate(value) -> str:
 def print_table(out: Path) -> None:
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     records.sort(key=lambda r: -(r.get("output_tokens_per_s_median") or 0))
-    print(f"\n{'configuration':24} {'status':8} {'median tok/s':>12} {'best tok/s':>10} {'x 2,150':>8} "
-          f"{'M':>6} {'block':>5} {'pool GiB':>8} {'peak alloc GiB':>14}")
+    print(
+        f"\n{'configuration':24} {'status':8} {'median tok/s':>12} {'best tok/s':>10} {'x 2,150':>8} "
+        f"{'M':>6} {'block':>5} {'pool GiB':>8} {'peak alloc GiB':>14}"
+    )
     for r in records:
         cb = r.get("continuous_batching_config") or {}
         median = r.get("output_tokens_per_s_median")
-        print(f"{r['config']:24} {r.get('status', '-'):8} {fmt_rate(median):>12} "
-              f"{fmt_rate(r.get('output_tokens_per_s_best')):>10} "
-              f"{(median / REFERENCE_DEFAULT_TOK_S if median else 0):>8.2f} {str(cb.get('max_batch_tokens', '-')):>6} "
-              f"{str(r.get('block_size', '-')):>5} {(r.get('kv_pool_bytes') or 0) / 2**30:>8.1f} "
-              f"{(r.get('peak_allocated_bytes') or 0) / 2**30:>14.1f}")
+        print(
+            f"{r['config']:24} {r.get('status', '-'):8} {fmt_rate(median):>12} "
+            f"{fmt_rate(r.get('output_tokens_per_s_best')):>10} "
+            f"{(median / REFERENCE_DEFAULT_TOK_S if median else 0):>8.2f} {str(cb.get('max_batch_tokens', '-')):>6} "
+            f"{str(r.get('block_size', '-')):>5} {(r.get('kv_pool_bytes') or 0) / 2**30:>8.1f} "
+            f"{(r.get('peak_allocated_bytes') or 0) / 2**30:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

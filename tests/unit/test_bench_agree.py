@@ -122,6 +122,24 @@ def test_a_folder_without_a_successful_vllm_run_is_refused(bench_agree, tmp_path
 
 def test_a_missing_bench_result_is_refused(bench_agree, tmp_path, capsys):
     lab = fake_lab_folder(tmp_path / "lab", [100.0])
-    assert bench_agree.main([str(lab)]) == 2  # argparse: at least one
+    assert bench_agree.main([str(lab)]) == 2
+    assert "no bench result given" in capsys.readouterr().err
     assert bench_agree.main([str(lab), str(tmp_path / "missing.json")]) == 2
     assert "no such bench result" in capsys.readouterr().err
+
+
+def test_several_lab_runs_pool_their_passes_one_engine_start_each(bench_agree, tmp_path, capsys):
+    # agree-tp-lab REPEATS=1 three times: one timed run per engine start, as each bench run
+    labs = [str(fake_lab_folder(tmp_path / f"lab-{i}", [r])) for i, r in enumerate((100.0, 101.0, 102.0))]
+    bench = [fake_bench_json(tmp_path / f"warm-{i}.json", r) for i, r in enumerate((99.0, 100.0, 101.0))]
+    assert bench_agree.main([*labs, *bench]) == 0
+    out = capsys.readouterr().out
+    assert "lab (3 passes, 3 engine starts): requests/s 100.00, 101.00, 102.00" in out
+    assert "gap of the medians: +1.0% (limit 5%): agree" in out
+
+
+def test_a_bench_json_before_the_lab_folders_is_refused(bench_agree, tmp_path, capsys):
+    lab = fake_lab_folder(tmp_path / "lab", [100.0])
+    bench = fake_bench_json(tmp_path / "bench.json", 100.0)
+    assert bench_agree.main([bench, str(lab)]) == 2
+    assert "give the lab's run folders first" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from lab.errors import LabInputError
 from lab.experiments.sharing import SharingPoint, check_sharing_spec, parse_counts, sharing_points
 from lab.online_settings import OnlineSettings
 from lab.records import KvSample
+from lab.report.sharing import SharingRow, observation
 from lab.workloads import build_workload
 
 
@@ -137,3 +138,14 @@ def test_beam_search_on_vllm_with_a_model_folder_without_tokenizer_is_refused_up
     assert check_sharing_spec(hf_only, [SharingPoint(beam_width=2)]).runs == (("hf", "batched"),)
     (tmp_path / "tokenizer.json").write_text("{}")
     assert check_sharing_spec(spec, [SharingPoint(beam_width=2)])
+
+
+def test_the_baseline_point_reports_what_sharing_on_changed_with_nothing_to_share():
+    # n=1 on the H100 (2026-11-27): vllm/shared beside vllm/offline, 0% hits, 1.20x throughput (noise)
+    offline = SharingRow("n=1", "baseline", "vllm/offline", "ok", 3501, 1466.6, mean_blocks=128.4)
+    measured = {"mean_blocks": 128.4, "saving": -0.0, "hit_rate": 0.0, "gain_over_unshared": 1.204}
+    shared = SharingRow("n=1", "baseline", "vllm/shared", "ok", 3501, 1765.7, **measured)
+    line = observation("baseline", [offline, shared])
+    assert line.startswith("n=1: the baseline, one sequence per request and nothing to share")
+    assert "held -0.0% fewer blocks (hit rate 0%) and ran at 1.20x the throughput" in line
+    assert observation("baseline", [offline]) is None  # no vllm/shared: nothing to say
