@@ -41,6 +41,7 @@ from lab.cli_options import (
     report_failures,
     results_option,
     runtime_option,
+    show_results,
     timeout_option,
 )
 from lab.cli_sweeps import online_options, online_settings, sharing_options, sharing_sweep
@@ -214,11 +215,11 @@ def experiment(
     )
     if points:
         finished = run_sharing(spec, points, results_dir, launcher, progress, tag)
-        click.echo(rf.RunFolder(finished.path).sharing_md.read_text(encoding="utf-8"))
+        report = rf.RunFolder(finished.path).sharing_md
     else:
         finished = run_experiment(spec, results_dir, launcher, progress, tag)
-        click.echo(rf.RunFolder(finished.path).report.read_text(encoding="utf-8"))
-    click.echo(str(finished.path))
+        report = rf.RunFolder(finished.path).report
+    show_results(report.read_text(encoding="utf-8"), finished.path)
     report_failures(finished)
 
 
@@ -288,8 +289,7 @@ def capacity(
         f"device {device}, runtime {launcher.runtime}"
     )
     finished = run_capacity(spec, results_dir, launcher, progress, tag)
-    click.echo(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"))
-    click.echo(str(finished.path))
+    show_results(rf.RunFolder(finished.path).capacity_md.read_text(encoding="utf-8"), finished.path)
     report_failures(finished, "measured points")
 
 

@@ -34,8 +34,23 @@ DEFAULT_CPU_MODEL = "synthetic:tiny"
 
 
 def progress(message: str) -> None:
-    """Progress goes to stderr, so that stdout keeps the results (and the run folder as its last line)."""
-    click.echo(message, err=True)
+    """Progress goes to stderr, so that stdout keeps the results (and the run folder as its last line).
+    A closed stderr (its reader gone: `2>&1 | tee` stopped by the same Ctrl-C) loses the line, never the
+    run: a cut run is being kept just then, and a failed write there would throw it away."""
+    try:
+        click.echo(message, err=True)
+    except OSError:
+        pass
+
+
+def show_results(report: str, run_dir: Path) -> None:
+    """stdout: the run's report, then its folder as the last line. A closed stdout loses them, not the
+    exit code that follows (a cut run's 130 or 143)."""
+    try:
+        click.echo(report)
+        click.echo(str(run_dir))
+    except OSError:
+        pass
 
 
 def parse_bytes(text: str | None) -> int | None:
@@ -264,11 +279,11 @@ def handle_errors(func):
         try:
             return func(*args, **kwargs)
         except (LabInputError, StepFailed) as exc:
-            click.echo(f"error: {exc}", err=True)
+            progress(f"error: {exc}")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-            click.echo(f"lab: interrupted by {interrupted.signal_name}", err=True)
+            progress(f"lab: interrupted by {interrupted.signal_name}")
             sys.exit(interrupted.exit_code)
 
     return wrapper

@@ -64,6 +64,13 @@ class Watched:
         self._thread.join()
         return stdout or "", stderr or ""
 
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code, where its output is no longer read."""
+        code = self.popen.wait(timeout=timeout_s)
+        self._done.set()
+        self._thread.join()
+        return code
+
     def saw(self, name: str) -> bool:
         return any(name in seen for seen in self.names.values())
 
@@ -342,6 +349,29 @@ def test_a_backend_past_its_time_limit_keeps_the_rates_it_finished(online_sweep_
     assert reason.startswith("timed out: still running after 30 s (--timeout)") and "signal" not in timed_out["cut"]
     assert (timed_out["cut"]["cut_at"], timed_out["cut"]["points_not_run"]) == ("inf", ["inf"])
     assert_rates_kept(run_dir, timed_out, "hf-batched")
+
+
+def test_a_cut_whose_output_reader_is_gone_keeps_the_finished_backend(tiny_model, counts_workload, tmp_path):
+    """`lab experiment ... 2>&1 | tee log` and Ctrl-C: the same signal stops tee, and every line the lab
+    writes while it keeps what finished goes to a closed pipe. Losing those lines must not lose the run."""
+    results = tmp_path / "results"
+    args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
+    args += ["--backends", "hf/batched,hf/sequential", "--workload", f"file:{counts_workload}", "--repeats", "1"]
+    env = {**os.environ, "LAB_TEST_FAULT": "hf/sequential:hang"}
+    watched = Watched([*args, "--no-collector"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = read_until(watched, "hf-sequential: LAB_TEST_FAULT: hang")  # hf/batched finished
+    watched.popen.stdout.close()
+    watched.popen.stderr.close()
+    watched.popen.send_signal(signal.SIGTERM)
+    assert watched.wait(timeout_s=120) == 128 + signal.SIGTERM, "".join(seen)
+    assert watched.left_running() == [] and tmp_folders(results) == []
+    (run_dir,) = results.iterdir()
+    cut = {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "cut_at": "hf/sequential"}
+    assert rf.read_json(run_dir / rf.MANIFEST)["cut"] == dict(cut, points_not_run=["hf/sequential"])
+    (run,) = rf.read_json(run_dir / rf.SUMMARY)["runs"]
+    assert (run["backend"], run["mode"]) == ("hf", "batched")
+    assert_exact_counts(run, COUNTS)
+    assert sorted(p.name for p in (run_dir / rf.RUNS).iterdir()) == ["hf-batched"]  # the cut one removed
 
 
 def assert_rates_kept(run_dir: Path, run: dict, name: str) -> None:
