@@ -29,6 +29,7 @@ from lab.records import BackendResult
 # "ValueError: ...", also after a prefix such as vLLM's "(EngineCore pid=1) ERROR ... [core.py:1] ".
 EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): (?P<message>.+)$")
 COLLECTOR_STOP_S = 30.0  # the collector stops by itself when the backend exits; this is the stop file's wait
+CUT_LOG_LINES = 20  # a backend's log shown when a cut stops it: its last steps, or a traceback's end
 
 
 def execute_run(
@@ -131,6 +132,19 @@ def how_it_ended(proc: LabProcess) -> str:
 def log_tail(part: rf.PartFolder, lines: int = 15) -> str:
     text = part.log.read_text(encoding="utf-8", errors="replace") if part.log.exists() else ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def cut_log_lines(name: str, part: rf.PartFolder, kept: bool, lines: int = CUT_LOG_LINES) -> list[str]:
+    """What a cut shows of the backend it stopped mid-way: the last `lines` lines of its own log (where it
+    was slow or stuck), before its folder goes (`kept`: it stays); [] where it wrote no log."""
+    tail = log_tail(part, lines)
+    if not tail:
+        return []
+    where = "kept in its folder" if kept else "removed with its unfinished folder"
+    log = part.log.relative_to(part.path.parent.parent)
+    return [f"{name} was running when the run was cut; the last lines of its log ({log}, {where}):"] + [
+        f"    | {line}" for line in tail.splitlines()
+    ]
 
 
 def collector_args(run_name: str, part: rf.PartFolder, collector_gpus: str | None, interval_ms: int) -> list[str]:

@@ -39,9 +39,9 @@ from lab.accounting.continuous import batched_requests
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
 from lab.cut import Cut, cut_entry
-from lab.experiments.backend_run import execute_run
+from lab.experiments.backend_run import cut_log_lines, execute_run
 from lab.experiments.steps import Finished, manifest, model_build, resolve_once
-from lab.experiments.sweep import Sweep, Swept
+from lab.experiments.sweep import Sweep, Swept, supervised_folder
 from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
 from lab.launchers.supervisor import Supervisor
@@ -58,7 +58,7 @@ def run_capacity(
     """Arithmetic for all three approaches, then the measured points; returns the finished run folder
     and the points that failed (each point within its time limit, as `lab experiment`'s backends)."""
     run_id = rf.new_run_id(tag)
-    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
+    with supervised_folder(results_dir, run_id, launcher, echo) as (folder, processes):
         started = time.time()
         launcher.setup(echo)
         base = RunSpec("vllm", "offline", dataclasses.replace(spec.engine, kv_cache_memory_bytes=spec.kv_budget_bytes))
@@ -148,7 +148,7 @@ def measure_all(
         point, result = measure_point(planned.name, planned.run, where, echo)
         return dict(point, **planned.extra), result
 
-    sweep = Sweep(where.processes, echo, functools.partial(unmeasured, where.folder))
+    sweep = Sweep(where.processes, echo, functools.partial(unmeasured, where.folder, echo))
     if sweep.run([Planned("vllm-offline-budget", base)], measure, lambda p: p.name):
         sweep.run(later_points(spec, base, arithmetic, sweep.done[0][0]), measure, lambda p: p.name)
     return sweep.end()
@@ -176,9 +176,13 @@ def later_points(spec: CapacitySpec, base: RunSpec, arithmetic: dict, budget_poi
     return planned
 
 
-def unmeasured(folder: rf.RunFolder, planned: Planned, cut: Cut) -> None:
-    """The point that was running when the run was cut keeps nothing: its runs/<name>/ is removed."""
-    shutil.rmtree(folder.part(planned.name).path, ignore_errors=True)
+def unmeasured(folder: rf.RunFolder, echo: Echo, planned: Planned, cut: Cut) -> None:
+    """The point that was running when the run was cut keeps nothing: the last lines of its log go to
+    `echo` (what it was doing), then its runs/<name>/ is removed."""
+    part = folder.part(planned.name)
+    for line in cut_log_lines(planned.name, part, kept=False):
+        echo(line)
+    shutil.rmtree(part.path, ignore_errors=True)
 
 
 def measure_point(name: str, run: RunSpec, where: Points, echo: Echo) -> tuple[dict, BackendResult]:

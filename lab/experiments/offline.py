@@ -14,10 +14,11 @@ process runs every offered rate in turn after its one warm-up (`lab.runner`, `la
 A backend that fails, crashes or runs past its limit is recorded with its reason and the others still
 run; the run folder is written all the same, and `Finished.failed` names them (exit code 1). Anything
 else that fails, and an interrupt (Ctrl-C, SIGTERM), stops every process the run started (their
-containers too). The backend/modes that finished before it are kept as a run folder of their own, with
-the backend that was running where its process kept the offered rates it finished, and the manifest's
-`cut` names the rest as not run and why (`lab.experiments.sweep`; exit 128 + N for signal N, else 1).
-With nothing finished the temporary folder is removed: nothing half-written stays in results/.
+containers too) and shows the last lines of the running backend's log. The backend/modes that finished
+before it are kept as a run folder of their own, with the backend that was running where its process
+kept the offered rates it finished, and the manifest's `cut` names the rest as not run and why
+(`lab.experiments.sweep`; exit 128 + N for signal N, else 1). With nothing finished the temporary
+folder is removed: nothing half-written stays in results/.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from lab.accounting.capacity import workload_budget_bytes
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import ExperimentSpec, RunSpec
 from lab.cut import Cut, cut_entry
-from lab.experiments.backend_run import execute_run, recut
+from lab.experiments.backend_run import cut_log_lines, execute_run, recut
 from lab.experiments.merge import merge_runs
 from lab.experiments.steps import Finished, describe_result, manifest, model_build, resolve_once
-from lab.experiments.sweep import Sweep
+from lab.experiments.sweep import Sweep, supervised_folder
 from lab.experiments.timeout import default_timeout_s, describe_timeout
 from lab.launchers.base import Echo, Launcher
-from lab.launchers.supervisor import Supervisor
 from lab.progress import StepBar
 from lab.records import BackendResult
 from lab.report.writer import write_report
@@ -52,7 +52,7 @@ def run_experiment(
     that stopped it early (its finished backend/modes kept, `lab.experiments.sweep`). `keep_cut` False
     (one point of a sharing sweep, whole or not at all): a cut keeps nothing and goes on up."""
     run_id = rf.new_run_id(tag)
-    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
+    with supervised_folder(results_dir, run_id, launcher, echo) as (folder, processes):
         started = time.time()
         launcher.setup(echo)
         resolved = resolve_once(spec.run_specs()[0], folder, processes, echo)
@@ -75,7 +75,7 @@ def run_experiment(
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: {describe_result(result)}")
             return result
 
-        sweep = Sweep(processes, echo, functools.partial(finished_rates, folder), keep=keep_cut)
+        sweep = Sweep(processes, echo, functools.partial(finished_rates, folder, echo, keep_cut), keep=keep_cut)
         sweep.run(specs, run_one, lambda r: r.label)
         swept = sweep.end()
         merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online.slos)
@@ -85,13 +85,17 @@ def run_experiment(
     return Finished.of(results_dir / run_id, swept.done, swept.cut)
 
 
-def finished_rates(folder: rf.RunFolder, run: RunSpec, cut: Cut) -> BackendResult | None:
+def finished_rates(folder: rf.RunFolder, echo: Echo, keep: bool, run: RunSpec, cut: Cut) -> BackendResult | None:
     """The backend/mode that was running when the experiment was cut: its result where its process kept
     the offered rates it finished (`lab.rates_kept`), with the experiment's own reason; else None, and
-    its folder is removed (a backend cut mid-way is not presented as finished)."""
+    its folder is removed (a backend cut mid-way is not presented as finished). Either way the last lines
+    of its log go to `echo` first: what it was doing when the cut came. `keep` False: nothing is kept."""
     part = folder.part(run.name)
-    result = BackendResult.from_dict(rf.read_json(part.result)) if part.result.exists() else None
-    if result is None or not result.cut:
+    result = BackendResult.from_dict(rf.read_json(part.result)) if keep and part.result.exists() else None
+    kept = result is not None and bool(result.cut)
+    for line in cut_log_lines(run.label, part, kept):
+        echo(line)
+    if not kept:
         shutil.rmtree(part.path, ignore_errors=True)
         return None
     result.cut = recut(result.cut, cut.reason, cut.signal)

@@ -39,9 +39,8 @@ from lab.cut import Cut, cut_entry
 from lab.errors import LabInputError
 from lab.experiments.offline import run_experiment
 from lab.experiments.steps import Finished
-from lab.experiments.sweep import Sweep
+from lab.experiments.sweep import Sweep, supervised_folder
 from lab.launchers.base import Echo, Launcher
-from lab.launchers.supervisor import Supervisor
 from lab.models.resolve import TOKENIZER_FILES, has_tokenizer
 from lab.report.sharing_writer import write_sharing_report
 
@@ -126,7 +125,7 @@ def run_sharing(
     outside any backend) after a point finished keeps the finished points (`lab.experiments.sweep`)."""
     spec = check_sharing_spec(spec, points)
     run_id = rf.new_run_id(tag or "sharing")
-    with rf.creating(results_dir, run_id) as folder, Supervisor(launcher, run_id, echo) as processes:
+    with supervised_folder(results_dir, run_id, launcher, echo) as (folder, processes):
         started = time.time()
         labels = ", ".join(run_label(*r) for r in spec.runs)
 

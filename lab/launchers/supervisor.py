@@ -8,7 +8,9 @@
 While the block runs, SIGINT (Ctrl-C), SIGTERM and SIGHUP raise `lab.errors.Interrupted` in the
 orchestrator's main thread. Leaving the block for any reason stops every process still running:
 their process trees and, with Docker, their containers. Signals are ignored while that cleanup runs,
-so a second Ctrl-C cannot leave an engine half-stopped and holding its GPU.
+so a second Ctrl-C cannot leave an engine half-stopped and holding its GPU. The handlers from before
+the block come back when it ends, or, with `restore_on_exit=False`, when the caller calls
+`restore_signals()` (after its run folder is renamed: `lab.experiments.sweep.supervised_folder`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def process_name(run_id: str, name: str) -> str:
 class Supervisor:
     """Starts processes through `launcher` and stops those still running on the way out."""
 
-    def __init__(self, launcher: Launcher, run_id: str, echo: Echo, grace_s: float = GRACE_S) -> None:
+    def __init__(
+        self, launcher: Launcher, run_id: str, echo: Echo, grace_s: float = GRACE_S, restore_on_exit: bool = True
+    ) -> None:
         self.launcher, self.run_id, self.echo, self.grace_s = launcher, run_id, echo, grace_s
+        self.restore_on_exit = restore_on_exit
         self.running: list[LabProcess] = []
         self._previous: dict[int, Any] = {}
 
@@ -48,13 +53,18 @@ class Supervisor:
         try:
             self.stop_after(exc)
         finally:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
+            if self.restore_on_exit:
+                self.restore_signals()
+
+    def restore_signals(self) -> None:
+        """The handlers of SIGINT, SIGTERM and SIGHUP from before the block, back in place."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def hold_signals(self) -> None:
-        """Ignore SIGINT, SIGTERM and SIGHUP until the block ends (then the handlers from before it are
-        back): for the cleanup, and for writing a run whose points have all finished or been kept, which a
-        second Ctrl-C must not cut short. A SIGKILL still can (`timeout -k`): see the README."""
+        """Ignore SIGINT, SIGTERM and SIGHUP until the handlers from before the block are back
+        (`restore_signals`): for the cleanup, and for writing a run whose points have all finished or been
+        kept, which a second Ctrl-C must not cut short. A SIGKILL still can (`timeout -k`): see the README."""
         for signum in self._previous:
             signal.signal(signum, signal.SIG_IGN)
 

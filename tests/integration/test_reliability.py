@@ -210,7 +210,7 @@ def test_the_backend_after_a_killed_one_runs(killed_vllm):
 
 
 @pytest.mark.vllm_cpu
-def test_sigterm_during_vllm_stops_every_process_and_leaves_no_run_folder(tiny_model, tmp_path):
+def test_sigterm_during_vllm_stops_every_process_shows_its_log_and_leaves_no_run_folder(tiny_model, tmp_path):
     results = tmp_path / "results"
     args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
     args += ["--backends", "vllm,hf/sequential", "--output-tokens", "4"]
@@ -227,6 +227,9 @@ def test_sigterm_during_vllm_stops_every_process_and_leaves_no_run_folder(tiny_m
     assert watched.popen.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
     assert watched.saw("VLLM::"), sorted(watched.names.values())
     assert "interrupted (SIGTERM): stopping" in rest and "lab: interrupted by SIGTERM" in rest
+    # What vLLM was doing when the cut came, from its own log, before that log goes with its folder.
+    header = "vllm/offline was running when the run was cut; the last lines of its log (runs/vllm-offline/log.txt"
+    assert header in rest and "    | lab: LAB_TEST_FAULT: hang at the start of timed pass 1" in rest, rest
     assert watched.left_running() == []
     assert not results.exists() or list(results.iterdir()) == []
 
@@ -299,6 +302,7 @@ def test_a_sharing_sweep_cut_by_sigterm_keeps_its_finished_point(tiny_model, cou
     assert line in (sweep_dir / "sharing.md").read_text()
     assert line in write_sharing_report(shutil.copytree(sweep_dir, tmp_path / "copy"))  # `lab report` on it
     assert "lab: cut off (interrupted by SIGTERM at n=2; not run: n=2)" in rest and "exit code 143" in rest
+    assert "hf/batched was running when the run was cut; the last lines of its log" in rest  # point n=2's
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +341,9 @@ def test_sigterm_during_an_online_sweep_keeps_the_rates_that_finished(online_swe
     report = (run_dir / rf.REPORT).read_text()
     assert "**Cut off** (interrupted by SIGTERM) at hf/sequential: only the backend/modes that finished" in report
     assert "hf/sequential: inf (interrupted by SIGTERM)" in report
+    kept_log = "hf/sequential was running when the run was cut; the last lines of its log (runs/hf-sequential/"
+    assert kept_log + "log.txt, kept in its folder):" in stderr
+    assert "    | lab: LAB_TEST_FAULT: hang at the start of timed pass 2" in stderr, stderr
 
 
 def test_a_backend_past_its_time_limit_keeps_the_rates_it_finished(online_sweep_cut):

@@ -135,15 +135,34 @@ def test_a_cut_point_that_kept_part_of_itself_is_kept_and_marked_partial():
 
 
 def test_one_point_of_an_outer_sweep_is_whole_or_not_at_all():
-    processes = FakeSupervisor()
-    sweep = Sweep(processes, print, salvage=lambda point, cut: "kept", keep=False)
+    processes, salvaged = FakeSupervisor(), []
+    stop = Interrupted(signal.SIGTERM)
+    sweep = Sweep(processes, print, salvage=lambda point, cut: salvaged.append(point) or "kept", keep=False)
     with pytest.raises(Interrupted):
-        sweep.run(["a", "b"], fake_points("b", Interrupted(signal.SIGTERM)))
-    assert processes.stopped_after == []
-    inner = Sweep(processes, print, keep=False)
+        sweep.run(["a", "b"], fake_points("b", stop))
+    # Its cut point is still told (its log shown, its files removed), but nothing is kept: the cut goes on up.
+    assert processes.stopped_after == [stop] and salvaged == ["b"] and sweep.cut is None
+    inner = Sweep(FakeSupervisor(), print, keep=False)
     inner.run(["a"], str.upper)
     inner.end()
-    assert processes.held == 0  # the outer sweep's handler stays: its own cut must still be seen
+    assert inner.processes.held == 0  # the outer sweep's handler stays: its own cut must still be seen
+
+
+def test_a_cut_holds_the_signals_before_anything_else():
+    """A second signal while the cut point is stopped and the finished points are kept must not cut that
+    short: the hold comes first, before the processes are stopped."""
+    order: list[str] = []
+
+    class Recording(FakeSupervisor):
+        def hold_signals(self) -> None:
+            order.append("hold")
+
+        def stop_after(self, exc: BaseException | None) -> None:
+            order.append("stop")
+
+    sweep = Sweep(Recording(), print, salvage=lambda point, cut: order.append("salvage"))
+    sweep.run(["a", "b"], fake_points("b", Interrupted(signal.SIGINT)))
+    assert order == ["hold", "stop", "salvage"]
 
 
 def test_a_second_call_runs_nothing_once_cut_and_counts_the_first_calls_points():
