@@ -58,8 +58,8 @@ def sampling_params(
         temperature=1.0 if sampled else 0.0,
         seed=engine.seed * 1_000_003 + request_id if sampled and per_request_seed else None,
         max_tokens=output_tokens,
-        min_tokens=output_tokens,
-        ignore_eos=True,
+        ignore_eos=True,  # exactly max_tokens: no stop token ends a sequence (min_tokens would add a
+        # logits processor over every running request each step, work `vllm bench` does not do)
         detokenize=False,  # token ids are all we count; text would add frontend work
         output_kind=RequestOutputKind.DELTA,  # an output every step, so first tokens are seen
     )

