@@ -168,7 +168,7 @@ def interval_lines(lab: dict, bench: dict, server: dict | None) -> list[str]:
             f"(its dispatcher's mean lag before add_request {lab['mean_submit_lag_s'] * ms:.2f})"
         )
     if server is None:
-        lines.append(f"  server: not scraped (no {METRICS_BEFORE}, {METRICS_AFTER}: a run before the step did)")
+        lines.append(f"  server: not scraped (no {METRICS_BEFORE}, {METRICS_AFTER}: an older run, or no answer)")
     else:
         lines.append(
             f"  server, {TTFT_HISTOGRAM} over {server['requests']} requests, API server's prompt render -> its "
