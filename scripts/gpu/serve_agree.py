@@ -35,11 +35,13 @@ parsing, detokenizing, streaming and the client's reading.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import sys
 from pathlib import Path
+from statistics import mean
+
+from lab import run_folder as rf
 
 THROUGHPUT_TOLERANCE = 0.05
 TTFT_TOLERANCE = 0.10
@@ -52,7 +54,8 @@ def lab_point(results: Path) -> dict:
     folder = next(p for p in sorted(results.iterdir()) if p.is_dir() and "-serve-agree-lab" in p.name)
     run = json.loads((folder / "summary.json").read_text())["runs"][0]
     point = next(p for p in run["sweep"] if p.get("offered_rate_per_s"))
-    records = [r for r in read_records(folder) if r["request_rate"] == point["request_rate"] and r["status"] == "ok"]
+    rows = rf.read_jsonl(folder / "records.jsonl")  # or its gzipped twin in a packed folder
+    records = [r for r in rows if r["request_rate"] == point["request_rate"] and r["status"] == "ok"]
     known = records and all(r.get("submitted_s") is not None for r in records)
     return {
         "requests_per_s": point["requests_per_s"],
@@ -62,17 +65,6 @@ def lab_point(results: Path) -> dict:
         "mean_submit_lag_s": mean([r["submit_lag_s"] for r in records]) if known else None,
         "folder": str(folder),
     }
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def read_records(folder: Path) -> list[dict]:
-    """The run folder's request records (records.jsonl, or its gzipped twin in a packed folder)."""
-    plain = folder / "records.jsonl"
-    text = plain.read_text() if plain.exists() else gzip.decompress((folder / "records.jsonl.gz").read_bytes()).decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def bench_point(results: Path) -> dict:
