@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import subprocess
 import time
 
@@ -145,6 +146,15 @@ def cut_log_lines(name: str, part: rf.PartFolder, kept: bool, lines: int = CUT_L
     return [f"{name} was running when the run was cut; the last lines of its log ({log}, {where}):"] + [
         f"    | {line}" for line in tail.splitlines()
     ]
+
+
+def end_cut_part(name: str, part: rf.PartFolder, kept: bool, echo: Echo) -> None:
+    """A part (a backend/mode's or a measured point's runs/<name>/) that was running when its run was cut:
+    the last lines of its log go to `echo` (what it was doing), then it is removed unless `kept`."""
+    for line in cut_log_lines(name, part, kept):
+        echo(line)
+    if not kept:
+        shutil.rmtree(part.path, ignore_errors=True)
 
 
 def collector_args(run_name: str, part: rf.PartFolder, collector_gpus: str | None, interval_ms: int) -> list[str]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from lab.accounting.continuous import batched_requests
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import CapacitySpec, ExperimentSpec, RunSpec, run_label
 from lab.cut import Cut, cut_entry
-from lab.experiments.backend_run import cut_log_lines, execute_run
+from lab.experiments.backend_run import end_cut_part, execute_run
 from lab.experiments.steps import Finished, manifest, model_build, resolve_once
 from lab.experiments.sweep import Sweep, Swept, supervised_folder
 from lab.experiments.timeout import default_timeout_s, describe_timeout
@@ -179,10 +178,7 @@ def later_points(spec: CapacitySpec, base: RunSpec, arithmetic: dict, budget_poi
 def unmeasured(folder: rf.RunFolder, echo: Echo, planned: Planned, cut: Cut) -> None:
     """The point that was running when the run was cut keeps nothing: the last lines of its log go to
     `echo` (what it was doing), then its runs/<name>/ is removed."""
-    part = folder.part(planned.name)
-    for line in cut_log_lines(planned.name, part, kept=False):
-        echo(line)
-    shutil.rmtree(part.path, ignore_errors=True)
+    end_cut_part(planned.name, folder.part(planned.name), False, echo)
 
 
 def measure_point(name: str, run: RunSpec, where: Points, echo: Echo) -> tuple[dict, BackendResult]:

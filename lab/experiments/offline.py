@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from lab.accounting.capacity import workload_budget_bytes
 from lab.accounting.parallel import kv_bytes_per_token_per_gpu
 from lab.config import ExperimentSpec, RunSpec
 from lab.cut import Cut, cut_entry
-from lab.experiments.backend_run import cut_log_lines, execute_run, recut
+from lab.experiments.backend_run import end_cut_part, execute_run, recut
 from lab.experiments.merge import merge_runs
 from lab.experiments.steps import Finished, describe_result, manifest, model_build, resolve_once
 from lab.experiments.sweep import Sweep, supervised_folder
@@ -93,10 +92,8 @@ def finished_rates(folder: rf.RunFolder, echo: Echo, keep: bool, run: RunSpec, c
     part = folder.part(run.name)
     result = BackendResult.from_dict(rf.read_json(part.result)) if keep and part.result.exists() else None
     kept = result is not None and bool(result.cut)
-    for line in cut_log_lines(run.label, part, kept):
-        echo(line)
+    end_cut_part(run.label, part, kept, echo)
     if not kept:
-        shutil.rmtree(part.path, ignore_errors=True)
         return None
     result.cut = recut(result.cut, cut.reason, cut.signal)
     result.error = f"{cut.reason}: its sweep was cut at {result.cut['cut_at']} req/s"
