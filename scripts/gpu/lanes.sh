@@ -45,6 +45,30 @@ transformers_only() {  # transformers_only STEP VARS: true when the step needs n
   [[ $vars == *BACKENDS=* && $vars != *BACKENDS=*vllm* ]]  # given only transformers backends (BACKENDS=hf/...)
 }
 
+descendants() {  # descendants PID: every process under PID, children first
+  local child
+  for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done
+}
+
+stop_step_after() {  # stop_step_after SECONDS PID STATUS: a step's STEP_TIMEOUT
+  # SIGTERM to the step's own `lab experiment|capacity` alone, as `stop` does: the lab stops its engines,
+  # prints the end of the running backend's log and keeps what finished, while measure.sh and its `tee`
+  # live on to log it and pack the step's folders (a SIGTERM to the whole process group killed `tee`
+  # first, and the lab's last lines and measure.sh's pack with it, 2026-11-27). A step with no lab
+  # running (a bench, a pytest) gets SIGTERM throughout; whatever is left 90 s later, SIGKILL.
+  sleep "$1"
+  kill -0 "$2" 2> /dev/null || return 0
+  echo "$(date -u +%T) STEP_TIMEOUT: stopping the step after $1 s" >> "$3"
+  local tree labs; tree=$(descendants "$2")
+  # shellcheck disable=SC2086  # one pid a word
+  labs=$(for p in $tree; do grep -qaE -- "-m.lab.(experiment|capacity)" "/proc/$p/cmdline" 2> /dev/null && echo "$p"; done)
+  # shellcheck disable=SC2086
+  if [[ -n $labs ]]; then kill -TERM $labs 2> /dev/null; else kill -TERM "$2" $tree 2> /dev/null; fi
+  for _ in $(seq 18); do kill -0 "$2" 2> /dev/null || return 0; sleep 5; done
+  # shellcheck disable=SC2086
+  kill -KILL "$2" $(descendants "$2") 2> /dev/null
+}
+
 run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
   local gpus=$1 name; name=$(lane_name "$1")
   local dir=$state/lane-$name
@@ -67,16 +91,20 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     fi
     echo "$(date -u +%T) $step $vars: start" >> "$dir/status"
     local t0=$SECONDS limit
-    # STEP_TIMEOUT=S among the line's variables: the step is stopped (SIGTERM to its process group, so
-    # the lab stops its engines; SIGKILL 60 s later) after S seconds, and the lane goes on (exit 124)
+    # STEP_TIMEOUT=S among the line's variables: the step is stopped after S seconds as `stop` does
+    # (stop_step_after), and the lane goes on
     limit=$(sed -n 's/.*STEP_TIMEOUT=\([0-9][0-9]*\).*/\1/p' <<< "$vars")
     # ONLY_GPUS=0,1 on a line of lane "0,1,2,3": the step runs on GPUs 0,1 while the lane holds all
     # four, so that nothing runs beside it (a measurement that must run alone on the host)
     local use; use=$(sed -n 's/.*ONLY_GPUS=\([0-9,][0-9,]*\).*/\1/p' <<< "$vars")
     # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
     env LAB_GPUS="${use:-$gpus}" CUDA_VISIBLE_DEVICES="${use:-$gpus}" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars \
-        timeout -k 60 "${limit:-0}" scripts/gpu/measure.sh "$step" >> "$dir/$step.stdout" 2>&1
+        scripts/gpu/measure.sh "$step" >> "$dir/$step.stdout" 2>&1 &
+    local pid=$! watchdog=
+    [[ -n $limit ]] && { stop_step_after "$limit" "$pid" "$dir/status" & watchdog=$!; }
+    wait "$pid"
     local rc=$?
+    [[ -n $watchdog ]] && kill "$watchdog" 2> /dev/null
     echo "$(date -u +%T) $step $vars: exit $rc after $((SECONDS - t0)) s" >> "$dir/status"
   done < "$state/plan"
   echo "$(date -u +%T) lane done" >> "$dir/status"
