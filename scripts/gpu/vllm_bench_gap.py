@@ -27,7 +27,10 @@ and input processing of every prompt, while the engine already steps), `frontend
 `engine_core.get_output` (waiting on the engine core), and `steps` (outputs taken from the engine
 core). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
 `gc`: Python's garbage collections in this process during the call (`lab.gc_pauses`: count, total and
-max ms, per generation); the engine core's and workers' own are in vLLM's log with VLLM_GC_DEBUG=1.
+max ms, per generation); the engine core's and workers' own are in vLLM's log with VLLM_GC_DEBUG=1, and
+lab-kv's engine core's in its row (`engine_gc`, `lab.backends.vllm_kv_samples.engine_core_pass`). The
+lab calls freeze this process's heap first, as the runner does before a timed pass (`lab.gc_pauses`);
+--no-freeze: not (bench's calls never do, as `vllm bench throughput` does not).
 --profile DIR: cProfile of each timed lab/lab-kv call, DIR/<variant>-<repeat>.pstats, top lines printed.
 
 The engine of every variant but lab-kv is the lab's (`VllmBackend`) with its per-step KV samples off:
@@ -154,7 +157,7 @@ def lab_call(backend, parts: Parts, requests: list[Request]) -> dict:
     split = parts.split()  # before the samples are built: the runner reads them after the pass too
     built = time.perf_counter()
     samples = backend.kv_samples()
-    kv = {"kv_samples": len(samples), "kv_samples_s": time.perf_counter() - built}
+    kv = {"kv_samples": len(samples), "kv_samples_s": time.perf_counter() - built, "engine_gc": backend.engine_gc()}
     return {"seconds": seconds, "returned_s": returned_s, "output_tokens": tokens, **split, **kv}
 
 
@@ -228,7 +231,7 @@ def timed_variant(name: str, run, args, rows: list[dict]) -> None:
     for repeat in range(warm_ups + (1 if name == "bench-cold" else args.repeats)):
         timed = repeat >= warm_ups
         path = Path(args.profile) / f"{name}-{repeat - warm_ups}.pstats" if args.profile and timed else None
-        with GcPauses() as pauses:
+        with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
             row = profiled(run, path if name.startswith("lab") else None)
         row = {"variant": name, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
         row["requests_per_s"] = args.prompts / row["seconds"]
@@ -247,6 +250,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     parser.add_argument("--profile", default=None, help="a folder for cProfile stats of the lab's calls")
+    parser.add_argument("--no-freeze", action="store_true", help="lab calls without the runner's gc freeze")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     chosen = args.variants.split(",")
