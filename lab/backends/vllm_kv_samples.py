@@ -57,7 +57,7 @@ def step_row(step: int, t_s: float, stats, facts: dict | None, in_flight: InFlig
 def kv_sample(row: StepRow, num_blocks: int, block_size: int) -> KvSample:
     """The step's KV sample (`VllmBackend.kv_samples`)."""
     blocks_used = kv.blocks_used_from_usage(row.kv_usage, num_blocks) if num_blocks > 1 else None
-    beam = row.in_flight_requests is None
+    beam = row.in_flight_requests is None  # beam search's one-token requests are not seen here: no token count
     overcounted = beam or row.in_flight_requests > row.running  # or some request was preempted
     sample = KvSample(
         t_s=row.t_s,

@@ -25,7 +25,8 @@ Every call is split, from its own t=0: `adding_s` until the last `add_request` r
 and input processing of every prompt, while the engine already steps), `frontend_s` inside
 `output_processor.process_outputs` (detokenizing, building outputs), `wait_s` inside
 `engine_core.get_output` (waiting on the engine core), and `steps` (outputs taken from the engine
-core). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
+core), `rest_s` the call's seconds in none of those (the loop's own work: the lab's per-step work, vLLM's
+stat loggers). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
 `gc`: Python's garbage collections in this process during the call (`lab.gc_pauses`: count, total and
 max ms, per generation); the engine core's and workers' own are in vLLM's log with VLLM_GC_DEBUG=1, and
 lab-kv's engine core's in its row (`engine_gc`, `lab.backends.vllm_kv_samples.engine_core_pass`). The
@@ -39,7 +40,8 @@ Prints one JSON line per call, then medians; --out writes the lines.
 
 Usage: python3 scripts/gpu/vllm_bench_gap.py MODEL_DIR [--prompts 1024] [--repeats 3]
        [--tensor-parallel-size 1] [--gpu-memory-utilization 0.5 | --kv-cache-memory-bytes B] [--out FILE]
-       [--variants bench-cold,bench,tokens,no-detok,greedy,lab,lab-kv] [--profile DIR]
+       [--variants bench-cold,bench,tokens,no-detok,greedy,lab,lab-kv] [--profile DIR] [--no-freeze]
+       [--max-num-seqs N]
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def load_backend(args, kv_samples: bool = False):
         tensor_parallel_size=args.tensor_parallel_size,
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        max_num_seqs=args.max_num_seqs,  # None: vLLM's default for the device and usage context
         block_size=CPU_BLOCK_SIZE if device == "cpu" else 16,
     )
     backend = VllmBackend(RunSpec("vllm", "offline", settings), args.model, device, resolve_dtype("auto", device))
@@ -199,14 +202,16 @@ def summary(rows: list[dict]) -> list[str]:
     lines = []
     for name, group in by_variant.items():
         seconds = [r["seconds"] for r in group]
-        parts = {k: statistics.median(r[k] for r in group) for k in ("adding_s", "frontend_s", "wait_s", "steps")}
+        keys = ("adding_s", "frontend_s", "wait_s", "rest_s", "steps")
+        parts = {k: statistics.median(r.get(k, 0.0) for r in group) for k in keys}
         gc_ms = statistics.median(r["gc"]["total_ms"] for r in group)
         gc_max_ms = max(r["gc"]["max_ms"] for r in group)
         median = statistics.median(seconds)
         lines.append(
             f"{name:>10}: {median:.3f} s ({min(seconds):.3f}-{max(seconds):.3f}, {len(seconds)} calls), "
             f"{median / reference - 1:+.1%} against {reference_name}; adding {parts['adding_s']:.3f} s, frontend "
-            f"{parts['frontend_s']:.3f} s, waiting {parts['wait_s']:.3f} s, {parts['steps']:.0f} steps; "
+            f"{parts['frontend_s']:.3f} s, waiting {parts['wait_s']:.3f} s, rest {parts['rest_s']:.3f} s, "
+            f"{parts['steps']:.0f} steps; "
             f"GC {gc_ms:.0f} ms a call (longest pause {gc_max_ms:.0f} ms)"
         )
     return lines
@@ -234,6 +239,7 @@ def timed_variant(name: str, run, args, rows: list[dict]) -> None:
         with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
             row = profiled(run, path if name.startswith("lab") else None)
         row = {"variant": name, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
+        row["rest_s"] = row["seconds"] - row["adding_s"] - row["frontend_s"] - row["wait_s"]
         row["requests_per_s"] = args.prompts / row["seconds"]
         print(json.dumps(row), flush=True)
         if timed:
@@ -248,6 +254,7 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
     parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="requests running at once (vLLM's default)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     parser.add_argument("--profile", default=None, help="a folder for cProfile stats of the lab's calls")
     parser.add_argument("--no-freeze", action="store_true", help="lab calls without the runner's gc freeze")

@@ -80,7 +80,7 @@ def test_summary_gives_each_variant_against_warm_bench(gap):
     lines = gap.summary(rows)
     assert lines[0].startswith("     bench: 10.000 s (9.600-10.400, 3 calls), +0.0% against bench")
     assert lines[1].startswith("       lab: 8.500 s (8.000-9.000, 2 calls), -15.0% against bench")
-    assert lines[1].endswith("waiting 0.300 s, 4 steps; GC 8 ms a call (longest pause 4 ms)")
+    assert lines[1].endswith("waiting 0.300 s, rest 0.000 s, 4 steps; GC 8 ms a call (longest pause 4 ms)")
 
 
 def test_summary_without_bench_compares_with_the_first_variant(gap):
