@@ -266,7 +266,8 @@ def main() -> None:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
 
-    backend = load_backend(args)
+    kv_only = chosen == ["lab-kv"]  # then one engine: the lab's with KV samples on
+    backend = load_backend(args, kv_samples=kv_only)
     llm = backend.llm
     parts = Parts(llm.llm_engine)
     texts, token_ids = bench_prompts(llm, args.prompts)
@@ -291,12 +292,13 @@ def main() -> None:
     print(json.dumps(facts), flush=True)
     rows: list[dict] = []
     try:
-        for name in (v for v in VARIANTS if v in chosen and v in variants):
+        for name in (v for v in VARIANTS if v in chosen and v in variants and not kv_only):
             timed_variant(name, variants[name], args, rows)
     finally:
-        backend.close()
-    if "lab-kv" in chosen:  # a second engine: the lab's scheduler class and stats on
-        backend = load_backend(args, kv_samples=True)
+        if not kv_only:
+            backend.close()
+    if "lab-kv" in chosen:  # a second engine (unless it is the only one): the lab's scheduler class, stats on
+        backend = backend if kv_only else load_backend(args, kv_samples=True)
         try:
             parts = Parts(backend.llm.llm_engine)
             timed_variant("lab-kv", lambda: lab_call(backend, parts, requests), args, rows)
