@@ -50,7 +50,7 @@
 #   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
 #             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop),
 #             then the lab's loop with its KV samples on (a second engine); GC pauses per call. GAP_VARIANTS:
-#             a comma list of them (default all); GAP_PROFILE=1: cProfile of the lab's calls under the results
+#             a comma list of them (default all); GAP_PROFILE=1: one more lab call each under cProfile (not timed), stats under the results
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone

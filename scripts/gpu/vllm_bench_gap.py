@@ -32,7 +32,8 @@ max ms, per generation); the engine core's and workers' own are in vLLM's log wi
 lab-kv's engine core's in its row (`engine_gc`, `lab.backends.vllm_kv_samples.engine_core_pass`). The
 lab calls freeze this process's heap first, as the runner does before a timed pass (`lab.gc_pauses`);
 --no-freeze: not (bench's calls never do, as `vllm bench throughput` does not).
---profile DIR: cProfile of each timed lab/lab-kv call, DIR/<variant>-<repeat>.pstats, top lines printed.
+--profile DIR: one more lab/lab-kv call each, under cProfile (DIR/<variant>.pstats, top lines printed),
+its row "<variant>-profiled", apart from the timed calls.
 
 The engine of every variant but lab-kv is the lab's (`VllmBackend`) with its per-step KV samples off:
 vLLM's own scheduler and its stats off, as bench builds it. Prompts: bench's own random dataset (RandomDataset, seed 0).
@@ -231,14 +232,19 @@ def profiled(run, path: Path | None):
 
 
 def timed_variant(name: str, run, args, rows: list[dict]) -> None:
-    """The variant's untimed warm-up (none for bench-cold), then its timed calls, each a JSON line."""
+    """The variant's untimed warm-up (none for bench-cold), then its timed calls, each a JSON line; with
+    --profile, a lab variant then makes one call more under cProfile, its row named "<variant>-profiled"
+    (cProfile slows the calls it watches: never among the timed ones)."""
     warm_ups = 0 if name == "bench-cold" else 1  # each variant's own shapes, once untimed
-    for repeat in range(warm_ups + (1 if name == "bench-cold" else args.repeats)):
+    calls = warm_ups + (1 if name == "bench-cold" else args.repeats)
+    extra = 1 if args.profile and name.startswith("lab") else 0
+    for repeat in range(calls + extra):
         timed = repeat >= warm_ups
-        path = Path(args.profile) / f"{name}-{repeat - warm_ups}.pstats" if args.profile and timed else None
+        path = Path(args.profile) / f"{name}.pstats" if repeat == calls else None
         with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
-            row = profiled(run, path if name.startswith("lab") else None)
-        row = {"variant": name, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
+            row = profiled(run, path)
+        variant = f"{name}-profiled" if path else name
+        row = {"variant": variant, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
         row["rest_s"] = row["seconds"] - row["adding_s"] - row["frontend_s"] - row["wait_s"]
         row["requests_per_s"] = args.prompts / row["seconds"]
         print(json.dumps(row), flush=True)
