@@ -39,7 +39,7 @@
 #             its paged cache, block sharing on; its saving is measured within its run): --n 2,4,6
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
-#             modes that split over GPUs; BACKENDS=... to run fewer per call
+#             modes that split over GPUs; BACKENDS=... to run fewer per call, REPEATS=N timed passes (3)
 #   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
 #             BACKENDS=hf/batched as a call of its own
 #   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
@@ -327,7 +327,7 @@ tp-8b|tp-70b)
   (( tp > max_tp )) && tp=$max_tp
   lab models build "$model"
   lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" --batch-size 16 \
-      --tensor-parallel-size "$tp" --backends "$backends" "${pool[@]}" --results "$results" \
+      --tensor-parallel-size "$tp" --backends "$backends" --repeats "${REPEATS:-3}" "${pool[@]}" --results "$results" \
       --label "${model#synthetic:}-sharegpt-tp$tp-${backends//[\/,]/-}"
   ;;
 agree-tp-lab|agree-tp-bench|agree-tp-gap)
