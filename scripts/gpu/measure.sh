@@ -340,8 +340,12 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
   model=$(lab models build "$agree_model" | tail -n1)
   if [[ $step == agree-tp-lab ]]; then
     host_load "the lab"
+    # NO_KV_SAMPLES=1: the lab without its per-step KV samples (vLLM's stats off, no scheduler class), a
+    # folder of its own (label ...-nokv), compared with bench apart: what the lab's own per-step work costs
+    nokv=(); label="random$n-tp$tp"
+    [[ ${NO_KV_SAMPLES:-0} == 1 ]] && { nokv=(--no-kv-samples); label+="-nokv"; }
     lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
-        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
+        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" "${nokv[@]}" --results "$results" --label "$label"
   elif [[ $step == agree-tp-gap ]]; then
     pool=(--gpu-memory-utilization 0.5); [[ ${LAB_GPU_DRY:-0} == 1 ]] && pool=(--kv-cache-memory-bytes $((1 << 30)))
     host_load "vllm_bench_gap.py"
@@ -376,7 +380,8 @@ print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
     # engine start with REPEATS=1) (5%; exit 1 otherwise); every bench result of this step on this
     # machine counts, earlier calls' too
     shopt -s nullglob
-    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-*/)
+    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-????/)  # with KV samples: the lab as users run it
+    nokv_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-nokv-????/)
     warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
     shopt -u nullglob
     if (( ${#lab_runs[@]} == 0 )); then
@@ -386,6 +391,10 @@ print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
     else
       "$python" scripts/gpu/bench_agree.py "${lab_runs[@]}" "${warm[@]}" --as-run "${as_run[@]}"
       step_rc=$?
+    fi
+    if (( ${#nokv_runs[@]} && ${#warm[@]} )); then  # for the record, deciding nothing
+      echo "-- the lab without its per-step KV samples (NO_KV_SAMPLES=1 runs) against the same bench runs:"
+      "$python" scripts/gpu/bench_agree.py "${nokv_runs[@]}" "${warm[@]}"
     fi
   fi
   ;;
