@@ -47,6 +47,7 @@
 #             for like (--num-warmups N --disable-detokenize) BENCH_RUNS (3) times, as users run it
 #             BENCH_DEFAULT_RUNS (0) times; scripts/gpu/bench_agree.py gives the verdict (agree within 5%,
 #             outside, inconclusive). Run the two one after the other on the same GPUs, nothing beside them.
+#             agree-tp-lab NO_KV_SAMPLES=1: the lab without its per-step KV samples, judged apart (record only)
 #   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
 #             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop)
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
