@@ -18,7 +18,7 @@ import time
 import click
 
 from lab.errors import LabInputError
-from lab.runner import PhaseHook
+from lab.phases import PhaseHook
 
 TEST_FAULT_ENV = "LAB_TEST_FAULT"
 ACTIONS = ("hang", "sigkill")

@@ -284,7 +284,7 @@ class BackendResult(_BackendMode):
     engine: dict | None = None  # the backend's engine_info()
     phases: list[dict] = field(
         default_factory=list
-    )  # {"phase", "start", "end"}, epoch seconds (+ energy: runner.Phases)
+    )  # {"phase", "start", "end"}, epoch seconds (+ energy: phases.Phases)
     energy_meter: dict | None = None  # lab.hardware.energy: the counter and GPUs read, or {"source": None, "reason"}
     traceback: str | None = None
     close_error: str | None = None

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from lab.cut import Cut
 from lab.errors import LabInputError
 from lab.gc_pauses import GcPauses
 from lab.hardware.device import resolve_device, resolve_dtype
-from lab.hardware.energy import EnergyMeter, open_meter
+from lab.hardware.energy import open_meter
 from lab.hardware.env import collect_environment
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
@@ -55,6 +54,7 @@ from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenize
 from lab.online_metrics import describe_point, rate_metrics, started_early
 from lab.online_settings import rate_text
 from lab.pass_records import CompileCount, TimedPass, last_pass_samples
+from lab.phases import PhaseHook, Phases
 from lab.rates_kept import FinishedRates, keep_finished_rates
 from lab.records import BackendResult, KvSample, RequestRecord
 from lab.workloads import Request, build_workload
@@ -127,44 +127,6 @@ def context_tokens(max_model_len: int | None, info: dict) -> int:
             f"(max_position_embeddings in its config.json); give at most {context:,}, or leave it out"
         )
     return max_model_len
-
-
-PhaseHook = Callable[[str], None]
-
-
-class Phases:
-    """Epoch start/end of each phase: the collector's samples carry epoch times too.
-
-    With an energy meter (NVML), each phase also holds every GPU's energy counter read just before
-    its start and just after its end (`energy_start_mj`, `energy_end_mj`: {str(NVML index): mJ}), and
-    the GPUs the backend's process tree held at its end (`gpus_used`): a timed pass's energy is then
-    exact (`lab.hardware.energy`). `on_start` is called with each phase's name as it starts (the
-    CLI's test-only fault injection uses it).
-    """
-
-    def __init__(self, meter: EnergyMeter | None = None, on_start: PhaseHook | None = None) -> None:
-        self.items: list[dict] = []
-        self.meter = meter
-        self.on_start = on_start
-
-    def start(self, name: str) -> None:
-        energy = self.meter.read_mj() if self.meter else None  # before the clock starts
-        self.items.append({"phase": name, "start": time.time(), "end": None})
-        if energy is not None:
-            self.items[-1]["energy_start_mj"] = energy
-        if self.on_start is not None:
-            self.on_start(name)
-
-    def end(self) -> None:
-        self.items[-1]["end"] = time.time()
-        if self.meter:  # after the clock's last reading
-            self.items[-1]["energy_end_mj"] = self.meter.read_mj()
-            self.items[-1]["gpus_used"] = self.meter.tree_gpus()
-
-    def end_open(self) -> None:
-        """End the phase a failure interrupted, if one is open."""
-        if self.items and self.items[-1]["end"] is None:
-            self.end()
 
 
 def run_backend(
@@ -294,8 +256,10 @@ def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: P
     phases.start("warmup")
     clock = Clock(backend.device_sync())
     clock.start()
-    for call in calls:
+    for number, call in enumerate(calls, 1):
         backend.generate(call, clock)
+        if len(calls) > 1:  # untimed: a long warm-up shows it is moving
+            print(f"lab: warmup: call {number}/{len(calls)} done at {clock.now():.1f} s", flush=True)
     seconds = clock.now()
     phases.end()
     result.warmup = {

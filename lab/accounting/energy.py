@@ -1,6 +1,6 @@
 """Energy per timed pass and per output token, from NVML's energy counters: pure arithmetic.
 
-Inputs: the runner's phases (`lab.runner.Phases`: every GPU's total-energy counter in mJ read just
+Inputs: the runner's phases (`lab.phases.Phases`: every GPU's total-energy counter in mJ read just
 before each phase starts and just after it ends, and the GPUs the backend's processes held) and the
 collector's samples (each GPU's power, utilisation and counter, epoch-timed). Definitions, per timed
 pass (a phase "repeat" or "generate") and per GPU the backend used:

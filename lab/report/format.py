@@ -17,8 +17,12 @@ def fmt(value, digits: int = 2) -> str:
 
 
 def pct(share: float | None) -> str:
-    """A share of 1 as a percentage with one decimal, '-' for None."""
-    return "-" if share is None else f"{100 * share:.1f}"
+    """A share of 1 as a percentage with one decimal, '-' for None; one that rounds to zero is "0.0", never
+    "-0.0" (a saving of -0.0004 is no saving, not a negative one)."""
+    if share is None:
+        return "-"
+    text = f"{100 * share:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def mib(n_bytes: float | None) -> float | None:

@@ -44,7 +44,9 @@ runs of bench as users run it (neither flag): printed with their own gap, for th
 nothing. A bench JSON does not record its flags: the command line that made it (the step's log) does.
 
 Verdict, on the medians: "agree" where they are within 5%; "outside" beyond it; "inconclusive" where
-either side's own spread ((max - min) / median) exceeds 5%, since then the runs cannot tell a 5% gap.
+either side's own spread ((max - min) / median) exceeds 5%, since then the runs cannot tell a 5% gap,
+unless even the two sides' nearest runs are more than 5% apart (every run of one side faster than every
+run of the other by more than 5%): then "outside" whatever the spreads.
 Exit 0 only on "agree"; 2 when the inputs are not a successful vLLM run and bench runs of the same
 number of requests.
 """
@@ -126,7 +128,8 @@ def spread(values: list[float]) -> float:
 def verdict(lab: list[float], bench: list[float]) -> tuple[str, float]:
     """("agree" | "outside" | "inconclusive", lab median / bench median - 1)."""
     gap = statistics.median(lab) / statistics.median(bench) - 1
-    if max(spread(lab), spread(bench)) > TOLERANCE:
+    apart = min(lab) / max(bench) - 1 > TOLERANCE or min(bench) / max(lab) - 1 > TOLERANCE
+    if max(spread(lab), spread(bench)) > TOLERANCE and not apart:
         return "inconclusive", gap
     return ("agree" if abs(gap) <= TOLERANCE else "outside"), gap
 

@@ -39,7 +39,7 @@
 #             its paged cache, block sharing on; its saving is measured within its run): --n 2,4,6
 #   tp-smoke  pytest tests/gpu/test_two_gpus.py: TP=2 on two GPUs (hf torchrun ranks, vLLM workers)
 #   tp-8b     TP=N (1, 2 or 4): synthetic:llama-8b, sharegpt-like (16 requests, batch 16), vLLM and the hf
-#             modes that split over GPUs; BACKENDS=... to run fewer per call
+#             modes that split over GPUs; BACKENDS=... to run fewer per call, REPEATS=N timed passes (3)
 #   tp-70b    synthetic:llama-70b (dummy weights) over TP=4 GPUs, sharegpt-like; vLLM by default,
 #             BACKENDS=hf/batched as a call of its own
 #   agree-tp-lab, agree-tp-bench  the lab's vLLM at TP=2 against `vllm bench throughput
@@ -47,6 +47,7 @@
 #             for like (--num-warmups N --disable-detokenize) BENCH_RUNS (3) times, as users run it
 #             BENCH_DEFAULT_RUNS (0) times; scripts/gpu/bench_agree.py gives the verdict (agree within 5%,
 #             outside, inconclusive). Run the two one after the other on the same GPUs, nothing beside them.
+#             agree-tp-lab NO_KV_SAMPLES=1: the lab without its per-step KV samples, judged apart (record only)
 #   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
 #             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop),
 #             then the lab's loop with its KV samples on (a second engine); GC pauses per call. GAP_VARIANTS:
@@ -329,7 +330,7 @@ tp-8b|tp-70b)
   (( tp > max_tp )) && tp=$max_tp
   lab models build "$model"
   lab experiment --model "$model" --workload sharegpt-like --num-requests "${SHAREGPT_REQUESTS:-16}" --batch-size 16 \
-      --tensor-parallel-size "$tp" --backends "$backends" "${pool[@]}" --results "$results" \
+      --tensor-parallel-size "$tp" --backends "$backends" --repeats "${REPEATS:-3}" "${pool[@]}" --results "$results" \
       --label "${model#synthetic:}-sharegpt-tp$tp-${backends//[\/,]/-}"
   ;;
 agree-tp-lab|agree-tp-bench|agree-tp-gap)
@@ -342,8 +343,12 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
   model=$(lab models build "$agree_model" | tail -n1)
   if [[ $step == agree-tp-lab ]]; then
     host_load "the lab"
+    # NO_KV_SAMPLES=1: the lab without its per-step KV samples (vLLM's stats off, no scheduler class), a
+    # folder of its own (label ...-nokv), compared with bench apart: what the lab's own per-step work costs
+    nokv=(); label="random$n-tp$tp"
+    [[ ${NO_KV_SAMPLES:-0} == 1 ]] && { nokv=(--no-kv-samples); label+="-nokv"; }
     lab experiment --model "$agree_model" --workload "file:$random_workload" "${util[@]}" --backends vllm \
-        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" --results "$results" --label "random$n-tp$tp"
+        --tensor-parallel-size "$tp" --repeats "${REPEATS:-3}" "${nokv[@]}" --results "$results" --label "$label"
   elif [[ $step == agree-tp-gap ]]; then
     pool=(--gpu-memory-utilization 0.5); [[ ${LAB_GPU_DRY:-0} == 1 ]] && pool=(--kv-cache-memory-bytes $((1 << 30)))
     host_load "vllm_bench_gap.py"
@@ -380,7 +385,8 @@ print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
     # engine start with REPEATS=1) (5%; exit 1 otherwise); every bench result of this step on this
     # machine counts, earlier calls' too
     shopt -s nullglob
-    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-*/)
+    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-????/)  # with KV samples: the lab as users run it
+    nokv_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-nokv-????/)
     warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
     shopt -u nullglob
     if (( ${#lab_runs[@]} == 0 )); then
@@ -390,6 +396,10 @@ print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
     else
       "$python" scripts/gpu/bench_agree.py "${lab_runs[@]}" "${warm[@]}" --as-run "${as_run[@]}"
       step_rc=$?
+    fi
+    if (( ${#nokv_runs[@]} && ${#warm[@]} )); then  # for the record, deciding nothing
+      echo "-- the lab without its per-step KV samples (NO_KV_SAMPLES=1 runs) against the same bench runs:"
+      "$python" scripts/gpu/bench_agree.py "${nokv_runs[@]}" "${warm[@]}"
     fi
   fi
   ;;

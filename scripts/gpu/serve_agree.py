@@ -51,7 +51,8 @@ METRICS_BEFORE, METRICS_AFTER = "server-metrics-before.txt", "server-metrics-aft
 
 
 def lab_point(results: Path) -> dict:
-    folder = next(p for p in sorted(results.iterdir()) if p.is_dir() and "-serve-agree-lab" in p.name)
+    # the newest lab run (folders start with their UTC time): the one the bench run beside it followed
+    folder = next(p for p in sorted(results.iterdir(), reverse=True) if p.is_dir() and "-serve-agree-lab" in p.name)
     run = json.loads((folder / "summary.json").read_text())["runs"][0]
     point = next(p for p in run["sweep"] if p.get("offered_rate_per_s"))
     rows = rf.read_jsonl(folder / "records.jsonl")  # or its gzipped twin in a packed folder

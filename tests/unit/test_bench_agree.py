@@ -55,6 +55,18 @@ def test_runs_spread_wider_than_the_tolerance_are_inconclusive(bench_agree):
     assert gap == pytest.approx(155.96 / 135.33 - 1)
 
 
+def test_spread_runs_whose_nearest_pair_is_more_than_five_percent_apart_are_outside(bench_agree):
+    # The H100 TP=2 runs of 2026-11-27 (requests/s): every bench run above every lab pass by > 5%
+    result, gap = bench_agree.verdict([164.17, 179.80, 161.29], [208.68, 195.89, 197.48])
+    assert result == "outside"
+    assert gap == pytest.approx(164.17 / 197.48 - 1)
+
+
+def test_spread_runs_whose_ranges_come_within_five_percent_stay_inconclusive(bench_agree):
+    # lab max 190 against bench min 195.89: 3% apart, so the spreads decide
+    assert bench_agree.verdict([164.17, 179.80, 190.0], [208.68, 195.89, 197.48])[0] == "inconclusive"
+
+
 def test_the_lab_side_leaves_out_a_pass_that_compiled(bench_agree, tmp_path):
     summary = {
         "runs": [

@@ -20,7 +20,7 @@ from lab.accounting.energy import (
     trapezoid_j,
 )
 from lab.hardware.energy import open_meter
-from lab.runner import Phases
+from lab.phases import Phases
 
 
 def gpu(index: int, **figures) -> dict:
