@@ -63,6 +63,8 @@ class TimedPass:
     duration_s: float
     compile: CompileCount | None = None
     memory: dict | None = None  # the backend's memory_stats() after the pass (its peaks reset before it); None: none
+    gc: dict | None = None  # this process's garbage collections in the pass (lab.gc_pauses.summarize); None: older runs
+    engine_gc: dict | None = None  # the engine's own processes' (Backend.engine_gc); None: not observed
 
     @property
     def invalid(self) -> str | None:
@@ -77,7 +79,9 @@ class TimedPass:
 
     @classmethod
     def from_dict(cls, data: dict) -> TimedPass:
-        return cls(data["index"], data["duration_s"], CompileCount.from_dict(data.get("compile")), data.get("memory"))
+        compiled = CompileCount.from_dict(data.get("compile"))
+        gc, engine_gc = data.get("gc"), data.get("engine_gc")
+        return cls(data["index"], data["duration_s"], compiled, data.get("memory"), gc, engine_gc)
 
 
 def last_pass_samples(samples: list[KvSample]) -> list[KvSample]:

@@ -44,6 +44,7 @@ from lab.backends.registry import backend_class
 from lab.config import RunSpec
 from lab.cut import Cut
 from lab.errors import LabInputError
+from lab.gc_pauses import GcPauses
 from lab.hardware.device import resolve_device, resolve_dtype
 from lab.hardware.energy import open_meter
 from lab.hardware.env import collect_environment
@@ -318,23 +319,21 @@ def _timed_passes(
     passes: list[TimedPass],
     last_rate: bool = True,
 ) -> tuple[list[RequestRecord], list[KvSample]]:
-    """`repeats` timed passes of the whole workload: the records and KV samples of every pass (each tagged
-    with its `pass_index`, counted over the whole sweep; a record also with why it does not count if it
-    compiled). `passes` collects every pass of the run, each with the allocator's figures after it.
-
-    result.passes_s and result.passes get each pass after it ends (a failing later pass keeps the
-    earlier ones); result.memory and the "generate" phase are the last pass's, the earlier passes'
-    phases are named "repeat".
-    """
+    """`repeats` timed passes of the workload: every pass's records and KV samples (tagged with its
+    `pass_index`, counted over the sweep; a record also with why it does not count if it compiled).
+    `passes` gets every pass, with the allocator's figures after it and the garbage collections in it
+    (this process's, `lab.gc_pauses`; the engine's, `Backend.engine_gc`). result.passes_s and
+    result.passes get each pass as it ends (a later failure keeps the earlier ones); result.memory and
+    the "generate" phase are the last pass's, the earlier ones' phases are named "repeat"."""
     records: list[RequestRecord] = []
     kv_samples: list[KvSample] = []
     for repeat in range(repeats):
-        last = last_rate and repeat == repeats - 1
+        phase = "generate" if last_rate and repeat == repeats - 1 else "repeat"
         index = len(passes)
         before = backend.compile_snapshot()
-        pass_records, pass_samples = _timed_pass(backend, requests, phases, result, "generate" if last else "repeat")
+        pass_records, pass_samples, gc = _timed_pass(backend, requests, phases, result, phase)
         compiled = CompileCount.between(before, backend.compile_snapshot())
-        timed = TimedPass(index, result.generate_s, compiled, memory=result.memory or None)
+        timed = TimedPass(index, result.generate_s, compiled, result.memory or None, gc, backend.engine_gc())
         for record in pass_records:
             record.pass_index, record.pass_invalid = index, timed.invalid
         for sample in pass_samples:
@@ -349,16 +348,17 @@ def _timed_passes(
 
 def _timed_pass(
     backend: Backend, requests: list[Request], phases: Phases, result: BackendResult, phase: str
-) -> tuple[list[RequestRecord], list[KvSample]]:
+) -> tuple[list[RequestRecord], list[KvSample], dict]:
     backend.reset_memory_stats()
     clock = Clock(backend.device_sync())
-    phases.start(phase)
-    clock.start()
-    records = backend.generate(requests, clock)
-    result.generate_s = clock.now()
+    with GcPauses(freeze=True) as pauses:  # this process's heap frozen first, outside the pass: lab.gc_pauses
+        phases.start(phase)
+        clock.start()
+        records = backend.generate(requests, clock)
+        result.generate_s = clock.now()
     phases.end()
     result.clock_wall_t0 = clock.wall_t0
     result.memory = backend.memory_stats()
     for record in records:
         record.backend, record.mode = backend.spec.backend, backend.spec.mode
-    return records, backend.kv_samples()
+    return records, backend.kv_samples(), pauses.totals()

@@ -102,6 +102,11 @@ class Backend(ABC):
     def reset_memory_stats(self) -> None:  # noqa: B027 - optional: most backends keep no statistics
         pass
 
+    def engine_gc(self) -> dict | None:
+        """Garbage collections in the engine's own processes during the last generate() (vLLM's engine
+        core); None where not observed. This process's own are the runner's (`lab.gc_pauses`)."""
+        return None
+
     def kv_samples(self) -> list[KvSample]:
         """KV-cache samples taken during the last generate(), one per step."""
         return []

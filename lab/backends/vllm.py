@@ -52,12 +52,11 @@ import os
 
 import vllm
 
-from lab.accounting import kv
-from lab.accounting.paged import vllm_step_sums
 from lab.backends import vllm_sharing as sharing
 from lab.backends.base import Backend, Clock
 from lab.backends.dispatch import Dispatcher
 from lab.backends.vllm_config import check_cpu_block_size, describe_engine
+from lab.backends.vllm_kv_samples import StepRow, engine_core_pass, engine_core_totals, kv_sample, step_row
 from lab.backends.vllm_progress import InFlight, Progress
 from lab.backends.vllm_step_facts import SCHEDULER_CLS, VERIFIED_VLLM, take_step_facts
 from lab.backends.vllm_worker import QUALNAME as WORKER_EXTENSION
@@ -109,7 +108,10 @@ class VllmBackend(Backend):
         self._llm = None
         self._tap: _SchedulerStatsTap | None = None
         self._info: dict = {}
-        self._samples: list[KvSample] = []
+        self._rows: list[StepRow] = []  # the last generate()'s steps; its KV samples are built from them
+        self._samples: list[KvSample] | None = None
+        self._core_totals: dict | None = None  # the engine core's running totals after the previous call
+        self._core_pass: dict | None = None
         self._num_blocks = 0
         self._generate_calls = 0
 
@@ -205,7 +207,7 @@ class VllmBackend(Backend):
         engine = self._llm.llm_engine
         if engine.has_unfinished_requests():
             raise RuntimeError("the vLLM engine still holds requests from an earlier call")
-        self._samples = []  # warm-up samples never mix with the timed pass's
+        self._rows, self._samples = [], None  # warm-up samples never mix with the timed pass's
         self._generate_calls += 1
         sample_kv = self.spec.engine.sample_kv_every_step
         if self._info.get("enable_prefix_caching"):
@@ -246,9 +248,10 @@ class VllmBackend(Backend):
                 if output.finished:  # n > 1: once, when the last of its samples finishes
                     dispatcher.done()
             stats, facts = self._tap.take() if self._tap is not None else (None, None)
-            if sample_kv and stats is not None:
-                self._samples.append(self._kv_sample(step, now, stats, facts, in_flight))
+            if sample_kv and stats is not None:  # the sample itself is built after the pass (vllm_kv_samples)
+                self._rows.append(step_row(step, now, stats, facts, in_flight))
             step += 1
+        self._end_of_call()
         records = [self._record(p, clock) for p in progress.values()]
         for record in records:
             dispatcher.stamp(record)
@@ -283,10 +286,9 @@ class VllmBackend(Backend):
             if self._tap is not None:
                 self._tap.log = None
         if self.spec.engine.sample_kv_every_step:
-            self._samples = [
-                self._kv_sample(step, clock.since_start(t), stats, facts, None)
-                for step, (t, stats, facts) in enumerate(log.steps)
-            ]
+            steps = enumerate(log.steps)
+            self._rows = [step_row(step, clock.since_start(t), stats, facts, None) for step, (t, stats, facts) in steps]
+        self._end_of_call()
         return sorted(records, key=lambda r: r.request_id)
 
     def _record(self, seen: Progress, clock: Clock) -> RequestRecord:
@@ -360,35 +362,20 @@ class VllmBackend(Backend):
         requests' tables), `token_state_slots` (scheduled prompts included), `reservation_slots`
         (of which `lookahead_slots`), `internal_slots`, `scheduled_prompt_slots`.
         """
+        if self._samples is None:
+            self._samples = [kv_sample(row, self._num_blocks, self._info["block_size"]) for row in self._rows]
         return list(self._samples)
 
-    def _kv_sample(self, step: int, now: float, stats, facts: dict | None, in_flight: InFlight | None) -> KvSample:
-        usage = float(stats.kv_cache_usage)
-        running = int(stats.num_running_reqs)
-        blocks_used = kv.blocks_used_from_usage(usage, self._num_blocks) if self._num_blocks > 1 else None
-        # Beam search (in_flight None): its one-token requests are not seen here, so no token count.
-        overcounted = in_flight is None or in_flight.requests > running  # or some request was preempted
-        sample = KvSample(
-            t_s=now,
-            step=step,
-            kv_usage=usage,
-            blocks_used=blocks_used,
-            num_blocks=self._num_blocks,
-            running=running,
-            waiting=int(stats.num_waiting_reqs),
-            tokens_stored=None if overcounted else in_flight.tokens_stored,
-            tokens_stored_exact=None if in_flight is None else in_flight.requests == running,
-        )
-        sample.prefix_queries, sample.prefix_hits = sharing.prefix_counts(stats)
-        if facts is not None:
-            sums = vllm_step_sums(facts, self._info["block_size"])
-            usable = kv.usable_blocks(int(facts["num_blocks"]))
-            sample.usable_blocks, sample.blocks_free = usable, int(facts["free_blocks"])
-            sample.blocks_used = usable - sample.blocks_free  # exact, not from the rounded usage
-            sample.held_blocks, sample.token_state_slots = sums.held_blocks, sums.token_state_slots
-            sample.reservation_slots, sample.lookahead_slots = sums.reservation_slots, sums.lookahead_slots
-            sample.internal_slots, sample.scheduled_prompt_slots = sums.internal_slots, sums.scheduled_prompt_slots
-        return sample
+    def _end_of_call(self) -> None:
+        """The engine core's collections and step-facts time during the call just ended (`engine_gc`)."""
+        totals = engine_core_totals(self._rows)
+        self._core_pass = engine_core_pass(self._core_totals, totals)
+        self._core_totals = totals or self._core_totals
+
+    def engine_gc(self) -> dict | None:
+        """The engine core's garbage collections (and seconds building step facts) during the last
+        generate(), from the totals it sends with its step facts; None with KV samples off."""
+        return self._core_pass
 
     # -- what the engine says about itself ----------------------------------------------------------
 

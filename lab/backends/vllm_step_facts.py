@@ -7,7 +7,11 @@ invisible from it. The scheduler knows them. So the lab runs vLLM with its own s
 `Scheduler` (or `AsyncScheduler`, whichever vLLM chose) with one method more. Its `make_stats`, run
 after each step's outputs are applied (with async scheduling: after the next step is scheduled),
 adds to the step's `SchedulerStats` the pool's free blocks and, for every running request,
-`[prompt tokens, computed tokens, output tokens, max tokens, blocks held]`. The facts ride in the
+`[prompt tokens, computed tokens, output tokens, max tokens, blocks held]`, packed into one bytes
+object (`lab.backends.vllm_facts_codec`: one object a step, not one list a request, in either
+process). Also, under `engine_core`, running totals of this process's own cost: its garbage
+collections (`lab.gc_pauses.GcTally`, a callback in `gc.callbacks`: it watches, it changes nothing of
+vLLM's GC settings or its frozen heap) and `facts_s`, the seconds spent building these facts. The facts ride in the
 stats' `kv_connector_stats` dict (the one field of `SchedulerStats` that takes free-form data), under
 `FACTS_KEY`; `take_step_facts` removes them in this process before vLLM's own stat loggers see the
 stats. Nothing else changes: the classes schedule exactly as vLLM's own.
@@ -21,8 +25,13 @@ never free and never in a request's table).
 
 from __future__ import annotations
 
+import time
+
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
+
+from lab.backends import vllm_facts_codec as codec
+from lab.gc_pauses import GcTally
 
 VERIFIED_VLLM = ("0.26.0", "0.32.0")
 SCHEDULER_CLS = "lab.backends.vllm_step_facts.StepFactsScheduler"
@@ -32,27 +41,35 @@ FACTS_KEY = "paged_attention_lab_step_facts"
 class _StepFacts:
     """`make_stats` plus this step's block facts (see the module docstring)."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._gc_tally = GcTally().start()
+        self._facts_s = 0.0
+
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)
         if stats is not None:
+            began = time.perf_counter()
             extra = dict(stats.kv_connector_stats or {})
-            extra[FACTS_KEY] = self._step_facts()
+            extra[FACTS_KEY] = facts = self._step_facts()
             stats.kv_connector_stats = extra
+            self._facts_s += time.perf_counter() - began
+            facts["engine_core"] = dict(self._gc_tally.totals(), facts_s=self._facts_s)
         return stats
 
     def _step_facts(self) -> dict:
         manager = self.kv_cache_manager
         tables = [m.req_to_blocks for m in manager.coordinator.single_type_managers]
-        requests = [
-            [
+        requests = codec.pack(
+            (
                 r.num_prompt_tokens,
                 r.num_computed_tokens,
                 r.num_output_tokens,
                 r.max_tokens,
                 sum(len(t.get(r.request_id, ())) for t in tables),
-            ]
+            )
             for r in self.running
-        ]
+        )
         pool = manager.block_pool
         return {"free_blocks": pool.get_num_free_blocks(), "num_blocks": pool.num_gpu_blocks, "requests": requests}
 

@@ -13,6 +13,7 @@ from lab.report.analyses import Analyses
 from lab.report.continuous import settings_lines
 from lab.report.cut_markdown import cut_lines
 from lab.report.format import fmt, mib, version
+from lab.report.gc_markdown import frozen_note, gc_section
 from lab.report.gpus_markdown import energy_section, per_gpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
 from lab.report.online_markdown import online_section
@@ -41,9 +42,8 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
         lines += [""] + repeats_section(analyses.repeats)
     if online := online_section(runs, view.engine.online, analyses.sweep_memory):
         lines += [""] + online
-    compiled = compile_section(runs)
-    if compiled:
-        lines += [""] + compiled
+    for section in (compile_section(runs), gc_section(runs)):
+        lines += [""] + section if section else []
     tutorial = tutorial_section(view)
     if tutorial:
         lines += [""] + tutorial
@@ -118,7 +118,7 @@ def conditions(view: RunView) -> list[str]:
         f"(fixed: EOS ignored), seed {config.seed}",
         f"- Warm-up: {warmup_text(config.warmup)} (excluded from every timing); hf batch size {config.batch_size}; "
         f"prefix caching {'on' if config.enable_prefix_caching else 'off'}; KV pool (vLLM, hf/continuous): " + pool,
-        passes_line(config.repeats, config.sample_kv_every_step),
+        passes_line(config.repeats, config.sample_kv_every_step) + frozen_note(runs),
         f"- GPUs per backend/mode: {config.tensor_parallel_size}"
         + (
             " (tensor parallelism: vLLM's workers; torchrun ranks for transformers)"

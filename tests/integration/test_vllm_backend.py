@@ -127,6 +127,22 @@ def test_tokens_stored_fit_the_used_blocks(timed_run):
 
 @pytest.mark.engine
 @pytest.mark.vllm_cpu
+def test_packed_step_facts_give_every_running_requests_blocks_and_tokens(backend, timed_run):
+    """The per-request facts travel packed (vllm_facts_codec) and are summed after the pass: the tables
+    hold exactly the blocks the pool counts as used, and (a synchronous scheduler, prompts in one step)
+    the token states are the tokens the frontend counted, step by step."""
+    _, _, samples, _ = timed_run
+    assert all(s.has_step_facts for s in samples)
+    assert all(s.held_blocks == s.blocks_used for s in samples)  # no residual: every used block in a table
+    exact = [s for s in samples if s.tokens_stored_exact and not s.scheduled_prompt_slots]
+    assert exact and all(s.token_state_slots == s.tokens_stored for s in exact)
+    assert backend.kv_samples() == samples  # built once, after the pass: the same samples every call
+    core = backend.engine_gc()  # the engine core's own collections in the pass, and its facts' cost
+    assert core is not None and core["count"] >= core["full_count"] >= 0 and core["step_facts_s"] > 0
+
+
+@pytest.mark.engine
+@pytest.mark.vllm_cpu
 def test_kv_usage_source_agrees_with_get_metrics(backend, timed_run):
     """The sampled figures are the ones vLLM's own gauges show (read here after the pass)."""
     from vllm.v1.metrics.reader import Gauge

@@ -72,10 +72,18 @@ def test_start_forgets_the_previous_call(gap):
 
 def test_summary_gives_each_variant_against_warm_bench(gap):
     def row(variant: str, seconds: float) -> dict:
-        return {"variant": variant, "seconds": seconds, "adding_s": 0.1, "frontend_s": 0.2, "wait_s": 0.3, "steps": 4}
+        gc = {"total_ms": seconds, "max_ms": seconds / 2}  # a fake pause total, to follow into the line
+        parts = {"adding_s": 0.1, "frontend_s": 0.2, "wait_s": 0.3, "steps": 4}
+        return {"variant": variant, "seconds": seconds, **parts, "gc": gc}
 
     rows = [row("bench", 10.0), row("bench", 10.4), row("bench", 9.6), row("lab", 8.0), row("lab", 9.0)]
     lines = gap.summary(rows)
     assert lines[0].startswith("     bench: 10.000 s (9.600-10.400, 3 calls), +0.0% against bench")
     assert lines[1].startswith("       lab: 8.500 s (8.000-9.000, 2 calls), -15.0% against bench")
-    assert lines[1].endswith("adding 0.100 s, frontend 0.200 s, waiting 0.300 s, 4 steps")
+    assert lines[1].endswith("waiting 0.300 s, rest 0.000 s, 4 steps; GC 8 ms a call (longest pause 4 ms)")
+
+
+def test_summary_without_bench_compares_with_the_first_variant(gap):
+    parts = {"adding_s": 0, "frontend_s": 0, "wait_s": 0, "steps": 1, "gc": {"total_ms": 0, "max_ms": 0}}
+    rows = [{"variant": v, "seconds": s, **parts} for v, s in (("lab", 10.0), ("lab-kv", 11.0))]
+    assert "+10.0% against lab;" in gap.summary(rows)[1]
