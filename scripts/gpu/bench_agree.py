@@ -134,6 +134,11 @@ def verdict(lab: list[float], bench: list[float]) -> tuple[str, float]:
     return ("agree" if abs(gap) <= TOLERANCE else "outside"), gap
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 run', '3 runs', '2 passes'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def describe(name: str, values: list[float], output_len: int) -> str:
     each = ", ".join(f"{v:.2f}" for v in values)
     median = statistics.median(values)
@@ -185,12 +190,12 @@ def main(argv: list[str]) -> int:
         return 2
     lab = [rate for run in runs for rate in pass_rates(run)]
     bench, as_run = bench_rates(results[: len(deciding)]), bench_rates(results[len(deciding) :])
-    print(describe(f"lab ({len(lab)} passes, {len(runs)} engine start{'s' * (len(runs) > 1)})", lab, OUTPUT_LEN))
-    print(describe(f"vllm bench throughput ({len(bench)} runs)", bench, OUTPUT_LEN))
+    print(describe(f"lab ({counted(len(lab), 'pass')}, {counted(len(runs), 'engine start')})", lab, OUTPUT_LEN))
+    print(describe(f"vllm bench throughput ({counted(len(bench), 'run')})", bench, OUTPUT_LEN))
     result, gap = verdict(lab, bench)
     print(f"gap of the medians: {gap:+.1%} (limit {TOLERANCE:.0%}): {result}")
     if as_run:
-        print(describe(f"vllm bench throughput as users run it ({len(as_run)} runs)", as_run, OUTPUT_LEN))
+        print(describe(f"vllm bench throughput as users run it ({counted(len(as_run), 'run')})", as_run, OUTPUT_LEN))
         as_run_result, as_run_gap = verdict(lab, as_run)
         print(f"  gap of the medians to those: {as_run_gap:+.1%}: {as_run_result} (for the record: decides nothing)")
     print(prompt_tokens_line(runs[0], results))
