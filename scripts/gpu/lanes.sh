@@ -29,6 +29,9 @@ state=/tmp/lanes
 TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static "
 TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
 
+# A lab run that a signal cuts cleanly (it keeps what finished): what `stop` and STEP_TIMEOUT send SIGTERM to
+LAB_RUN='python[^ ]* -m lab (experiment|capacity) '
+
 lane_name() { echo "${1//,/_}"; }
 
 shares_gpu() {  # shares_gpu "0,1" "1,2": true when the two GPU lists have a GPU in common
@@ -60,9 +63,8 @@ stop_step_after() {  # stop_step_after SECONDS PID STATUS: a step's STEP_TIMEOUT
   kill -0 "$2" 2> /dev/null || return 0
   echo "$(date -u +%T) STEP_TIMEOUT: stopping the step after $1 s" >> "$3"
   local tree labs; tree=$(descendants "$2")
+  labs=$(pgrep -f "$LAB_RUN" | grep -Fx -f <(echo "$tree"))
   # shellcheck disable=SC2086  # one pid a word
-  labs=$(for p in $tree; do grep -qaE -- "-m.lab.(experiment|capacity)" "/proc/$p/cmdline" 2> /dev/null && echo "$p"; done)
-  # shellcheck disable=SC2086
   if [[ -n $labs ]]; then kill -TERM $labs 2> /dev/null; else kill -TERM "$2" $tree 2> /dev/null; fi
   for _ in $(seq 18); do kill -0 "$2" 2> /dev/null || return 0; sleep 5; done
   # shellcheck disable=SC2086
@@ -141,7 +143,7 @@ stop)  # before pack near the lease's end: a step cut by SIGTERM writes what it 
   touch "$state/stop"
   # SIGTERM to the lab's own commands alone: not to measure.sh or its `tee` (a lab whose stdout pipe died
   # while it saved its kept sweep lost it, 2026-11-27), which then go on to pack the step's folders
-  pkill -TERM -f "python[^ ]* -m lab (experiment|capacity) "
+  pkill -TERM -f "$LAB_RUN"
   for _ in $(seq 18); do pgrep -f "python.* -m lab " > /dev/null || break; sleep 5; done
   pgrep -af "python.* -m lab " | cut -c1-160 | sed 's/^/still running: /'
   ;;
