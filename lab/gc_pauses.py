@@ -55,40 +55,59 @@ def summarize(pauses: list[tuple[int, float]], frozen_objects: int | None = None
     }
 
 
-class GcPauses:
-    """Collects the collections of this process between `start()` and `stop()` (or as a context manager).
+class _CollectionWatch:
+    """Times every collection of this process from a callback in `callbacks` (gc.callbacks, or a unit
+    test's list) on the clock `now` (time.perf_counter, or a fake); `_collected` takes each one."""
 
-    `callbacks` and `now`: the list the callback goes into and the clock (gc.callbacks and
-    time.perf_counter; a unit test passes its own list and a fake clock)."""
-
-    def __init__(
-        self, callbacks: list | None = None, now: Callable[[], float] = time.perf_counter, freeze: bool = False
-    ) -> None:
+    def __init__(self, callbacks: list | None = None, now: Callable[[], float] = time.perf_counter) -> None:
         self._callbacks = gc.callbacks if callbacks is None else callbacks
         self._now = now
-        self._freeze = freeze
         self._began: float | None = None
-        self.pauses: list[tuple[int, float]] = []
-        self.frozen_objects: int | None = None
 
     def _on_collection(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._began = self._now()
         elif self._began is not None:
-            self.pauses.append((int(info.get("generation", -1)), self._now() - self._began))
-            self._began = None
+            seconds, self._began = self._now() - self._began, None
+            self._collected(int(info.get("generation", -1)), seconds)
+
+    def _collected(self, generation: int, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _attach(self) -> None:
+        self._began = None
+        self._callbacks.append(self._on_collection)
+
+    def _detach(self) -> None:
+        if self._on_collection in self._callbacks:
+            self._callbacks.remove(self._on_collection)
+
+
+class GcPauses(_CollectionWatch):
+    """Collects the collections of this process between `start()` and `stop()` (or as a context manager);
+    `freeze=True`: the heap frozen first (`freeze_heap`)."""
+
+    def __init__(
+        self, callbacks: list | None = None, now: Callable[[], float] = time.perf_counter, freeze: bool = False
+    ) -> None:
+        super().__init__(callbacks, now)
+        self._freeze = freeze
+        self.pauses: list[tuple[int, float]] = []
+        self.frozen_objects: int | None = None
+
+    def _collected(self, generation: int, seconds: float) -> None:
+        self.pauses.append((generation, seconds))
 
     def start(self) -> GcPauses:
         if self._freeze:
             freeze_heap()
-        self.pauses, self._began = [], None
+        self.pauses = []
         self.frozen_objects = gc.get_freeze_count()
-        self._callbacks.append(self._on_collection)
+        self._attach()
         return self
 
     def stop(self) -> dict:
-        if self._on_collection in self._callbacks:
-            self._callbacks.remove(self._on_collection)
+        self._detach()
         return self.totals()
 
     def totals(self) -> dict:
@@ -101,7 +120,7 @@ class GcPauses:
         self.stop()
 
 
-class GcTally:
+class GcTally(_CollectionWatch):
     """Running totals of this process's collections since `start()`, O(1) a collection and a read: for a
     process that reports them every step (the engine core, `lab.backends.vllm_step_facts`).
     `totals()`: {"count", "total_s", "max_s", "full_count", "full_s"} (full: generation 2)."""
@@ -109,27 +128,19 @@ class GcTally:
     FULL = 2
 
     def __init__(self, callbacks: list | None = None, now: Callable[[], float] = time.perf_counter) -> None:
-        self._callbacks = gc.callbacks if callbacks is None else callbacks
-        self._now = now
-        self._began: float | None = None
+        super().__init__(callbacks, now)
         self.count = self.full_count = 0
         self.total_s = self.max_s = self.full_s = 0.0
 
     def start(self) -> GcTally:
-        self._callbacks.append(self._on_collection)
+        self._attach()
         return self
 
-    def _on_collection(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._began = self._now()
-            return
-        if self._began is None:
-            return
-        seconds, self._began = self._now() - self._began, None
+    def _collected(self, generation: int, seconds: float) -> None:
         self.count += 1
         self.total_s += seconds
         self.max_s = max(self.max_s, seconds)
-        if info.get("generation") == self.FULL:
+        if generation == self.FULL:
             self.full_count += 1
             self.full_s += seconds
 
