@@ -18,6 +18,7 @@ import click
 from click.core import ParameterSource
 
 from lab import run_folder as rf
+from lab import teardown
 from lab.cli_faults import fault_injection
 from lab.cli_images import images
 from lab.cli_models import models
@@ -148,6 +149,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
     click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir, on_phase=fault_injection(spec.label))
     click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    teardown.exit_now_if_stuck(0 if result.ok else 1)  # a teardown that hung: not the interpreter's shutdown
     sys.exit(0 if result.ok else 1)
 
 

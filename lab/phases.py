@@ -4,17 +4,27 @@ progress in the backend's log.
 The collector's samples carry epoch times, so each phase keeps its epoch start and end to line up with
 them. Each start and end is also printed to the backend's log (its stdout, `log.txt`), outside the
 timed interval: a run cut by a signal or a timeout shows the phase it was in (`lab.cut`), and a long
-warm-up or pass shows it is moving.
+warm-up or pass shows it is moving. Under torchrun, rank k > 0 prefixes its lines 'rank k: ' (`say`), so
+the log tells the ranks apart and the terminal shows rank 0's.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
 from lab.hardware.energy import EnergyMeter
+from lab.launchers.torchrun import log_prefix
 
 PhaseHook = Callable[[str], None]
+
+
+def say(text: str) -> None:
+    """'lab: <text>' (rank k > 0 of torchrun: 'rank k: lab: <text>') on stdout, the backend's log, at once:
+    one write of the whole line, so two ranks' lines on one pipe do not run into each other."""
+    sys.stdout.write(f"{log_prefix()}lab: {text}\n")
+    sys.stdout.flush()
 
 
 class Phases:
@@ -34,7 +44,7 @@ class Phases:
 
     def start(self, name: str) -> None:
         energy = self.meter.read_mj() if self.meter else None  # before the clock starts
-        print(f"lab: {name}: started", flush=True)
+        say(f"{name}: started")
         self.items.append({"phase": name, "start": time.time(), "end": None})
         if energy is not None:
             self.items[-1]["energy_start_mj"] = energy
@@ -47,7 +57,7 @@ class Phases:
         if self.meter:  # after the clock's last reading
             item["energy_end_mj"] = self.meter.read_mj()
             item["gpus_used"] = self.meter.tree_gpus()
-        print(f"lab: {item['phase']}: done in {item['end'] - item['start']:.1f} s", flush=True)
+        say(f"{item['phase']}: done in {item['end'] - item['start']:.1f} s")
 
     def end_open(self) -> None:
         """End the phase a failure interrupted, if one is open."""

@@ -287,12 +287,13 @@ class BackendResult(_BackendMode):
     )  # {"phase", "start", "end"}, epoch seconds (+ energy: phases.Phases)
     energy_meter: dict | None = None  # lab.hardware.energy: the counter and GPUs read, or {"source": None, "reason"}
     traceback: str | None = None
-    close_error: str | None = None
+    close_error: str | None = None  # the engine's close failed, or hung past its limit (lab.teardown)
     process_s: float | None = None  # set by the experiment: the process's wall time
     exit_code: int | None = None  # set by the experiment
     exit_signal: str | None = None  # set by the experiment: the signal that ended the process ("SIGKILL")
     timeout_s: float | None = None  # set by the experiment: the limit the process ran under (--timeout)
     leftover_pids: list[int] | None = None  # set by the experiment: processes it left running, killed
+    exit_stuck_s: float | None = None  # set by the experiment: still running this long after its result; stopped
 
     @property
     def hf_batches(self) -> list[HfBatch]:

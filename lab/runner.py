@@ -16,7 +16,9 @@ raises LabInputError before anything is written. Then it writes into its folder
                    compilations it saw (a pass that compiled is marked invalid) and the allocator's
                    figures after it (`memory`, its peaks reset before the pass), engine and memory
                    figures, and the epoch start/end of each phase (load, warm-up, repeat, generate) to
-                   line up with the collector's timeline, with every GPU's energy counter at both ends
+                   line up with the collector's timeline, with every GPU's energy counter at both ends;
+                   written before the engine is closed and again after it (`close_error`: a close that
+                   failed or hung), so a teardown that hangs keeps the run (`lab.teardown`)
 
 No compilation inside a timed pass: the warm-up runs every shape the passes will use
 (`Backend.warmup_plan`, warm-up "shapes") or the whole workload once ("full-pass"), and torch.compile's
@@ -54,9 +56,10 @@ from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenize
 from lab.online_metrics import describe_point, rate_metrics, started_early
 from lab.online_settings import rate_text
 from lab.pass_records import CompileCount, TimedPass, last_pass_samples
-from lab.phases import PhaseHook, Phases
+from lab.phases import PhaseHook, Phases, say
 from lab.rates_kept import FinishedRates, keep_finished_rates
 from lab.records import BackendResult, KvSample, RequestRecord
+from lab.teardown import StillRunning
 from lab.workloads import Request, build_workload
 
 
@@ -159,6 +162,7 @@ def run_backend(
         _warm_up(spec, backend, requests, phases, result)
         records, kv_samples = _sweep(spec, backend, requests, phases, result, finished)
         _write_records(part, records, kv_samples)
+        say("records: written")
         result.engine = backend.engine_info()
         result.status = "ok" if all(r.ok for r in records) else "error"
         if not result.ok:
@@ -176,15 +180,30 @@ def run_backend(
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:
-        if backend is not None:
-            try:
-                backend.close()
-            except Exception as exc:  # noqa: BLE001 - the run's own result matters more
-                result.close_error = repr(exc)
+        _end(part, result, backend)
         if meter is not None:
             meter.close()
-        rf.write_json(part.result, result.to_dict())
+        rf.write_json(part.result, result.to_dict())  # again, with what the close said
+        say("result: written")
     return result
+
+
+def _end(part: rf.PartFolder, result: BackendResult, backend: Backend | None) -> None:
+    """result.json first, then the engine closed: a close or an exit that hangs keeps the finished run
+    (`lab.teardown`). A close that fails or hangs (`StillRunning`) is the result's `close_error`."""
+    rf.write_json(part.result, result.to_dict())
+    say("result: written, before the close")
+    if backend is None:
+        return
+    say("close: started")
+    t0 = time.perf_counter()
+    try:
+        backend.close()
+    except Exception as exc:  # noqa: BLE001 - the run's own result matters more
+        result.close_error = str(exc) if isinstance(exc, StillRunning) else repr(exc)
+        say(f"close: failed after {time.perf_counter() - t0:.1f} s: {result.close_error}")
+        return
+    say(f"close: done in {time.perf_counter() - t0:.1f} s")
 
 
 def _engine_info(backend: Backend | None) -> dict | None:
@@ -259,7 +278,7 @@ def _warm_up(spec: RunSpec, backend: Backend, requests: list[Request], phases: P
     for number, call in enumerate(calls, 1):
         backend.generate(call, clock)
         if len(calls) > 1:  # untimed: a long warm-up shows it is moving
-            print(f"lab: warmup: call {number}/{len(calls)} done at {clock.now():.1f} s", flush=True)
+            say(f"warmup: call {number}/{len(calls)} done at {clock.now():.1f} s")
     seconds = clock.now()
     phases.end()
     result.warmup = {

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DistributedConfig
 
 from lab.models.resolve import has_weights
+from lab.teardown import TEARDOWN_LIMIT_S, call_within
 
 
 def load_tensor_parallel(model_path: str, dtype: torch.dtype, ranks: int, device: str):
@@ -38,7 +39,17 @@ def load_tensor_parallel(model_path: str, dtype: torch.dtype, ranks: int, device
     return model_class.from_pretrained(None, config=config, state_dict={}, dtype=dtype, distributed_config=distributed)
 
 
-def close_tensor_parallel() -> None:
-    """End torch.distributed where the load started it (no TCPStore or NCCL warnings at exit)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def close_tensor_parallel(limit_s: float = TEARDOWN_LIMIT_S) -> None:
+    """End torch.distributed where the load started it (no TCPStore or NCCL warnings at exit), within
+    `limit_s`: a teardown that hangs raises `lab.teardown.StillRunning` (the run records it as its
+    close_error) rather than holding the finished run. Its lines in the log: 'distributed teardown: ...'."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def destroy() -> None:
+        if device is not None:  # a new thread starts on GPU 0: this rank's GPU, not a context on another's
+            torch.cuda.set_device(device)
         torch.distributed.destroy_process_group()
+
+    call_within(destroy, limit_s, "distributed teardown")

@@ -5,7 +5,9 @@ However the process ends, the experiment gets a `BackendResult` and goes on with
 - it died before writing one (killed by a signal, the out-of-memory killer, a crash): an error result
   with its exit signal or code and the last lines of its log;
 - it ran past its time limit: it is stopped with every process it started, and recorded as an error
-  that names the limit (an online sweep keeps the rates it finished: `lab.rates_kept`).
+  that names the limit (an online sweep keeps the rates it finished: `lab.rates_kept`);
+- it wrote result.json and still ran `lab.teardown.EXIT_GRACE_S` later (its engine's close or its exit
+  hung): it is stopped with every process it started, and its result is kept (`exit_stuck_s`).
 Whatever it left running in its process group (an orphaned engine core) is killed and listed.
 
 This module is light (no torch, no vllm): on a Docker host it runs in a small host environment.
@@ -26,6 +28,7 @@ from lab.launchers.base import Echo
 from lab.launchers.process import LabProcess, LogPump
 from lab.launchers.supervisor import Supervisor
 from lab.records import BackendResult
+from lab.teardown import EXIT_GRACE_S
 
 # "ValueError: ...", also after a prefix such as vLLM's "(EngineCore pid=1) ERROR ... [core.py:1] ".
 EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): (?P<message>.+)$")
@@ -60,13 +63,16 @@ def execute_run(
             bufsize=1,
         )
         proc.pump(log)
-        returncode = processes.wait(proc, timeout_s)
-        timed_out = returncode is None
-        left = processes.stop(proc) if timed_out else processes.finish(proc)
+        ended = wait_for_exit(proc, part, processes, timeout_s, EXIT_GRACE_S)
+        timed_out = ended == TIMED_OUT
+        left = processes.finish(proc) if ended == EXITED else processes.stop(proc)
     finally:
         log.close()
     stop_collector(collector, part, processes)
     result = read_result(run, part, proc, timed_out, timeout_text or f"{timeout_s:,.0f} s")
+    if ended == STUCK_AFTER_RESULT:
+        result.exit_stuck_s = EXIT_GRACE_S
+        echo(f"    {run.name}: still running {EXIT_GRACE_S:.0f} s after writing its result; stopped it, result kept")
     result.process_s = time.perf_counter() - t0
     result.exit_code = proc.returncode
     result.exit_signal = proc.exit_signal()
@@ -76,6 +82,28 @@ def execute_run(
         echo(f"    {run.name}: killed {len(left)} process(es) it left running (pids {', '.join(map(str, left))})")
     rf.write_json(part.result, result.to_dict())
     return result
+
+
+EXITED, TIMED_OUT, STUCK_AFTER_RESULT = "exited", "timed out", "stuck after its result"
+POLL_S = 1.0  # how often the wait looks for result.json
+
+
+def wait_for_exit(
+    proc: LabProcess, part: rf.PartFolder, processes: Supervisor, timeout_s: float, grace_s: float = EXIT_GRACE_S
+) -> str:
+    """How the wait for the backend process ended: EXITED; TIMED_OUT, still running after `timeout_s`; or
+    STUCK_AFTER_RESULT, still running `grace_s` after its result.json appeared (it is written before the
+    engine's close: `lab.teardown`), so a close or exit that hangs costs `grace_s`, not the whole limit."""
+    deadline = time.monotonic() + timeout_s
+    written_at = None
+    while True:
+        if written_at is None and part.result.exists():
+            written_at = time.monotonic()
+        limit = deadline if written_at is None else min(deadline, written_at + grace_s)
+        if processes.wait(proc, max(0.0, min(POLL_S, limit - time.monotonic()))) is not None:
+            return EXITED
+        if time.monotonic() >= limit:
+            return TIMED_OUT if limit == deadline else STUCK_AFTER_RESULT
 
 
 def read_result(run: RunSpec, part: rf.PartFolder, proc: LabProcess, timed_out: bool, limit: str) -> BackendResult:

@@ -68,6 +68,20 @@ def test_hf_rank_1_ran_the_same_workload_and_wrote_only_its_own_folder(split_run
 
 
 @pytest.mark.vllm_cpu  # split_run starts vLLM on the CPU
+def test_each_hf_rank_logs_every_step_after_its_last_pass_in_order(split_run):
+    run_dir, _ = split_run
+    log = rf.PartFolder(run_dir / rf.RUNS / "hf-batched").log.read_text().splitlines()
+    steps = ["generate: done", "records: written", "result: written, before the close", "close: started"]
+    steps += ["distributed teardown: started", "distributed teardown: done", "close: done", "result: written", "ok"]
+    for prefix in ("lab: ", "rank 1: lab: "):
+        lines = [line.removeprefix(prefix) for line in log if line.startswith(prefix)]
+        at = [
+            next(i for i, line in enumerate(lines) if line == step or line.startswith(f"{step} in ")) for step in steps
+        ]
+        assert at == sorted(at), (prefix, lines[-12:])
+
+
+@pytest.mark.vllm_cpu  # split_run starts vLLM on the CPU
 def test_the_collector_watched_torchrun_and_both_ranks(split_run):
     run_dir, _ = split_run
     part = rf.PartFolder(run_dir / rf.RUNS / "hf-batched")
