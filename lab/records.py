@@ -345,6 +345,7 @@ class RunSummary(_BackendMode):
     sweep_memory: list[dict] | None = None  # online serving: lab.accounting.pass_memory.rate_memory of each rate
     skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run
     cut: dict | None = None  # the result's `cut`: the offered rates not run, and why
+    process_end: dict | None = None  # the result's close_error, exit_stuck_s, leftover_pids where any is set
 
     def metric(self, key: str) -> Any:
         """One of `metrics` (None where the run has none)."""

@@ -124,7 +124,21 @@ def summarize_run(
         sweep_memory=rate_memory(pass_memory(result, records, list(kv_samples), own)) if is_sweep(records) else None,
         skipped_rates=result.skipped_rates,
         cut=result.cut,
+        process_end=process_end(result),
     )
+
+
+def process_end(result: BackendResult) -> dict | None:
+    """What went wrong as the backend process ended, after its measured work: its engine's close failed or
+    hung (`close_error`), it was stopped still running after its result (`exit_stuck_s`), it left
+    processes running (`leftover_pids`); None where nothing did."""
+    facts = {
+        "close_error": result.close_error,
+        "exit_stuck_s": result.exit_stuck_s,
+        "leftover_pids": result.leftover_pids or None,
+    }
+    kept = {key: value for key, value in facts.items() if value is not None}
+    return kept or None
 
 
 def timeline_peaks(samples: list[dict], window: tuple[float, float] | None = None) -> dict:

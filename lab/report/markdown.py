@@ -70,6 +70,7 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     failed = [r for r in runs if not r.ok]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {r.label}: {r.error}" for r in failed]
+    lines += process_end_section(runs)
     torn = [r for r in runs if (r.collector or {}).get("torn_line")]
     if torn:
         lines += ["", "## Skipped lines", ""] + [
@@ -203,3 +204,25 @@ def plots_section(plots: list[dict]) -> list[str]:
         else:
             lines += [f"- {entry['title']}: not drawn: {entry['skipped']}.", ""]
     return lines
+
+
+def process_end_section(runs: list[RunSummary]) -> list[str]:
+    """'## How the processes ended': each backend/mode whose process, after its measured work, failed or
+    hung closing its engine, was stopped still running after its result, or left processes behind
+    (`RunSummary.process_end`); [] where none did. Its figures stand: they were written before."""
+    notes = []
+    for run in runs:
+        end = run.process_end or {}
+        said = []
+        if end.get("close_error"):
+            said.append(f"closing its engine failed or hung: {end['close_error']}")
+        if end.get("exit_stuck_s"):
+            said.append(f"still running {end['exit_stuck_s']:.0f} s after writing its result: stopped, result kept")
+        if end.get("leftover_pids"):
+            said.append(f"left {len(end['leftover_pids'])} process(es) running, killed: {end['leftover_pids']}")
+        if said:
+            notes.append(f"- {run.label}: " + "; ".join(said))
+    if not notes:
+        return []
+    intro = "After the timed passes (their figures were written before, and stand):"
+    return ["", "## How the processes ended", "", intro, ""] + notes
