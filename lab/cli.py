@@ -68,6 +68,7 @@ from lab.hardware.gpus import multicast_env
 from lab.launchers import torchrun
 from lab.launchers.base import Launcher
 from lab.launchers.choose import choose_launcher
+from lab.phases import say
 from lab.report.compare import render_comparison
 from lab.report.sharing_writer import write_sharing_report
 from lab.report.writer import write_report
@@ -145,10 +146,10 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
     torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
     signal.signal(signal.SIGTERM, Interrupted.on_signal)  # so that the engine is closed, not orphaned
-    out, say = torchrun.rank_out(out), torchrun.log_prefix()
-    click.echo(f"{say}lab: {spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
+    out = torchrun.rank_out(out)
+    say(f"{spec.label} on {spec.engine.model}, workload {spec.engine.workload}")
     result = run_backend(spec, out, cache_dir, on_phase=fault_injection(spec.label))
-    click.echo(f"{say}lab: {result.status}" + (f": {result.error}" if not result.ok else ""))
+    say(result.status + (f": {result.error}" if not result.ok else ""))
     teardown.exit_now_if_stuck(0 if result.ok else 1)  # a teardown that hung: not the interpreter's shutdown
     sys.exit(0 if result.ok else 1)
 
