@@ -43,10 +43,13 @@ with `--num-warmups N --disable-detokenize`, as `measure.sh agree-tp-bench` runs
 runs of bench as users run it (neither flag): printed with their own gap, for the record, deciding
 nothing. A bench JSON does not record its flags: the command line that made it (the step's log) does.
 
-Verdict, on the medians: "agree" where they are within 5%; "outside" beyond it; "inconclusive" where
-either side's own spread ((max - min) / median) exceeds 5%, since then the runs cannot tell a 5% gap,
-unless even the two sides' nearest runs are more than 5% apart (every run of one side faster than every
-run of the other by more than 5%): then "outside" whatever the spreads.
+Verdict (`lab.agreement`): the gap is the ratio of the two sides' geometric means, with a 95% interval
+from Welch's t on the logarithms; "agree" where the whole interval lies within 5%, "outside" where it
+lies wholly beyond, "inconclusive" where it straddles a limit or a side has fewer than two runs. The
+medians' gap is printed beside it. (Until the ninth session of 2026-11-27 the verdict was on the medians
+alone, "inconclusive" wherever a side's own range exceeded 5%: on a host where engine starts spread by
+18% it could never decide, and with tight runs it said "agree" on three runs a side that left a 5% gap
+possible.)
 Exit 0 only on "agree"; 2 when the inputs are not a successful vLLM run and bench runs of the same
 number of requests.
 """
@@ -59,7 +62,8 @@ import statistics
 import sys
 from pathlib import Path
 
-TOLERANCE = 0.05
+from lab.agreement import agreement
+
 OUTPUT_LEN = 128
 
 
@@ -125,15 +129,6 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def verdict(lab: list[float], bench: list[float]) -> tuple[str, float]:
-    """("agree" | "outside" | "inconclusive", lab median / bench median - 1)."""
-    gap = statistics.median(lab) / statistics.median(bench) - 1
-    apart = min(lab) / max(bench) - 1 > TOLERANCE or min(bench) / max(lab) - 1 > TOLERANCE
-    if max(spread(lab), spread(bench)) > TOLERANCE and not apart:
-        return "inconclusive", gap
-    return ("agree" if abs(gap) <= TOLERANCE else "outside"), gap
-
-
 def counted(count: int, noun: str) -> str:
     """'1 run', '3 runs', '2 passes'."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('s') else 's'}"
@@ -192,14 +187,13 @@ def main(argv: list[str]) -> int:
     bench, as_run = bench_rates(results[: len(deciding)]), bench_rates(results[len(deciding) :])
     print(describe(f"lab ({counted(len(lab), 'pass')}, {counted(len(runs), 'engine start')})", lab, OUTPUT_LEN))
     print(describe(f"vllm bench throughput ({counted(len(bench), 'run')})", bench, OUTPUT_LEN))
-    result, gap = verdict(lab, bench)
-    print(f"gap of the medians: {gap:+.1%} (limit {TOLERANCE:.0%}): {result}")
+    result = agreement(lab, bench)
+    print(f"the lab against bench: {result.describe()}")
     if as_run:
         print(describe(f"vllm bench throughput as users run it ({counted(len(as_run), 'run')})", as_run, OUTPUT_LEN))
-        as_run_result, as_run_gap = verdict(lab, as_run)
-        print(f"  gap of the medians to those: {as_run_gap:+.1%}: {as_run_result} (for the record: decides nothing)")
+        print(f"  the lab against those: {agreement(lab, as_run).describe()} (for the record: decides nothing)")
     print(prompt_tokens_line(runs[0], results))
-    return 0 if result == "agree" else 1
+    return 0 if result.verdict == "agree" else 1
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@
 #   agree-tp-gap  scripts/gpu/vllm_bench_gap.py on the same workload and TP: bench's call and the lab's pass
 #             on one engine, one difference at a time (warm-up, text prompts, detokenizing, sampling, loop),
 #             then the lab's loop with its KV samples on (a second engine); GC pauses per call. GAP_VARIANTS:
-#             a comma list of them (default all); GAP_PROFILE=1: one more lab call each under cProfile (not timed), stats under the results
+#             a comma list of them (default all); GAP_PROFILE=1: one more lab call each under cProfile (not timed), stats under the results;
+#             GAP_INTERLEAVE=1: the timed calls in turns (bench, lab, bench, ...): with GAP_VARIANTS=bench,lab and
+#             REPEATS=20, issue 18's agreement on one engine, its 95% interval narrow enough to decide
 #   online-1b, online-1b-hf, online-1b-seq, online-8b, online-8b-hf  online serving (Figure 12): 64
 #             sharegpt-like requests at 1,2,4,8,16,32,inf req/s (RATES), each backend stopping at its first
 #             saturated rate: vLLM and hf/continuous; hf/batched and hf/static-cache; hf/sequential alone
@@ -354,6 +356,7 @@ agree-tp-lab|agree-tp-bench|agree-tp-gap)
     host_load "vllm_bench_gap.py"
     gap=(); [[ -n ${GAP_VARIANTS:-} ]] && gap+=(--variants "$GAP_VARIANTS")
     [[ ${GAP_PROFILE:-0} == 1 ]] && gap+=(--profile "$results/vllm-bench-gap-profile-$n-tp$tp")
+    [[ ${GAP_INTERLEAVE:-0} == 1 ]] && gap+=(--interleave)
     "$python" scripts/gpu/vllm_bench_gap.py "$model" --prompts "$n" --tensor-parallel-size "$tp" "${pool[@]}" \
         --repeats "${REPEATS:-2}" "${gap[@]}" --out "$results/vllm-bench-gap-$n-tp$tp.jsonl"
   else

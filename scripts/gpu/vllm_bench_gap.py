@@ -37,12 +37,17 @@ its row "<variant>-profiled", apart from the timed calls.
 
 The engine of every variant but lab-kv is the lab's (`VllmBackend`) with its per-step KV samples off:
 vLLM's own scheduler and its stats off, as bench builds it. Prompts: bench's own random dataset (RandomDataset, seed 0).
-Prints one JSON line per call, then medians; --out writes the lines.
+Prints one JSON line per call, then medians, and where both "lab" and "bench" ran, issue 18's check on one
+engine: the lab's loop against bench's call, `lab.agreement`'s gap with its 95% interval and verdict.
+--interleave makes the timed calls in turns (bench, lab, bench, lab, ...) after every variant's warm-up,
+so that the host's drift falls on both alike: the like-for-like form of that check (in blocks, each
+variant meets its own stretch of the host's minutes; on 4x H100 beside other lanes, calls of one variant
+on one engine spread by 9-11%, 2026-11-27). --out writes the lines.
 
 Usage: python3 scripts/gpu/vllm_bench_gap.py MODEL_DIR [--prompts 1024] [--repeats 3]
        [--tensor-parallel-size 1] [--gpu-memory-utilization 0.5 | --kv-cache-memory-bytes B] [--out FILE]
        [--variants bench-cold,bench,tokens,no-detok,greedy,lab,lab-kv] [--profile DIR] [--no-freeze]
-       [--max-num-seqs N]
+       [--max-num-seqs N] [--interleave]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ import statistics
 import time
 from pathlib import Path
 
+from lab.agreement import agreement
 from lab.backends.base import Clock
 from lab.config import EngineSettings, RunSpec
 from lab.gc_pauses import GcPauses
@@ -231,25 +237,55 @@ def profiled(run, path: Path | None):
     return row
 
 
+def one_call(name: str, run, args, repeat: int, path: Path | None = None) -> dict:
+    """One call of variant `name` (under cProfile where `path` is given), printed as a JSON line; `repeat`
+    -1 is its untimed warm-up."""
+    with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
+        row = profiled(run, path)
+    row = {"variant": f"{name}-profiled" if path else name, "repeat": repeat, **row, "gc": pauses.totals()}
+    row["rest_s"] = row["seconds"] - row["adding_s"] - row["frontend_s"] - row["wait_s"]
+    row["requests_per_s"] = args.prompts / row["seconds"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def timed_variant(name: str, run, args, rows: list[dict]) -> None:
     """The variant's untimed warm-up (none for bench-cold), then its timed calls, each a JSON line; with
     --profile, a lab variant then makes one call more under cProfile, its row named "<variant>-profiled"
     (cProfile slows the calls it watches: never among the timed ones)."""
-    warm_ups = 0 if name == "bench-cold" else 1  # each variant's own shapes, once untimed
-    calls = warm_ups + (1 if name == "bench-cold" else args.repeats)
-    extra = 1 if args.profile and name.startswith("lab") else 0
-    for repeat in range(calls + extra):
-        timed = repeat >= warm_ups
-        path = Path(args.profile) / f"{name}.pstats" if repeat == calls else None
-        with GcPauses(freeze=name.startswith("lab") and not args.no_freeze) as pauses:
-            row = profiled(run, path)
-        variant = f"{name}-profiled" if path else name
-        row = {"variant": variant, "repeat": repeat - warm_ups, **row, "gc": pauses.totals()}
-        row["rest_s"] = row["seconds"] - row["adding_s"] - row["frontend_s"] - row["wait_s"]
-        row["requests_per_s"] = args.prompts / row["seconds"]
-        print(json.dumps(row), flush=True)
-        if timed:
-            rows.append(row)
+    if name != "bench-cold":  # each variant's own shapes, once untimed
+        one_call(name, run, args, -1)
+    for repeat in range(1 if name == "bench-cold" else args.repeats):
+        rows.append(one_call(name, run, args, repeat))
+    if args.profile and name.startswith("lab"):
+        one_call(name, run, args, args.repeats, Path(args.profile) / f"{name}.pstats")
+
+
+def interleaved(names: list[str], variants: dict, args, rows: list[dict]) -> None:
+    """--interleave: each variant's untimed warm-up, then the timed calls in turns (bench, lab, bench,
+    lab, ...), so that the host's drift over the run's minutes falls on every variant alike and their gap
+    is like for like (in blocks, each variant meets its own stretch of it). bench-cold, a first call by
+    definition, runs before the turns."""
+    if "bench-cold" in names:
+        timed_variant("bench-cold", variants["bench-cold"], args, rows)
+    turns = [n for n in names if n != "bench-cold"]
+    for name in turns:
+        one_call(name, variants[name], args, -1)
+    for repeat in range(args.repeats):
+        for name in turns:
+            rows.append(one_call(name, variants[name], args, repeat))
+    for name in (n for n in turns if args.profile and n.startswith("lab")):
+        one_call(name, variants[name], args, args.repeats, Path(args.profile) / f"{name}.pstats")
+
+
+def lab_against_bench(rows: list[dict]) -> str | None:
+    """Issue 18's check on one engine: the lab's loop against bench's call (warm), requests/s of each
+    timed call, `lab.agreement`'s verdict; None unless both ran."""
+    rates = {v: [r["requests_per_s"] for r in rows if r["variant"] == v] for v in ("lab", "bench")}
+    if not rates["lab"] or not rates["bench"]:
+        return None
+    counts = f"{len(rates['lab'])} lab calls, {len(rates['bench'])} bench calls, one engine"
+    return f"the lab's loop against bench's call ({counts}): {agreement(rates['lab'], rates['bench']).describe()}"
 
 
 def main() -> None:
@@ -263,6 +299,9 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=None, help="requests running at once (vLLM's default)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     parser.add_argument("--profile", default=None, help="a folder for cProfile stats of the lab's calls")
+    parser.add_argument(
+        "--interleave", action="store_true", help="timed calls in turns across the variants, not in blocks"
+    )
     parser.add_argument("--no-freeze", action="store_true", help="lab calls without the runner's gc freeze")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -298,8 +337,12 @@ def main() -> None:
     print(json.dumps(facts), flush=True)
     rows: list[dict] = []
     try:
-        for name in (v for v in VARIANTS if v in chosen and v in variants and not kv_only):
-            timed_variant(name, variants[name], args, rows)
+        names = [v for v in VARIANTS if v in chosen and v in variants and not kv_only]
+        if args.interleave:
+            interleaved(names, variants, args, rows)
+        else:
+            for name in names:
+                timed_variant(name, variants[name], args, rows)
     finally:
         if not kv_only:
             backend.close()
@@ -311,6 +354,8 @@ def main() -> None:
         finally:
             backend.close()
     print("\n".join(summary(rows)))
+    if verdict := lab_against_bench(rows):
+        print(verdict)
     if args.out:
         with open(args.out, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in [facts, *rows])

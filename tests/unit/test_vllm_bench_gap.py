@@ -87,3 +87,37 @@ def test_summary_without_bench_compares_with_the_first_variant(gap):
     parts = {"adding_s": 0, "frontend_s": 0, "wait_s": 0, "steps": 1, "gc": {"total_ms": 0, "max_ms": 0}}
     rows = [{"variant": v, "seconds": s, **parts} for v, s in (("lab", 10.0), ("lab-kv", 11.0))]
     assert "+10.0% against lab;" in gap.summary(rows)[1]
+
+
+def fake_call(seconds: float):
+    """A variant's call (a fake): a row with the parts `one_call` reads and `seconds` as its duration."""
+    return lambda: {"seconds": seconds, "adding_s": 0.0, "frontend_s": 0.0, "wait_s": 0.0, "steps": 1}
+
+
+def test_interleave_warms_every_variant_then_takes_turns(gap, capsys):
+    args = SimpleNamespace(prompts=100, repeats=2, no_freeze=False, profile=None)
+    variants = {"bench-cold": fake_call(2.0), "bench": fake_call(1.0), "lab": fake_call(0.5)}
+    rows: list[dict] = []
+    gap.interleaved(["bench-cold", "bench", "lab"], variants, args, rows)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    order = [(r["variant"], r["repeat"]) for r in map(__import__("json").loads, printed)]
+    assert order == [
+        ("bench-cold", 0),
+        ("bench", -1),
+        ("lab", -1),
+        ("bench", 0),
+        ("lab", 0),
+        ("bench", 1),
+        ("lab", 1),
+    ]
+    assert [(r["variant"], r["repeat"]) for r in rows] == [o for o in order if o[1] >= 0]  # warm-ups not kept
+    assert [r["requests_per_s"] for r in rows if r["variant"] == "lab"] == [200.0, 200.0]
+
+
+def test_lab_against_bench_gives_the_agreement_on_one_engine(gap):
+    rows = [{"variant": "bench", "requests_per_s": r} for r in (200.0, 201.0, 199.0, 200.5)]
+    rows += [{"variant": "lab", "requests_per_s": r} for r in (201.0, 200.0, 200.5, 199.5)]
+    line = gap.lab_against_bench(rows)
+    assert line.startswith("the lab's loop against bench's call (4 lab calls, 4 bench calls, one engine): gap +0.1%")
+    assert line.endswith("limit 5%: agree")
+    assert gap.lab_against_bench([r for r in rows if r["variant"] == "lab"]) is None
