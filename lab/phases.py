@@ -51,6 +51,11 @@ class Phases:
         if self.on_start is not None:
             self.on_start(name)
 
+    def step(self, name: str) -> None:
+        """A step that is not a phase of its own (the engine's close): the `on_start` hook alone."""
+        if self.on_start is not None:
+            self.on_start(name)
+
     def end(self) -> None:
         item = self.items[-1]
         item["end"] = time.time()

@@ -180,7 +180,7 @@ def run_backend(
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:
-        _end(part, result, backend)
+        _end(part, result, backend, phases)
         if meter is not None:
             meter.close()
         rf.write_json(part.result, result.to_dict())  # again, with what the close said
@@ -188,7 +188,7 @@ def run_backend(
     return result
 
 
-def _end(part: rf.PartFolder, result: BackendResult, backend: Backend | None) -> None:
+def _end(part: rf.PartFolder, result: BackendResult, backend: Backend | None, phases: Phases) -> None:
     """result.json first, then the engine closed: a close or an exit that hangs keeps the finished run
     (`lab.teardown`). A close that fails or hangs (`StillRunning`) is the result's `close_error`."""
     rf.write_json(part.result, result.to_dict())
@@ -196,6 +196,7 @@ def _end(part: rf.PartFolder, result: BackendResult, backend: Backend | None) ->
     if backend is None:
         return
     say("close: started")
+    phases.step("close")
     t0 = time.perf_counter()
     try:
         backend.close()

@@ -74,7 +74,8 @@ def run_experiment(
                 bar.echo(f"[{number}/{len(specs)}] {run.label}: {describe_result(result)}")
             return result
 
-        sweep = Sweep(processes, echo, functools.partial(finished_rates, folder, echo, keep_cut), keep=keep_cut)
+        salvage = functools.partial(finished_rates, folder, echo, keep_cut)
+        sweep = Sweep(processes, echo, salvage, keep=keep_cut, whole=measured_whole)
         sweep.run(specs, run_one, lambda r: r.label)
         swept = sweep.end()
         merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online.slos)
@@ -86,19 +87,32 @@ def run_experiment(
 
 def finished_rates(folder: rf.RunFolder, echo: Echo, keep: bool, run: RunSpec, cut: Cut) -> BackendResult | None:
     """The backend/mode that was running when the experiment was cut: its result where its process kept
-    the offered rates it finished (`lab.rates_kept`), with the experiment's own reason; else None, and
-    its folder is removed (a backend cut mid-way is not presented as finished). Either way the last lines
-    of its log go to `echo` first: what it was doing when the cut came. `keep` False: nothing is kept."""
+    the offered rates it finished (`lab.rates_kept`), with the experiment's own reason, or where it had
+    finished every pass and written its result before its engine's close (`lab.teardown`): the cut only
+    stopped its close or its exit, which is noted as its `close_error`. Else None, and its folder is
+    removed (a backend cut mid-way is not presented as finished). Either way the last lines of its log go
+    to `echo` first: what it was doing when the cut came. `keep` False: nothing is kept."""
     part = folder.part(run.name)
     result = BackendResult.from_dict(rf.read_json(part.result)) if keep and part.result.exists() else None
-    kept = result is not None and bool(result.cut)
+    kept = result is not None and (bool(result.cut) or measured_whole(result))
     end_cut_part(run.label, part, kept, echo)
     if not kept:
         return None
+    if measured_whole(result):
+        stopped = f"stopped by the cut ({cut.reason}) after its result was written: every pass had finished"
+        result.close_error = result.close_error or stopped
+        rf.write_json(part.result, result.to_dict())
+        return result
     result.cut = recut(result.cut, cut.reason, cut.signal)
     result.error = f"{cut.reason}: its sweep was cut at {result.cut['cut_at']} req/s"
     rf.write_json(part.result, result.to_dict())
     return result
+
+
+def measured_whole(result: BackendResult) -> bool:
+    """A result written after every timed pass finished (ok, no rates of its own cut): what a backend
+    writes before its engine's close, so a cut that comes later stops only the close or the exit."""
+    return result.ok and not result.cut
 
 
 def sized_from_workload(spec: ExperimentSpec, resolved: dict, echo: Echo) -> ExperimentSpec:

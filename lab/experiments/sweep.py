@@ -79,14 +79,17 @@ class Swept(Generic[T]):
 @dataclass
 class Sweep(Generic[P, T]):
     """Points run in turn under one supervisor. `salvage(point, cut)`: after the processes stopped, what
-    of the cut point to keep (None: nothing; it removes its files). `keep` False: the run is one point
-    of an outer sweep, whole or not at all: `salvage` is still called (what it keeps is dropped), the cut
-    goes on up, and the signals are not held at the end."""
+    of the cut point to keep (None: nothing; it removes its files). `whole(kept)`: True where what was
+    kept is the whole point, measured before the cut came (a backend cut while its engine closed, its
+    result already written): then the cut counts from the next point, nothing is marked partial. `keep`
+    False: the run is one point of an outer sweep, whole or not at all: `salvage` is still called (what it
+    keeps is dropped), the cut goes on up, and the signals are not held at the end."""
 
     processes: Supervisor
     echo: Echo
     salvage: Callable[[P, Cut], T | None] | None = None
     keep: bool = True
+    whole: Callable[[T], bool] = lambda kept: False  # noqa: E731 (a dataclass field's default)
     done: list[T] = field(default_factory=list)
     cut: Cut | None = None
 
@@ -120,7 +123,9 @@ class Sweep(Generic[P, T]):
             raise exc
         if kept is not None:
             self.done.append(kept)
-            cut = dataclasses.replace(cut, partial=True)
+            finished = self.whole(kept)  # measured whole before the cut: the cut came after it
+            after = dataclasses.replace(cut, cut_at=left[1] if len(left) > 1 else None, points_not_run=left[1:])
+            cut = after if finished else dataclasses.replace(cut, partial=True)
         if not isinstance(exc, KeyboardInterrupt):
             self.echo(failure_text(exc, cut))
         part = " (the last of them in part)" if cut.partial else ""

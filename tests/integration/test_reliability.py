@@ -305,6 +305,33 @@ def test_a_sharing_sweep_cut_by_sigterm_keeps_its_finished_point(tiny_model, cou
     assert "hf/batched was running when the run was cut; the last lines of its log" in rest  # point n=2's
 
 
+def test_sigterm_while_a_backend_closes_keeps_its_finished_result(tiny_model, counts_workload, tmp_path):
+    """hf/sequential has finished its pass and written its result, and hangs in its engine's close
+    (LAB_TEST_FAULT ...:hang@close) when the experiment gets SIGTERM: its measurement is kept, with the
+    cut as its close_error, and the cut counts from hf/batched, which did not run."""
+    results = tmp_path / "results"
+    args = ["experiment", "--device", "cpu", "--results", str(results), "--model", str(tiny_model)]
+    args += ["--backends", "hf/sequential,hf/batched", "--workload", f"file:{counts_workload}", "--repeats", "1"]
+    env = {**os.environ, "LAB_TEST_FAULT": "hf/sequential:hang@close"}
+    watched = Watched([*args, "--no-collector"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = read_until(watched, "hf-sequential: LAB_TEST_FAULT: hang at the start of the engine's close")
+    watched.popen.send_signal(signal.SIGTERM)
+    stdout, rest = watched.finish(timeout_s=120)
+    stderr = "".join(seen) + rest
+    assert watched.popen.returncode == 128 + signal.SIGTERM, stderr
+    assert watched.left_running() == [] and tmp_folders(results) == [], stderr
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    cut = {"reason": "interrupted by SIGTERM", "signal": "SIGTERM", "cut_at": "hf/batched"}
+    assert rf.read_json(run_dir / rf.MANIFEST)["cut"] == dict(cut, points_not_run=["hf/batched"])
+    (run,) = rf.read_json(run_dir / rf.SUMMARY)["runs"]
+    assert (run["backend"], run["mode"], run["status"]) == ("hf", "sequential", "ok")
+    assert_exact_counts(run, COUNTS)
+    close_error = "stopped by the cut (interrupted by SIGTERM) after its result was written: every pass had finished"
+    assert result_of(run_dir, "hf-sequential")["close_error"] == close_error
+    assert close_error in (run_dir / rf.REPORT).read_text()  # "How the processes ended"
+    assert "keeping the 1 point(s) that finished" in stderr and "(the last of them in part)" not in stderr
+
+
 @pytest.fixture(scope="module")
 def online_sweep_cut(tiny_model, counts_workload, tmp_path_factory):
     """An online sweep (50 req/s, then inf) of hf/batched then hf/sequential: hf/batched hangs at its second

@@ -80,6 +80,26 @@ def test_a_backend_that_kept_its_finished_rates_stays_with_the_experiments_reaso
     assert not part.path.exists() and "removed" in said[0]
 
 
+def test_a_backend_cut_after_writing_its_whole_result_is_kept_with_the_cut_as_its_close_error(tmp_path):
+    # its result.json is written before its engine's close (lab.teardown): the cut stopped the close
+    part, said = part_with_log(tmp_path, 3), []
+    rf.write_json(part.result, BackendResult("hf", "batched", status="ok").to_dict())
+    kept = finished_rates(rf.RunFolder(tmp_path), said.append, True, HF_BATCHED, SIGTERM_CUT)
+    assert kept.ok and kept.cut is None
+    assert kept.close_error == (
+        "stopped by the cut (interrupted by SIGTERM) after its result was written: every pass had finished"
+    )
+    assert rf.read_json(part.result)["close_error"] == kept.close_error and part.log.exists()
+    assert "kept in its folder" in said[0]
+    # a close that had already failed keeps its own reason
+    rf.write_json(part.result, BackendResult("hf", "batched", status="ok", close_error="hung 30 s").to_dict())
+    assert finished_rates(rf.RunFolder(tmp_path), said.append, True, HF_BATCHED, SIGTERM_CUT).close_error == "hung 30 s"
+    # a failed backend's result is not a measurement: removed, as before
+    rf.write_json(part.result, BackendResult("hf", "batched", status="error", error="boom").to_dict())
+    assert finished_rates(rf.RunFolder(tmp_path), said.append, True, HF_BATCHED, SIGTERM_CUT) is None
+    assert not part.path.exists()
+
+
 # ----------------------------------------------------------------------------- the kept run's rename
 
 

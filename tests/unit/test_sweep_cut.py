@@ -329,3 +329,18 @@ def test_capacity_cut_after_its_budget_point_keeps_what_it_measured_and_names_ev
         "vllm-offline-c4",
     ]
     assert sorted(p.name for p in (tmp_path / rf.RUNS).iterdir()) == sorted(measured)  # b2's folder removed
+
+
+def test_a_cut_point_kept_whole_counts_the_cut_from_the_next_point():
+    # a backend cut while its engine closed, its result written after every pass: the point finished
+    processes, said = FakeSupervisor(), []
+    sweep = Sweep(processes, said.append, salvage=lambda point, cut: point.upper(), whole=lambda kept: kept == "B")
+    sweep.run(["a", "b", "c"], fake_points("b", Interrupted(signal.SIGTERM)))
+    swept = sweep.end()
+    assert swept.done == ["A", "B"]
+    assert swept.cut == Cut("interrupted by SIGTERM", "SIGTERM", "c", ["c"])
+    assert said[-1] == "cut off (interrupted by SIGTERM at c; not run: c): keeping the 2 point(s) that finished"
+    # the last point kept whole: the cut came after every point; the run is still a cut one (its exit code)
+    last = Sweep(FakeSupervisor(), print, salvage=lambda point, cut: point.upper(), whole=lambda kept: True)
+    last.run(["a", "b"], fake_points("b", Interrupted(signal.SIGTERM)))
+    assert last.end().cut == Cut("interrupted by SIGTERM", "SIGTERM", None, [])

@@ -21,6 +21,7 @@ from lab.config import EngineSettings, RunSpec
 from lab.experiments import backend_run
 from lab.launchers.process import LabProcess
 from lab.launchers.supervisor import Supervisor
+from lab.phases import Phases
 from lab.records import BackendResult
 from lab.teardown import StillRunning, call_within
 
@@ -69,7 +70,7 @@ def test_a_close_that_hangs_keeps_the_result_and_records_that_it_hung(tmp_path, 
     result = BackendResult("hf", "static-cache", status="ok", generate_s=12.4)
     backend = FakeBackendWhoseTeardownHangs()
     t0 = time.perf_counter()
-    runner._end(part, result, backend)
+    runner._end(part, result, backend, Phases())
     assert time.perf_counter() - t0 < LIMIT_S + 2.0
     backend.release.set()
     written = rf.read_json(part.result)  # before the close: what a hang later on would have left
