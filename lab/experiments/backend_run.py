@@ -77,9 +77,12 @@ def execute_run(
     result.exit_code = proc.returncode
     result.exit_signal = proc.exit_signal()
     result.timeout_s = timeout_s
-    if left:
+    pids = ", ".join(map(str, left))
+    if left and ended == EXITED:  # what it left behind when it exited by itself
         result.leftover_pids = left
-        echo(f"    {run.name}: killed {len(left)} process(es) it left running (pids {', '.join(map(str, left))})")
+        echo(f"    {run.name}: killed {len(left)} process(es) it left running (pids {pids})")
+    elif left:  # stopped by the lab (its time limit, or stuck after its result): its own tree, not left behind
+        echo(f"    {run.name}: stopped {len(left)} process(es) of its tree (pids {pids})")
     rf.write_json(part.result, result.to_dict())
     return result
 
