@@ -21,6 +21,11 @@ This module alone knows where a file of a run lives. Everything else asks it (`R
             collector.log
             ranks/<k>/                      torchrun rank k > 0 of a tensor-parallel hf run: its own files
 
+Merge gathers the runs' records.jsonl, kv.jsonl, kv_passes.jsonl and timeline.jsonl into the folder's
+files of the same name. A compacted folder (scripts/compact_results.py: the committed results) keeps
+those lines only there, its timeline.jsonl with each run's collector header and summary lines too;
+`lab.merged_rows` reads a run's lines from its own file, else from the merged file.
+
 A run is written into `results/.tmp-<run-id>/` (`creating`) and renamed when complete, so a
 half-written run is never mistaken for a finished one, and an existing run folder is never
 overwritten. A run cut off part-way is complete too once it is written from the points that finished

@@ -2,7 +2,9 @@
 
 Each file is read the first time something asks for it, and never again: the manifest and the
 summary for the tables, each backend/mode's own files (`runs/<name>/`) for the KV breakdown, the
-bandwidth and the observations, the collector's timeline for the memory plot.
+bandwidth and the observations, the collector's timeline for the memory plot. Where a compacted folder
+kept a backend/mode's records or KV samples only in the merged file, its lines come from there
+(`lab.merged_rows`).
 
 The latency and throughput figures are computed again from the request records
 (`lab.metrics.run_metrics`), not read from summary.json: a run written before the arrival clock then
@@ -20,6 +22,7 @@ from pathlib import Path
 from lab import run_folder as rf
 from lab.config import EngineSettings
 from lab.hardware.timeline import restricted_to_gpus
+from lab.merged_rows import RunRows
 from lab.metrics import passes_of, run_metrics, with_pass_seconds
 from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
@@ -47,6 +50,7 @@ class RunView:
         self.folder = rf.RunFolder(rf.check_run_dir(Path(path)))
         self._parts: dict[str, RunPart] = {}
         self._records: dict[str, list[RequestRecord]] = {}
+        self._rows = RunRows(self.folder)
 
     @property
     def path(self) -> Path:
@@ -82,7 +86,7 @@ class RunView:
     def records(self, name: str) -> list[RequestRecord]:
         """Every timed pass's request records of backend/mode `name` ('hf-batched')."""
         if name not in self._records:
-            self._records[name] = [RequestRecord.from_dict(r) for r in rf.iter_jsonl(self.folder.part(name).records)]
+            self._records[name] = [RequestRecord.from_dict(r) for r in self._rows.of(rf.RECORDS, name)]
         return self._records[name]
 
     @cached_property
@@ -107,8 +111,8 @@ class RunView:
             result = with_batch_sequences(result, self.engine.sequences) if result is not None else None
             records = self.records(run.name)
             passes = passes_of(records)
-            samples = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_samples)]
-            every = [KvSample.from_dict(s) for s in rf.iter_jsonl(files.kv_every_pass())]
+            samples = [KvSample.from_dict(s) for s in self._rows.of(rf.KV_SAMPLES, run.name)]
+            every = [KvSample.from_dict(s) for s in self._rows.kv_every_pass(run.name)]
             last = passes[-1] if passes else []
             self._parts[run.name] = RunPart(run, result, last, samples, records, every)
         return self._parts[run.name]
