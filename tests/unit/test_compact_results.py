@@ -1,7 +1,7 @@
 """scripts/compact_results.py's per-folder step on a folder written for the test: what it removes, and what it keeps.
 
 The folder holds only what `compact_run` reads: summary.json's backend/modes, the merged files and the
-runs' own copies (tests/integration/test_compact_results.py compacts a real run and regenerates its report).
+runs' own copies (tests/integration/test_compacted_run_folder.py compacts a real run and regenerates its report).
 """
 
 from __future__ import annotations
