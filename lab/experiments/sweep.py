@@ -9,7 +9,8 @@ backend (a later point's model build failing). When one comes after at least one
 1. the signals are held from then on, so that keeping the finished points cannot be cut short in
    turn, and every process still running is stopped (`Supervisor.stop_after`);
 2. the point that was running is handed to `salvage`, which shows the last lines of its backend's log
-   (what it was doing), then keeps what of it finished (a backend's finished rates) or removes its
+   (what it was doing), then keeps what of it finished (a backend's finished rates; the whole of it
+   where its measurement had finished and only its engine's close was cut, `whole`) or removes its
    files (a point cut mid-way is never presented as finished);
 3. `Sweep.end` gives the finished points and the `lab.cut.Cut`; the caller writes its folder from
    them, names the cut in its manifest and report, and the folder is renamed into results/ as a
