@@ -42,13 +42,15 @@ class Agreement:
     low: float | None  # the gap's 95% interval; None with fewer than two runs a side
     high: float | None
     median_gap: float  # median of `a` / median of `b` - 1, for the record
+    tolerance: float = TOLERANCE  # the limit the verdict was judged against
 
-    def describe(self, tolerance: float = TOLERANCE) -> str:
+    def describe(self) -> str:
         interval = "no interval: fewer than two runs a side"
         if self.low is not None:
             interval = f"95% {self.low:+.1%} to {self.high:+.1%}"
         return (
-            f"gap {self.gap:+.1%} ({interval}; medians {self.median_gap:+.1%}), limit {tolerance:.0%}: {self.verdict}"
+            f"gap {self.gap:+.1%} ({interval}; medians {self.median_gap:+.1%}), "
+            f"limit {self.tolerance:.0%}: {self.verdict}"
         )
 
 
@@ -62,7 +64,7 @@ def agreement(a: list[float], b: list[float], tolerance: float = TOLERANCE) -> A
     diff = statistics.fmean(log_a) - statistics.fmean(log_b)
     gap = math.exp(diff) - 1
     if min(len(a), len(b)) < 2:
-        return Agreement("inconclusive", gap, None, None, median_gap)
+        return Agreement("inconclusive", gap, None, None, median_gap, tolerance)
     var_a, var_b = statistics.variance(log_a) / len(a), statistics.variance(log_b) / len(b)
     se = math.sqrt(var_a + var_b)
     df = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1)) if se > 0 else math.inf
@@ -74,4 +76,4 @@ def agreement(a: list[float], b: list[float], tolerance: float = TOLERANCE) -> A
         verdict = "outside"
     else:
         verdict = "inconclusive"
-    return Agreement(verdict, gap, low, high, median_gap)
+    return Agreement(verdict, gap, low, high, median_gap, tolerance)

@@ -48,11 +48,11 @@ class Phases:
         self.items.append({"phase": name, "start": time.time(), "end": None})
         if energy is not None:
             self.items[-1]["energy_start_mj"] = energy
-        if self.on_start is not None:
-            self.on_start(name)
+        self.step(name)
 
     def step(self, name: str) -> None:
-        """A step that is not a phase of its own (the engine's close): the `on_start` hook alone."""
+        """The `on_start` hook for `name`: each phase's start, and steps that are no phase of their own (the
+        engine's close)."""
         if self.on_start is not None:
             self.on_start(name)
 

@@ -257,6 +257,11 @@ def timed_variant(name: str, run, args, rows: list[dict]) -> None:
         one_call(name, run, args, -1)
     for repeat in range(1 if name == "bench-cold" else args.repeats):
         rows.append(one_call(name, run, args, repeat))
+    profiled_call(name, run, args)
+
+
+def profiled_call(name: str, run, args) -> None:
+    """With --profile, a lab variant's one call more under cProfile (its row "<variant>-profiled")."""
     if args.profile and name.startswith("lab"):
         one_call(name, run, args, args.repeats, Path(args.profile) / f"{name}.pstats")
 
@@ -274,8 +279,8 @@ def interleaved(names: list[str], variants: dict, args, rows: list[dict]) -> Non
     for repeat in range(args.repeats):
         for name in turns:
             rows.append(one_call(name, variants[name], args, repeat))
-    for name in (n for n in turns if args.profile and n.startswith("lab")):
-        one_call(name, variants[name], args, args.repeats, Path(args.profile) / f"{name}.pstats")
+    for name in turns:
+        profiled_call(name, variants[name], args)
 
 
 def lab_against_bench(rows: list[dict]) -> str | None:
