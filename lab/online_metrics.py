@@ -18,6 +18,8 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
 - normalized_latency_s = mean over requests of e2e_s / output_tokens, seconds per output token: the
   PagedAttention paper's normalized latency (Figure 12); normalized_latency_s_min and _max: its lowest
   and highest over the passes that count (the median's range, equal to it with one pass).
+- pass_points: with several passes that count, each pass's own normalized latency, SLO attainment and
+  saturation, in pass order (empty with one): the sustained rate of each pass, beside the median's.
 - goodput_per_s = requests meeting every SLO given / duration_s (as `vllm bench serve --goodput`);
   slo_attainment = their share of the requests.
 - backlog_growth = requests in the system (arrived, not finished) at the last arrival minus those at
@@ -161,6 +163,7 @@ def rate_metrics(records: list[RequestRecord], offered_rate: float, slos: dict[s
     median = median_of(counted)
     latency_min_s, latency_max_s = latency_range(counted)
     saturated, why = saturation(median) if math.isfinite(offered_rate) else (False, None)
+    each_pass = [pass_point(summary, offered_rate) for summary in counted]
     median.update(
         offered_rate_per_s=offered_rate if math.isfinite(offered_rate) else None,
         request_rate="inf" if math.isinf(offered_rate) else offered_rate,
@@ -170,8 +173,20 @@ def rate_metrics(records: list[RequestRecord], offered_rate: float, slos: dict[s
         normalized_latency_s_max=latency_max_s,
         saturated=saturated,
         saturation_reason=why,
+        pass_points=each_pass if len(each_pass) > 1 else [],
     )
     return median
+
+
+def pass_point(summary: dict, offered_rate: float) -> dict:
+    """What `sustained_rate` reads of one timed pass at one rate: its own normalized latency, SLO
+    attainment and saturation, so that each pass's sustained rate can be found as the median's is."""
+    saturated = saturation(summary)[0] if math.isfinite(offered_rate) else False
+    return {
+        "normalized_latency_s": summary.get("normalized_latency_s"),
+        "slo_attainment": summary.get("slo_attainment"),
+        "saturated": saturated,
+    }
 
 
 def by_rate(records: list[RequestRecord]) -> dict[float, list[RequestRecord]]:

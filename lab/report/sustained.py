@@ -11,6 +11,11 @@ As an interval [low, high] of requests/s: [X, X], [H, inf) and [0, L) (L itself 
 vLLM's / this one's ratio then lies in [vLLM.low / this.high, vLLM.high / this.low]; it is written
 exactly where both ends meet, as a bound ('>', '>=', '<', '<=') where one end is infinite or zero, and
 '-' where neither side is known (both only bounded the same way).
+
+The spread: with several timed passes at every rate (--repeats), the sustained rate above is the
+median pass's figures'; each pass's own (the k-th pass of every rate, judged by the same rules) follows
+in brackets, and the ratio's range over them where every pass's rate is known exactly (the lowest of
+vLLM's over the highest of this one's, to the highest over the lowest).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ VLLM_PREFIX = "vllm/"
 
 @dataclass(frozen=True)
 class Sustained:
-    """The highest offered rate sustained lies in [low, high] requests/s (`high_open`: high failed)."""
+    """The highest offered rate sustained lies in [low, high] requests/s (`high_open`: high failed);
+    `passes`: each timed pass's own, where every finite rate ran several (module docstring)."""
 
     low: float
     high: float
     high_open: bool = False
+    passes: tuple[Sustained, ...] = ()
 
     @classmethod
     def of(cls, points: list[dict], bound_s: float | None, slos: bool) -> Sustained | None:
@@ -39,16 +46,34 @@ class Sustained:
         finite = sorted((p for p in points if p.get("offered_rate_per_s")), key=lambda p: p["offered_rate_per_s"])
         if not finite:
             return None
+        passes = min(len(p.get("pass_points") or []) for p in finite)
+        each = tuple(cls.over(pass_k(finite, k), bound_s, slos) for k in range(passes))
+        return cls.over(finite, bound_s, slos, each)
+
+    @classmethod
+    def over(cls, finite: list[dict], bound_s: float | None, slos: bool, passes: tuple = ()) -> Sustained:
+        """From finite points in ascending rate."""
         rate, failed = sustained_rate(finite, bound_s, slos)
         if rate is None:
-            return cls(0.0, finite[0]["offered_rate_per_s"], high_open=True)
-        return cls(rate, rate if failed else math.inf)
+            return cls(0.0, finite[0]["offered_rate_per_s"], high_open=True, passes=passes)
+        return cls(rate, rate if failed else math.inf, passes=passes)
+
+    @property
+    def exact(self) -> bool:
+        return 0 < self.low == self.high
 
     def text(self) -> str:
-        """'2.00', '>= 32.00' or '< 1.00' (requests/s)."""
+        """'2.00', '>= 32.00' or '< 1.00' (requests/s), then each pass's: '2.00 (passes: 2.00, 1.00)'."""
         if self.low == 0:
-            return f"< {fmt(self.high)}"
-        return fmt(self.low) if self.high == self.low else f">= {fmt(self.low)}"
+            own = f"< {fmt(self.high)}"
+        else:
+            own = fmt(self.low) if self.high == self.low else f">= {fmt(self.low)}"
+        return own + (f" (passes: {', '.join(p.text() for p in self.passes)})" if self.passes else "")
+
+
+def pass_k(finite: list[dict], k: int) -> list[dict]:
+    """The k-th timed pass of every finite point, as points of their own."""
+    return [p["pass_points"][k] | {"offered_rate_per_s": p["offered_rate_per_s"]} for p in finite]
 
 
 def ratio_text(vllm: Sustained | None, this: Sustained | None) -> str:
@@ -56,6 +81,21 @@ def ratio_text(vllm: Sustained | None, this: Sustained | None) -> str:
     docstring)."""
     if vllm is None or this is None:
         return "-"
+    text = bound_ratio_text(vllm, this)
+    return text + pass_ratio_range(vllm, this) if text != "-" else text
+
+
+def pass_ratio_range(vllm: Sustained, this: Sustained) -> str:
+    """' (passes: 1.50-3.00x)': the ratio's range over each side's passes, where every one is exact."""
+    if not vllm.passes or not this.passes or not all(p.exact for p in vllm.passes + this.passes):
+        return ""
+    low = min(p.low for p in vllm.passes) / max(p.low for p in this.passes)
+    high = max(p.low for p in vllm.passes) / min(p.low for p in this.passes)
+    return f" (passes: {low:.2f}-{high:.2f}x)"
+
+
+def bound_ratio_text(vllm: Sustained, this: Sustained) -> str:
+    """The ratio of the two intervals (module docstring), without the passes' range."""
     low = vllm.low / this.high if math.isfinite(this.high) else 0.0
     high = vllm.high / this.low if this.low > 0 else math.inf
     if math.isfinite(high) and high == low:
@@ -101,5 +141,6 @@ BOUNDS_NOTE = (
     "Highest offered rate sustained (not saturated, within the bound, and every lower rate too). "
     "'>= H': no measured rate failed, so the backend/mode may sustain more; '< L': it failed already at "
     "the lowest rate it ran. A ratio with '>', '>=', '<' or '<=' is a bound for the same reason; '-': "
-    "not known from these sweeps."
+    "not known from these sweeps. With several passes at every rate, from the median pass's figures; "
+    "'(passes: ...)' gives each pass's own sustained rate and the ratio's range over them."
 )

@@ -162,3 +162,45 @@ def test_compare_plot_draws_a_line_per_run_and_backend(tmp_path: Path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(LabInputError, match="--plot"):
         check_plot_path(tmp_path / "missing" / "online.png")
+
+
+def passes(*latencies, saturated=()):
+    """pass_points of one rate: each pass's normalized latency (saturated: the indices that were)."""
+    return [
+        {"normalized_latency_s": v, "slo_attainment": 1.0, "saturated": i in saturated} for i, v in enumerate(latencies)
+    ]
+
+
+def test_each_pass_has_its_own_sustained_rate_and_the_ratio_its_range():
+    # vLLM: both passes hold 1 and 2 req/s; at 4 the first pass saturates, the second holds (its 8 fails)
+    vllm = [point(1.0, 0.01, pass_points=passes(0.01, 0.01)), point(2.0, 0.01, pass_points=passes(0.01, 0.01)),
+            point(4.0, 0.01, pass_points=passes(0.01, 0.01, saturated=(0,))),
+            point(8.0, 0.01, saturated=True, pass_points=passes(0.01, 0.01, saturated=(0, 1)))]  # fmt: skip
+    # hf: 1 req/s holds in both passes; at 2 req/s the first saturates, the second is beyond the bound
+    hf = [point(1.0, 0.02, pass_points=passes(0.02, 0.02)),
+          point(2.0, 0.03, saturated=True, pass_points=passes(0.03, 0.9, saturated=(0,)))]  # fmt: skip
+    fast, slow = Sustained.of(vllm, bound_s=0.1, slos=False), Sustained.of(hf, bound_s=0.1, slos=False)
+    assert (fast.low, [p.low for p in fast.passes]) == (4.0, [2.0, 4.0])
+    assert fast.text() == "4.00 (passes: 2.00, 4.00)"
+    assert slow.text() == "1.00 (passes: 1.00, 1.00)"
+    assert ratio_text(fast, slow) == "4.00x (passes: 2.00-4.00x)"
+
+
+def test_a_pass_range_is_left_out_where_a_pass_is_only_bounded_or_a_side_ran_once():
+    never_failed = [point(1.0, 0.01, pass_points=passes(0.01, 0.01)), point(2.0, 0.01, pass_points=passes(0.01, 0.5))]
+    one_pass = [point(1.0, 0.02), point(2.0, 0.03, saturated=True)]
+    a, b = Sustained.of(never_failed, bound_s=0.1, slos=False), Sustained.of(one_pass, bound_s=0.1, slos=False)
+    assert a.text() == ">= 2.00 (passes: >= 2.00, 1.00)"
+    assert b.passes == () and b.text() == "1.00"
+    assert ratio_text(a, b) == ">= 2.00x"  # the first pass is only a bound: no range
+
+
+def test_rate_metrics_judge_each_pass_on_its_own():
+    # two passes at 1 req/s: the first served at once, the second's requests begun long after arrival
+    records = [rec(i, float(i), float(i) + 1.0, 0) for i in range(6)]
+    records += [RequestRecord(i, 2, 4, 30.0 + i * 10, 31.0 + i * 10, arrival_s=float(i), scheduled_s=30.0 + i * 10,
+                              pass_index=1, request_rate=1.0) for i in range(6)]  # fmt: skip
+    m = rate_metrics(records, 1.0, {})
+    assert [p["saturated"] for p in m["pass_points"]] == [False, True]
+    assert m["pass_points"][0]["normalized_latency_s"] == pytest.approx(0.25)
+    assert rate_metrics(records[:6], 1.0, {})["pass_points"] == []  # one pass: the median is the pass
