@@ -144,7 +144,7 @@ def run(spec_file, backend, mode, out, cache_dir, model, **kw) -> None:
         spec = RunSpec(backend, mode, engine_settings(model or DEFAULT_CPU_MODEL, **kw))
     if rf.PartFolder(out).result.exists():
         raise LabInputError(f"{out} already holds a run ({rf.RESULT}); give a new --out folder")
-    torchrun.exec_ranks_if_needed(spec, sys.argv[1:])  # hf with several GPUs: N ranks of this command
+    torchrun.exec_ranks_if_needed(spec, sys.argv[1:], cache_dir)  # hf on several GPUs: N ranks of this command
     signal.signal(signal.SIGTERM, Interrupted.on_signal)  # so that the engine is closed, not orphaned
     out = torchrun.rank_out(out)
     say(f"{spec.label} on {spec.engine.model}, workload {spec.engine.workload}")

@@ -261,6 +261,8 @@ class CannotRunTensorParallel(Exception):
 
 
 def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
+    """CannotRunTensorParallel where `spec` cannot split `model`. Such a run is one process, never
+    torchrun's ranks (`torchrun.needs_ranks`), so nothing stops it before its result records why."""
     gpus = spec.engine.tensor_parallel_size
     problem = tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
     if problem:

@@ -11,6 +11,10 @@ and torchrun's agent starts the N ranks as its children. Not a third runtime bes
 Docker: it runs inside whichever launcher started `lab run`, so the experiment's steps, the
 collector and the containers need no change.
 
+- Only a model that splits over N ranks starts them (`needs_ranks`): `lab run` reads the model's heads
+  first, and one that cannot split stays one process, which records why it is not run. Started as
+  ranks, every rank would find the same problem and exit 1, and the agent stops the rest at the
+  first exit: rank 0 could be stopped before it recorded the reason.
 - Rank 0 writes the run's files; rank k > 0 writes only its own result into `ranks/<k>/`
   (`rank_out`), so a failure on any rank is recorded with its traceback.
 - The pid file names the agent (`tree_root_pid`): the collector watches the agent's tree, which
@@ -28,8 +32,9 @@ import sys
 from pathlib import Path
 
 from lab import run_folder as rf
-from lab.accounting.parallel import NOT_SPLIT
+from lab.accounting.parallel import tensor_parallel_problem
 from lab.config import RunSpec
+from lab.models.resolve import model_info, resolve_model
 
 # Backends whose tensor parallelism runs as torchrun ranks (vLLM starts its own workers).
 RANKED_BACKENDS = ("hf",)
@@ -42,10 +47,21 @@ def rank() -> int | None:
     return None
 
 
-def needs_ranks(spec: RunSpec) -> bool:
-    """Whether `spec` runs as torchrun ranks: a ranked backend with more than one GPU (a mode the lab
-    does not split stays one process, which records why it did not run)."""
-    return spec.backend in RANKED_BACKENDS and spec.engine.tensor_parallel_size > 1 and spec.label not in NOT_SPLIT
+def is_ranked(spec: RunSpec) -> bool:
+    """Whether `spec` is a ranked backend on more than one GPU: the runs whose model is read before
+    torchrun is started (every other run starts no ranks, and reads nothing here)."""
+    return spec.backend in RANKED_BACKENDS and spec.engine.tensor_parallel_size > 1
+
+
+def needs_ranks(spec: RunSpec, model: dict) -> bool:
+    """Whether `spec` runs as torchrun ranks: a ranked backend with more than one GPU, on a `model`
+    (`lab.models.resolve.model_info`) that it can split over them. A mode the lab does not split, or a
+    model it cannot (`lab.accounting.parallel.tensor_parallel_problem`), stays one process, which
+    records why it is not run (`lab.runner.check_tensor_parallel`)."""
+    if not is_ranked(spec):
+        return False
+    gpus = spec.engine.tensor_parallel_size
+    return tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus) is None
 
 
 def torchrun_argv(python: str, nproc: int, lab_args: list[str]) -> list[str]:
@@ -63,13 +79,17 @@ def torchrun_argv(python: str, nproc: int, lab_args: list[str]) -> list[str]:
     ]
 
 
-def exec_ranks_if_needed(spec: RunSpec, lab_args: list[str]) -> None:
+def exec_ranks_if_needed(spec: RunSpec, lab_args: list[str], cache_dir: Path | None) -> None:
     """Replace this process with torchrun and `spec`'s ranks where it needs them; return otherwise.
 
     `lab_args`: this process's arguments after `lab` (sys.argv[1:]); each rank runs them again and,
-    seeing RANK set, does not exec.
+    seeing RANK set, does not exec. `cache_dir`: where a synthetic model is built (here, once, before
+    any rank starts) or found. A bad model name raises LabInputError before anything starts.
     """
-    if not needs_ranks(spec) or rank() is not None:
+    if rank() is not None or not is_ranked(spec):
+        return
+    model = model_info(resolve_model(spec.engine.model, cache_dir), cache_dir=cache_dir)
+    if not needs_ranks(spec, model):
         return
     argv = torchrun_argv(sys.executable, spec.engine.tensor_parallel_size, lab_args)
     sys.stdout.flush()

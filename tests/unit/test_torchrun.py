@@ -50,11 +50,22 @@ def test_the_command_starts_n_ranks_of_the_same_lab_command():
     ]
 
 
+# The heads of synthetic:tiny-tp (4 KV heads: 2 per rank) and synthetic:tiny (1 KV head), as model_info gives them.
+SPLITS = {"num_heads": 4, "num_kv_heads": 4}
+ONE_KV_HEAD = {"num_heads": 2, "num_kv_heads": 1}
+
+
 def test_only_hf_with_several_gpus_runs_as_ranks():
-    assert torchrun.needs_ranks(spec("hf", "batched", 2))
-    assert not torchrun.needs_ranks(spec("hf", "batched", 1))
-    assert not torchrun.needs_ranks(spec("vllm", "offline", 2))  # vLLM starts its own workers
-    assert not torchrun.needs_ranks(spec("hf", "continuous", 2))  # not split: one process says why
+    assert torchrun.needs_ranks(spec("hf", "batched", 2), SPLITS)
+    assert not torchrun.needs_ranks(spec("hf", "batched", 1), SPLITS)
+    assert not torchrun.needs_ranks(spec("vllm", "offline", 2), SPLITS)  # vLLM starts its own workers
+    assert not torchrun.needs_ranks(spec("hf", "continuous", 2), SPLITS)  # not split: one process says why
+
+
+def test_a_model_that_cannot_split_starts_no_ranks_so_one_process_records_why():
+    assert not torchrun.needs_ranks(spec("hf", "batched", 2), ONE_KV_HEAD)  # 1 KV head over 2 ranks
+    assert not torchrun.needs_ranks(spec("hf", "static-cache", 2), {"num_heads": 3, "num_kv_heads": 3})
+    assert torchrun.needs_ranks(spec("hf", "sequential", 4), {"num_heads": 64, "num_kv_heads": 8})
 
 
 def test_outside_torchrun_the_process_writes_its_folder_and_is_the_root(not_a_rank, tmp_path):
@@ -81,20 +92,28 @@ class FakeExec:
         self.calls.append((path, argv))
 
 
-def test_lab_run_replaces_itself_with_torchrun_once(monkeypatch, not_a_rank):
+def test_lab_run_replaces_itself_with_torchrun_once(monkeypatch, not_a_rank, tmp_path):
     fake = FakeExec()
     monkeypatch.setattr(os, "execv", fake)
-    torchrun.exec_ranks_if_needed(spec("hf", "batched", 2), ["run", "--spec", "s.json"])
+    torchrun.exec_ranks_if_needed(spec("hf", "batched", 2), ["run", "--spec", "s.json"], tmp_path)
     assert fake.calls == [(sys.executable, torchrun.torchrun_argv(sys.executable, 2, ["run", "--spec", "s.json"]))]
 
 
-def test_a_rank_and_a_one_gpu_run_do_not_exec(monkeypatch, rank_one):
+def test_a_rank_and_a_one_gpu_run_do_not_exec(monkeypatch, rank_one, tmp_path):
     fake = FakeExec()
     monkeypatch.setattr(os, "execv", fake)
-    torchrun.exec_ranks_if_needed(spec("hf", "batched", 2), ["run"])  # already a rank
+    torchrun.exec_ranks_if_needed(spec("hf", "batched", 2), ["run"], tmp_path)  # already a rank
     monkeypatch.delenv("RANK")
-    torchrun.exec_ranks_if_needed(spec("hf", "batched", 1), ["run"])
-    torchrun.exec_ranks_if_needed(spec("vllm", "offline", 2), ["run"])
+    torchrun.exec_ranks_if_needed(spec("hf", "batched", 1), ["run"], tmp_path)
+    torchrun.exec_ranks_if_needed(spec("vllm", "offline", 2), ["run"], tmp_path)
+    assert fake.calls == []
+
+
+def test_lab_run_reads_the_model_and_does_not_exec_for_one_it_cannot_split(monkeypatch, not_a_rank, tiny_model):
+    fake = FakeExec()
+    monkeypatch.setattr(os, "execv", fake)
+    one_kv_head = RunSpec("hf", "batched", EngineSettings(str(tiny_model), "seed", tensor_parallel_size=2))
+    torchrun.exec_ranks_if_needed(one_kv_head, ["run"], None)
     assert fake.calls == []
 
 
