@@ -12,9 +12,9 @@ vLLM's / this one's ratio then lies in [vLLM.low / this.high, vLLM.high / this.l
 exactly where both ends meet, as a bound ('>', '>=', '<', '<=') where one end is infinite or zero, and
 '-' where neither side is known (both only bounded the same way).
 
-The spread: with several timed passes at every rate (--repeats), the sustained rate above is the
-median pass's figures'; each pass's own (the k-th pass of every rate, judged by the same rules) follows
-in brackets, and the ratio's range over them where every pass's rate is known exactly (the lowest of
+The spread: with several timed passes at every rate (--repeats), the sustained rate above is judged on
+each rate's medians over its passes; each pass's own (the k-th pass of every rate, judged by the same
+rules) follows in brackets, and the ratio's range over them where every pass's rate is known exactly (the lowest of
 vLLM's over the highest of this one's, to the highest over the lowest).
 """
 
@@ -141,6 +141,6 @@ BOUNDS_NOTE = (
     "Highest offered rate sustained (not saturated, within the bound, and every lower rate too). "
     "'>= H': no measured rate failed, so the backend/mode may sustain more; '< L': it failed already at "
     "the lowest rate it ran. A ratio with '>', '>=', '<' or '<=' is a bound for the same reason; '-': "
-    "not known from these sweeps. With several passes at every rate, from the median pass's figures; "
+    "not known from these sweeps. With several passes at every rate, judged on each rate's medians; "
     "'(passes: ...)' gives each pass's own sustained rate and the ratio's range over them."
 )
