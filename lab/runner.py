@@ -40,7 +40,7 @@ from pathlib import Path
 
 from lab import arrivals
 from lab import run_folder as rf
-from lab.accounting.parallel import tensor_parallel_problem
+from lab.accounting.parallel import spec_problem
 from lab.backends.base import Backend, Clock
 from lab.backends.registry import backend_class
 from lab.config import RunSpec
@@ -263,11 +263,10 @@ class CannotRunTensorParallel(Exception):
 def check_tensor_parallel(spec: RunSpec, model: dict) -> None:
     """CannotRunTensorParallel where `spec` cannot split `model`. Such a run is one process, never
     torchrun's ranks (`torchrun.needs_ranks`), so nothing stops it before its result records why."""
-    gpus = spec.engine.tensor_parallel_size
-    problem = tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
+    problem = spec_problem(spec, model)
     if problem:
         raise CannotRunTensorParallel(
-            f"{spec.label} cannot split {spec.engine.model} over {gpus} GPUs: {problem}; "
+            f"{spec.label} cannot split {spec.engine.model} over {spec.engine.tensor_parallel_size} GPUs: {problem}; "
             "not run (rather than on fewer GPUs)"
         )
 

@@ -18,6 +18,7 @@ budget // kv_bytes_per_token_per_gpu tokens: G times one GPU's worth where nothi
 from __future__ import annotations
 
 from lab.accounting.kv import kv_bytes_per_token
+from lab.config import RunSpec
 
 # Backends whose tensor parallelism cannot replicate KV heads (transformers' plan splits them).
 SPLIT_ONLY = ("hf",)
@@ -42,6 +43,12 @@ def kv_bytes_per_token_per_gpu(model: dict, gpus: int) -> int | None:
         return kv_bytes_per_token(model["num_layers"], heads, model["head_dim"], model["dtype_bytes"])
     except (KeyError, TypeError):
         return None
+
+
+def spec_problem(spec: RunSpec, model: dict) -> str | None:
+    """`tensor_parallel_problem` of a run's backend/mode and GPUs on `model` (`lab.models.resolve.model_info`)."""
+    gpus = spec.engine.tensor_parallel_size
+    return tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus)
 
 
 def tensor_parallel_problem(backend: str, mode: str, num_heads: int, num_kv_heads: int, gpus: int) -> str | None:

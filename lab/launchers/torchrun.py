@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from lab import run_folder as rf
-from lab.accounting.parallel import tensor_parallel_problem
+from lab.accounting.parallel import spec_problem
 from lab.config import RunSpec
 from lab.models.resolve import model_info, resolve_model
 
@@ -56,12 +56,9 @@ def is_ranked(spec: RunSpec) -> bool:
 def needs_ranks(spec: RunSpec, model: dict) -> bool:
     """Whether `spec` runs as torchrun ranks: a ranked backend with more than one GPU, on a `model`
     (`lab.models.resolve.model_info`) that it can split over them. A mode the lab does not split, or a
-    model it cannot (`lab.accounting.parallel.tensor_parallel_problem`), stays one process, which
+    model it cannot (`lab.accounting.parallel.spec_problem`), stays one process, which
     records why it is not run (`lab.runner.check_tensor_parallel`)."""
-    if not is_ranked(spec):
-        return False
-    gpus = spec.engine.tensor_parallel_size
-    return tensor_parallel_problem(spec.backend, spec.mode, model["num_heads"], model["num_kv_heads"], gpus) is None
+    return is_ranked(spec) and spec_problem(spec, model) is None
 
 
 def torchrun_argv(python: str, nproc: int, lab_args: list[str]) -> list[str]:
