@@ -23,16 +23,19 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
 - goodput_per_s = requests meeting every SLO given / duration_s (as `vllm bench serve --goodput`);
   slo_attainment = their share of the requests.
 - backlog_growth = requests in the system (arrived, not finished) at the last arrival minus those at
-  the middle arrival: positive and large when the queue grows through the pass.
+  the middle arrival; queue_growth = the same for requests waiting to begin (arrived, not yet first
+  scheduled: `begin_s`).
 - max_submit_lag_s: the largest delay of the lab's own dispatcher (`RequestRecord.submit_lag_s`).
 - early_starts: requests the records show submitted or scheduled before their arrival (must be 0).
 - saturated: admitted_rate_per_s < SATURATION_SHARE x schedule_rate_per_s (requests wait to begin),
-  or latency_growth > LATENCY_GROWTH_LIMIT, or backlog_growth > max(3, BACKLOG_SHARE x the arrivals
-  between the middle and the last): the point is past what the backend sustains. (A backend that keeps
-  up holds a steady backlog, rate x latency by Little's law, and steady latencies; one that cannot gains
-  a share of every arrival, and each later request waits longer.) A backend that begins every request
-  at once but serves every one slowly is not saturated by this rule: its normalized latency, against the
-  bound below, says how slow.
+  or latency_growth > LATENCY_GROWTH_LIMIT, or queue_growth > max(3, BACKLOG_SHARE x the arrivals
+  between the middle and the last): the point is past what the backend sustains. The queue counted is
+  the requests waiting to begin, not those in the system: a pass shorter than the longest service
+  times ends before the count in service reaches its steady level (rate x latency, Little's law), so
+  in-service growth is no sign of overload (backlog_growth reports it). Overload shows as requests
+  waiting longer to begin, a falling admitted rate or growing per-request latency. A backend that
+  begins every request at once but serves every one slowly is not saturated by this rule: its
+  normalized latency, against the bound below, says how slow.
 
 Sustained rate (`sustained_rate`): the highest offered rate of the sweep at which the backend is not
 saturated and its normalized latency is within the bound (or, under SLOs, at least
@@ -49,7 +52,7 @@ from lab.records import RequestRecord, RunSummary
 
 SATURATION_SHARE = 0.9  # requests begun at below 90% of the offered rate: saturated
 LATENCY_GROWTH_LIMIT = 2.0  # the last third's normalized latency over twice the first third's: saturated
-BACKLOG_SHARE = 0.25  # the queue grew by more than a quarter of the arrivals between mid-pass and the last one
+BACKLOG_SHARE = 0.25  # requests waiting to begin grew by over a quarter of the arrivals from mid-pass to the last
 SLO_ATTAINMENT_GOAL = 0.9  # a rate sustained under SLOs: at least 90% of requests meet every one
 CLOCK_TOLERANCE_S = 1e-3  # vLLM's scheduling time comes from another clock (monotonic), lined up within this
 
@@ -82,6 +85,28 @@ def backlog_growth(records: list[RequestRecord]) -> int:
         return sum(1 for r in records if r.arrival_s <= t) - sum(1 for r in records if r.end_s <= t)
 
     return backlog(arrivals[-1]) - backlog(arrivals[len(arrivals) // 2])
+
+
+def begin_s(record: RequestRecord) -> float:
+    """When the backend first began work on the request: scheduled_s, else first_token_s where the
+    backend left scheduling unknown, else end_s."""
+    for t in (record.scheduled_s, record.first_token_s):
+        if t is not None:
+            return t
+    return record.end_s
+
+
+def queue_growth(records: list[RequestRecord]) -> int:
+    """Requests waiting to begin (arrival_s <= t < `begin_s`) at the last arrival minus at the middle
+    arrival: the queue of a backend that falls behind, unlike the requests in service (module docstring)."""
+    arrivals = sorted(r.arrival_s for r in records)
+    if len(arrivals) < 2:
+        return 0
+
+    def waiting(t: float) -> int:
+        return sum(1 for r in records if r.arrival_s <= t < begin_s(r))
+
+    return waiting(arrivals[-1]) - waiting(arrivals[len(arrivals) // 2])
 
 
 def latency_growth(records: list[RequestRecord]) -> float | None:
@@ -128,6 +153,7 @@ def pass_online_metrics(records: list[RequestRecord], slos: dict[str, float]) ->
         goodput_per_s=len(good) / duration if slos and duration else None,
         slo_attainment=len(good) / len(records) if slos and records else None,
         backlog_growth=backlog_growth(ok),
+        queue_growth=queue_growth(ok),
         max_submit_lag_s=max(lags) if lags else None,
         early_starts=early_starts(records),
     )
@@ -142,9 +168,9 @@ def saturation(metrics: dict) -> tuple[bool, str | None]:
     growth_ratio = metrics.get("latency_growth")
     if growth_ratio is not None and growth_ratio > LATENCY_GROWTH_LIMIT:
         return True, f"the last third's normalized latency is {growth_ratio:.3g}x the first third's"
-    growth, n = metrics.get("backlog_growth") or 0, metrics.get("requests") or 0
+    growth, n = metrics.get("queue_growth") or 0, metrics.get("requests") or 0  # absent (older summaries): 0
     if growth > max(3, BACKLOG_SHARE * (n - 1 - n // 2)):
-        return True, f"the queue grew by {growth} requests between the middle and the last arrival"
+        return True, f"requests waiting to begin grew by {growth} between the middle and the last arrival"
     return False, None
 
 

@@ -13,8 +13,10 @@ from lab.backends.batching import next_batch
 from lab.errors import LabInputError
 from lab.online_metrics import (
     backlog_growth,
+    begin_s,
     early_starts,
     pass_online_metrics,
+    queue_growth,
     saturation,
     sustained_rate,
     sweep_metrics,
@@ -98,10 +100,13 @@ def test_normalized_latency_and_goodput_by_hand():
 
 def test_saturation_from_the_admitted_rate_from_growing_latency_and_from_a_growing_queue():
     assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 8.0})[0]
-    assert not saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 1})[0]
+    assert not saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "queue_growth": 1})[0]
     assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "latency_growth": 2.5})[0]
-    assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 30,
+    assert saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "queue_growth": 30,
                        "requests": 100})[0]  # fmt: skip
+    # an older summary without queue_growth: its in-service growth is no longer read as a queue
+    assert not saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 30,
+                           "requests": 100})[0]  # fmt: skip
     # one request a second, each taking 3 s more than the one before: the queue grows all along
     growing = [rec(i, float(i), i + 0.5 + 3 * i, i + 1.0 + 3 * i) for i in range(20)]
     assert backlog_growth(growing) > 3
@@ -124,6 +129,53 @@ def test_a_long_last_request_lowers_the_completion_rate_but_is_not_saturation():
         for i in range(40)
     ]
     assert saturation(pass_online_metrics(queued, {}))[0]
+
+
+SECONDS_PER_TOKEN = 0.08  # every request below is served at this pace once begun
+
+
+def served(i, arrival, begin, out, scheduled=True):
+    """Request i, begun at `begin` and served at SECONDS_PER_TOKEN (scheduled_s None where not `scheduled`)."""
+    end = begin + out * SECONDS_PER_TOKEN
+    return RequestRecord(
+        i, 2, out, begin + SECONDS_PER_TOKEN, end, arrival_s=arrival, scheduled_s=begin if scheduled else None
+    )
+
+
+def test_requests_ramping_up_in_service_are_not_a_growing_queue():
+    # one request a second, each begun the moment it arrives; every odd one has a long output (1,500
+    # tokens, 120 s: longer than the 31 s pass), so at the last arrival the count in service is still
+    # ramping up to its steady level: 9 at the middle arrival, 16 at the last. Nothing ever waits.
+    records = [served(i, float(i), float(i), 1500 if i % 2 else 6) for i in range(32)]
+    m = pass_online_metrics(records, {})
+    assert m["backlog_growth"] == 7  # reported; the old rule read it as a queue (> max(3, 25% of 15))
+    assert m["queue_growth"] == 0
+    assert m["admitted_rate_per_s"] == pytest.approx(m["schedule_rate_per_s"])
+    assert m["latency_growth"] == pytest.approx(1.0)
+    assert saturation(m) == (False, None)
+
+
+def queued_behind_a_batch(scheduled=True):
+    """One request a second: the first 17 begun at arrival, then the engine is held by a batch and the
+    other 15 wait, begun together at 33 s: each waits to begin and the waiting queue grows 0 -> 15,
+    while the admitted rate (31 / 33 s, 94% of the schedule's) and the latency growth (1.8) pass."""
+    return [served(i, float(i), float(i) if i <= 16 else 33.0, 100, scheduled) for i in range(32)]
+
+
+def test_requests_waiting_longer_to_begin_are_a_growing_queue():
+    m = pass_online_metrics(queued_behind_a_batch(), {})
+    assert m["queue_growth"] == 15
+    assert m["admitted_rate_per_s"] >= 0.9 * m["schedule_rate_per_s"] and m["latency_growth"] < 2
+    assert saturation(m) == (True, "requests waiting to begin grew by 15 between the middle and the last arrival")
+
+
+def test_a_request_without_scheduled_s_begins_at_its_first_token_else_its_end():
+    assert begin_s(RequestRecord(0, 2, 3, 1.5, 2.0, arrival_s=1.0)) == 1.5
+    assert begin_s(RequestRecord(0, 2, 3, None, 2.0, arrival_s=1.0)) == 2.0
+    records = queued_behind_a_batch(scheduled=False)  # each first token 0.08 s after the request began
+    assert queue_growth(records) == 14  # the middle arrival waits for its first token: 1 -> 15 waiting
+    m = pass_online_metrics(records, {})
+    assert m["admitted_rate_per_s"] is None and saturation(m)[0]
 
 
 def test_the_admitted_rate_is_unknown_where_a_backend_left_scheduling_unknown():
