@@ -80,7 +80,8 @@ def points_table(runs: list[RunSummary]) -> str:
 
 
 def sustained_section(runs: list[RunSummary], online: OnlineSettings) -> list[str]:
-    """The highest rate each backend/mode sustains, under the latency bound and under the SLOs."""
+    """The highest rate each backend/mode sustains: at any latency, under the latency bound and under the
+    SLOs."""
     sweeps = {(r.label,): r.sweep for r in runs}
     bound = online.norm_latency_bound_s or default_latency_bound_s(sweeps)
     source = "--norm-latency-bound" if online.norm_latency_bound_s else "4x the lowest at the lowest rate"

@@ -5,7 +5,8 @@ run folder per backend group), so the rate vLLM sustains and the rate each trans
 are in different folders. Here they meet:
 - the normalized latency of every backend/mode of every run at each offered rate ('median (min-max)'
   over the passes that count where a rate ran several);
-- one sustained-rate table over all of them, with ONE normalized-latency bound for every run: the runs'
+- one sustained-rate table over all of them: the highest rate each keeps up with at any latency, then
+  under ONE normalized-latency bound for every run: the runs'
   own --norm-latency-bound where they all give the same one, else 4x the lowest normalized latency any
   backend/mode of any run measured at its lowest offered rate (`default_latency_bound_s` over every
   sweep together); under the SLOs where every run has the same ones; vLLM's / each one's ratio, where

@@ -57,8 +57,12 @@ def test_one_bound_over_every_runs_sweeps_not_each_runs_own():
     assert bound == pytest.approx(0.04) and "A vllm/offline" in source
     lines = combined_section([vllm, hf])
     assert "normalized latency <= 0.0400 s/token" in "\n".join(lines)
+    assert row(lines, "A", "vllm/offline")[4:6] == ["2.00", "1.00x"]
+    assert row(lines, "B", "hf/batched")[4:6] == ["< 1.00", "> 2.00x"]  # over the bound at its lowest rate
+    # at any latency both keep up with 2 req/s and saturate at 4: the ratio is exact
+    assert "sustained req/s, not saturated (any latency)" in "\n".join(lines)
     assert row(lines, "A", "vllm/offline")[2:4] == ["2.00", "1.00x"]
-    assert row(lines, "B", "hf/batched")[2:4] == ["< 1.00", "> 2.00x"]  # over the bound at its lowest rate
+    assert row(lines, "B", "hf/batched")[2:4] == ["2.00", "1.00x"]
 
 
 def test_the_runs_own_bound_is_used_only_where_every_run_gives_the_same():
@@ -74,8 +78,8 @@ def test_never_saturated_is_at_least_the_highest_rate_and_its_ratio_a_bound():
     vllm = fake_run("A", {"vllm/offline": [point(1.0, 0.01), point(2.0, 0.01), point(4.0, 0.01)]})
     hf = fake_run("B", {"hf/continuous": [point(1.0, 0.02), point(2.0, 0.1, saturated=True)]})
     lines = combined_section([vllm, hf])
-    assert row(lines, "A", "vllm/offline")[2:4] == [">= 4.00", "1.00x"]
-    assert row(lines, "B", "hf/continuous")[2:4] == ["1.00", ">= 4.00x"]  # vLLM at least 4, hf exactly 1
+    assert row(lines, "A", "vllm/offline")[2:6] == [">= 4.00", "1.00x"] * 2  # at any latency and within the bound
+    assert row(lines, "B", "hf/continuous")[2:6] == ["1.00", ">= 4.00x"] * 2  # vLLM at least 4, hf exactly 1
 
 
 def test_ratio_bounds_follow_from_the_intervals():
@@ -115,8 +119,8 @@ def test_slo_column_only_where_every_run_has_the_same_slos():
     a = fake_run("A", {"vllm/offline": [point(1.0, 0.01), point(2.0, 0.01, attainment=0.5)]}, slos)
     b = fake_run("B", {"hf/batched": [point(1.0, 0.02, attainment=0.2)]}, slos)
     lines = combined_section([a, b])
-    assert row(lines, "A", "vllm/offline")[4:6] == ["1.00", "1.00x"]
-    assert row(lines, "B", "hf/batched")[4:6] == ["< 1.00", "> 1.00x"]
+    assert row(lines, "A", "vllm/offline")[6:8] == ["1.00", "1.00x"]
+    assert row(lines, "B", "hf/batched")[6:8] == ["< 1.00", "> 1.00x"]
     other = fake_run("B", {"hf/batched": [point(1.0, 0.02)]}, OnlineSettings(slo_ttft_s=2.0))
     text = "\n".join(combined_section([a, other]))
     assert "within the SLOs" not in text and "SLOs differ (A: ttft <= 1 s; B: ttft <= 2 s)" in text
