@@ -39,6 +39,14 @@ def usable_cpus() -> list[int]:
         return list(range(psutil.cpu_count() or 1))
 
 
+def configured_cpus() -> int | None:
+    """How many CPUs the OS has configured, online or not (None where it cannot say)."""
+    try:
+        return os.sysconf("SC_NPROCESSORS_CONF")
+    except (AttributeError, ValueError, OSError):
+        return psutil.cpu_count()
+
+
 def busy_idle_s(times) -> tuple[float, float]:
     """(busy, idle) seconds of one psutil cpu_times reading: idle = idle + iowait, busy = the rest of
     the total. Linux counts guest time inside user and nice, so guest and guest_nice are not added again."""
@@ -50,9 +58,10 @@ def busy_idle_s(times) -> tuple[float, float]:
 
 def cpus_busy_idle_s(cpus: list[int]) -> tuple[float, float, int, str]:
     """(busy s, idle s, CPUs counted, scope) summed over `cpus`; over the whole host where per-CPU counters
-    do not line up with CPU numbers (an offline CPU shifts psutil's list), and `scope` says which."""
+    may not line up with CPU numbers (psutil lists the online CPUs only: an offline one shifts the rest),
+    and `scope` says which."""
     per_cpu = psutil.cpu_times(percpu=True)
-    if len(per_cpu) == psutil.cpu_count() and all(c < len(per_cpu) for c in cpus):
+    if len(per_cpu) == configured_cpus() and all(c < len(per_cpu) for c in cpus):
         pairs = [busy_idle_s(per_cpu[c]) for c in cpus]
         return sum(b for b, _ in pairs), sum(i for _, i in pairs), len(cpus), "usable CPUs"
     busy, idle = busy_idle_s(psutil.cpu_times())
