@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from lab.hardware.energy import EnergyMeter
+from lab.hardware.host_cpu import HostCpuMeter
 from lab.launchers.torchrun import log_prefix
 
 PhaseHook = Callable[[str], None]
@@ -33,21 +34,29 @@ class Phases:
     With an energy meter (NVML), each phase also holds every GPU's energy counter read just before
     its start and just after its end (`energy_start_mj`, `energy_end_mj`: {str(NVML index): mJ}), and
     the GPUs the backend's process tree held at its end (`gpus_used`): a timed pass's energy is then
-    exact (`lab.hardware.energy`). `on_start` is called with each phase's name as it starts (the
-    CLI's test-only fault injection uses it).
+    exact (`lab.hardware.energy`). With a host CPU meter, each phase also holds the host's, the cgroup's
+    and the backend tree's CPU counters at the same two moments (`host_cpu_start`, `host_cpu_end`:
+    `lab.hardware.host_cpu`), so a pass's CPU load is known too. `on_start` is called with each phase's
+    name as it starts (the CLI's test-only fault injection uses it).
     """
 
-    def __init__(self, meter: EnergyMeter | None = None, on_start: PhaseHook | None = None) -> None:
+    def __init__(
+        self, meter: EnergyMeter | None = None, on_start: PhaseHook | None = None, host: HostCpuMeter | None = None
+    ) -> None:
         self.items: list[dict] = []
         self.meter = meter
         self.on_start = on_start
+        self.host = host
 
     def start(self, name: str) -> None:
         energy = self.meter.read_mj() if self.meter else None  # before the clock starts
+        host_cpu = self.host.read() if self.host else None
         say(f"{name}: started")
         self.items.append({"phase": name, "start": time.time(), "end": None})
         if energy is not None:
             self.items[-1]["energy_start_mj"] = energy
+        if host_cpu is not None:
+            self.items[-1]["host_cpu_start"] = host_cpu
         self.step(name)
 
     def step(self, name: str) -> None:
@@ -62,6 +71,8 @@ class Phases:
         if self.meter:  # after the clock's last reading
             item["energy_end_mj"] = self.meter.read_mj()
             item["gpus_used"] = self.meter.tree_gpus()
+        if self.host:
+            item["host_cpu_end"] = self.host.read()
         say(f"{item['phase']}: done in {item['end'] - item['start']:.1f} s")
 
     def end_open(self) -> None:

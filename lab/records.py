@@ -341,6 +341,7 @@ class RunSummary(_BackendMode):
     engine: dict = field(default_factory=dict)  # engine_info() less hf's per-batch detail
     collector: dict | None = None  # how the timeline was taken
     energy: dict | None = None  # lab.accounting.energy.energy_summary; None in older runs
+    host_cpu: dict | None = None  # lab.accounting.host_load.host_load_summary; None in older runs
     sweep: list[dict] | None = None  # online serving: lab.online_metrics.rate_metrics of each offered rate
     sweep_memory: list[dict] | None = None  # online serving: lab.accounting.pass_memory.rate_memory of each rate
     skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run

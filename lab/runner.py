@@ -16,7 +16,8 @@ raises LabInputError before anything is written. Then it writes into its folder
                    compilations it saw (a pass that compiled is marked invalid) and the allocator's
                    figures after it (`memory`, its peaks reset before the pass), engine and memory
                    figures, and the epoch start/end of each phase (load, warm-up, repeat, generate) to
-                   line up with the collector's timeline, with every GPU's energy counter at both ends;
+                   line up with the collector's timeline, with every GPU's energy counter and the
+                   host's, the cgroup's and the process tree's CPU counters at both ends;
                    written before the engine is closed and again after it (`close_error`: a close that
                    failed or hung), so a teardown that hangs keeps the run (`lab.teardown`)
 
@@ -50,6 +51,7 @@ from lab.gc_pauses import GcPauses
 from lab.hardware.device import resolve_device, resolve_dtype
 from lab.hardware.energy import open_meter
 from lab.hardware.env import collect_environment
+from lab.hardware.host_cpu import HostCpuMeter
 from lab.launchers import torchrun
 from lab.models.build import load_tokenizer, prompt_vocab_ids
 from lab.models.resolve import MissingTokenizer, config_prompt_ids, has_tokenizer, model_info, resolve_model
@@ -151,7 +153,8 @@ def run_backend(
     if not part.spec.exists():  # the experiment writes it itself, to start this process with it
         rf.write_json(part.spec, spec.to_dict())
     meter, meter_facts = open_meter(torchrun.tree_root_pid()) if not torchrun.rank() else (None, None)
-    phases = Phases(meter, on_phase)
+    host = HostCpuMeter(torchrun.tree_root_pid()) if not torchrun.rank() else None
+    phases = Phases(meter, on_phase, host)
     result = BackendResult(
         spec.backend, spec.mode, phases=phases.items, environment=environment, energy_meter=meter_facts
     )

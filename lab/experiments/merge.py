@@ -10,13 +10,15 @@ figures keep their source in their name and beside them:
   tensor parallelism rank 0's GPU, and `allocator_per_rank` every rank's).
 With several GPUs, `nvml_*` figures are summed over the GPUs the backend's tree used (`gpus_used`; the
 collector may read more: every GPU of the host where the run chose none), and `per_gpu` gives each
-GPU's own peaks. `energy`: joules per timed pass and per output token (`lab.accounting.energy`).
+GPU's own peaks. `energy`: joules per timed pass and per output token (`lab.accounting.energy`);
+`host_cpu`: the host CPU's load during each timed pass (`lab.accounting.host_load`).
 """
 
 from __future__ import annotations
 
 from lab import run_folder as rf
 from lab.accounting.energy import energy_summary
+from lab.accounting.host_load import host_load_summary
 from lab.accounting.pass_memory import pass_memory, rate_memory
 from lab.hardware.timeline import (
     gpus_holding_tree,
@@ -120,6 +122,7 @@ def summarize_run(
         },
         engine=engine,
         energy=energy_summary(result.phases, samples, (metrics or {}).get("output_tokens"), result.energy_meter),
+        host_cpu=host_load_summary(result.phases),
         sweep=sweep_metrics(records, slos or {}) if is_sweep(records) else None,
         sweep_memory=rate_memory(pass_memory(result, records, list(kv_samples), own)) if is_sweep(records) else None,
         skipped_rates=result.skipped_rates,

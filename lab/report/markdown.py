@@ -15,6 +15,7 @@ from lab.report.cut_markdown import cut_lines
 from lab.report.format import fmt, mib, version
 from lab.report.gc_markdown import frozen_note, gc_section
 from lab.report.gpus_markdown import energy_section, per_gpu_section
+from lab.report.host_cpu_markdown import host_cpu_section
 from lab.report.kv_markdown import bandwidth_section, breakdown_section
 from lab.report.online_markdown import online_section
 from lab.report.online_memory_markdown import breakdown_rate_note
@@ -60,6 +61,7 @@ def render_markdown(view: RunView, analyses: Analyses, plots: list[dict]) -> str
     if per_gpu := per_gpu_section(runs):
         lines += [""] + per_gpu
     lines += [""] + energy_section(runs)
+    lines += [""] + host_cpu_section(runs)
     lines += [""] + breakdown_section(view.engine, analyses.breakdown)
     if analyses.breakdown and (note := breakdown_rate_note(runs)):
         lines += note + [""]
