@@ -39,9 +39,9 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
   the requests waiting to begin, not those in the system: a pass shorter than the longest service
   times ends before the count in service reaches its steady level (rate x latency, Little's law), so
   in-service growth is no sign of overload (backlog_growth reports it). Overload shows as requests
-  waiting longer to begin, a falling admitted rate or a growing time per output token once served. A backend that
-  begins every request at once but serves every one slowly is not saturated by this rule: its
-  normalized latency, against the bound below, says how slow.
+  waiting longer to begin, a falling admitted rate or a growing time per output token once served. A
+  backend that begins every request at once but serves every one slowly from the start is not
+  saturated by this rule: its normalized latency, against the bound below, says how slow.
 
 Sustained rate (`sustained_rate`): the highest offered rate of the sweep at which the backend is not
 saturated and its normalized latency is within the bound (or, under SLOs, at least
