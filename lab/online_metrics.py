@@ -12,9 +12,15 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
 - admitted_rate_per_s = (N - 1) / (last first-scheduled - first first-scheduled): the rate at which
   the backend began work on requests (`RequestRecord.scheduled_s`; None where a backend left it
   unknown). A backend that keeps up begins each request soon after it arrives, at the schedule's rate.
-- latency_growth = mean normalized latency of the last third of the requests (by arrival) / that of the
-  first third: about 1 where the backend serves late arrivals as it served early ones, large where each
-  request waits behind a growing queue.
+- latency_growth = mean TPOT (`lab.metrics.tpot_s`: (e2e - ttft) / (output tokens - 1), the time per
+  output token while the request is served) of the last third of the requests (by arrival) / that of
+  the first third: about 1 where the backend serves late arrivals as fast as early ones, large where a
+  backend that begins every request at once (vLLM, hf/continuous) serves each more slowly as the load
+  rises. It leaves out the wait before the first token: a static batch that holds one long request
+  makes the few short requests that arrive meanwhile wait (head-of-line blocking) although every
+  request is begun at the schedule's rate and nothing waits at the end; queueing from overload shows
+  in the admitted rate and queue_growth instead. (Before 2026-11-27's eleventh session it compared
+  normalized latency, queueing included, and so marked such a server saturated.)
 - normalized_latency_s = mean over requests of e2e_s / output_tokens, seconds per output token: the
   PagedAttention paper's normalized latency (Figure 12); normalized_latency_s_min and _max: its lowest
   and highest over the passes that count (the median's range, equal to it with one pass).
@@ -33,9 +39,9 @@ that count, as `lab.metrics.run_metrics` takes it), beside `lab.metrics.summariz
   the requests waiting to begin, not those in the system: a pass shorter than the longest service
   times ends before the count in service reaches its steady level (rate x latency, Little's law), so
   in-service growth is no sign of overload (backlog_growth reports it). Overload shows as requests
-  waiting longer to begin, a falling admitted rate or growing per-request latency. A backend that
-  begins every request at once but serves every one slowly is not saturated by this rule: its
-  normalized latency, against the bound below, says how slow.
+  waiting longer to begin, a falling admitted rate or a growing time per output token once served. A
+  backend that begins every request at once but serves every one slowly from the start is not
+  saturated by this rule: its normalized latency, against the bound below, says how slow.
 
 Sustained rate (`sustained_rate`): the highest offered rate of the sweep at which the backend is not
 saturated and its normalized latency is within the bound (or, under SLOs, at least
@@ -51,7 +57,7 @@ from lab.online_settings import rate_value
 from lab.records import RequestRecord, RunSummary
 
 SATURATION_SHARE = 0.9  # requests begun at below 90% of the offered rate: saturated
-LATENCY_GROWTH_LIMIT = 2.0  # the last third's normalized latency over twice the first third's: saturated
+LATENCY_GROWTH_LIMIT = 2.0  # the last third's time per output token over twice the first third's: saturated
 BACKLOG_SHARE = 0.25  # requests waiting to begin grew by over a quarter of the arrivals from mid-pass to the last
 SLO_ATTAINMENT_GOAL = 0.9  # a rate sustained under SLOs: at least 90% of requests meet every one
 CLOCK_TOLERANCE_S = 1e-3  # vLLM's scheduling time comes from another clock (monotonic), lined up within this
@@ -60,6 +66,11 @@ CLOCK_TOLERANCE_S = 1e-3  # vLLM's scheduling time comes from another clock (mon
 def normalized_latency_s(records: list[RequestRecord]) -> float | None:
     """Mean over requests of e2e_s / output_tokens (seconds per output token)."""
     return mean(r.e2e_s / r.output_tokens for r in records if r.output_tokens > 0)
+
+
+def mean_tpot_s(records: list[RequestRecord]) -> float | None:
+    """Mean TPOT (seconds per output token after the first) over the requests that have one."""
+    return mean(t for t in map(tpot_s, records) if t is not None)
 
 
 def meets_slos(record: RequestRecord, slos: dict[str, float]) -> bool:
@@ -110,14 +121,15 @@ def queue_growth(records: list[RequestRecord]) -> int:
 
 
 def latency_growth(records: list[RequestRecord]) -> float | None:
-    """Mean normalized latency of the last third of the requests (by arrival) / that of the first third;
-    None for fewer than three requests."""
-    ordered = sorted((r for r in records if r.output_tokens > 0), key=lambda r: r.arrival_s)
+    """Mean TPOT of the last third of the requests (by arrival) / that of the first third (module
+    docstring: served more slowly, not queued longer); None for fewer than three requests, or where
+    either third has no TPOT (one-token outputs) or the first third's is 0."""
+    ordered = sorted(records, key=lambda r: r.arrival_s)
     third = len(ordered) // 3
     if third == 0:
         return None
-    first, last = normalized_latency_s(ordered[:third]), normalized_latency_s(ordered[-third:])
-    return last / first if first else None
+    first, last = mean_tpot_s(ordered[:third]), mean_tpot_s(ordered[-third:])
+    return last / first if first and last is not None else None
 
 
 def admitted_rate(records: list[RequestRecord]) -> float | None:
@@ -167,7 +179,7 @@ def saturation(metrics: dict) -> tuple[bool, str | None]:
         return True, f"requests begun at {admitted:.3g} req/s < {SATURATION_SHARE:.0%} of the offered {offered:.3g}"
     growth_ratio = metrics.get("latency_growth")
     if growth_ratio is not None and growth_ratio > LATENCY_GROWTH_LIMIT:
-        return True, f"the last third's normalized latency is {growth_ratio:.3g}x the first third's"
+        return True, f"the last third's time per output token is {growth_ratio:.3g}x the first third's"
     growth, n = metrics.get("queue_growth") or 0, metrics.get("requests") or 0  # absent (older summaries): 0
     if growth > max(3, BACKLOG_SHARE * (n - 1 - n // 2)):
         return True, f"requests waiting to begin grew by {growth} between the middle and the last arrival"

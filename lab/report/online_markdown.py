@@ -49,10 +49,10 @@ def conditions(online: OnlineSettings) -> list[str]:
         f"same schedule for every backend/mode. Max concurrency: {cap}. hf static batches wait up to "
         f"{online.batch_wait_s:g} s to fill. Every latency counts from the request's arrival. SLOs: {slos}.",
         f"Saturated: requests begun (first scheduled) at below {SATURATION_SHARE:.0%} of the schedule's rate, the "
-        f"last third's normalized latency over {LATENCY_GROWTH_LIMIT:g}x the first third's, or the requests waiting "
-        "to begin growing through the pass (docs/results.md). Achieved req/s counts completions, so on a finite "
-        "pass it includes the drain of the last, longest requests and reads below the offered rate even where "
-        "nothing queued; "
+        f"last third's time per output token (TPOT) over {LATENCY_GROWTH_LIMIT:g}x the first third's, or the requests "
+        "waiting to begin growing through the pass (docs/results.md). Achieved req/s counts completions, so on a "
+        "finite pass it includes the drain of the last, longest requests and reads below the offered rate even "
+        "where nothing queued; "
         "admitted req/s is the rate at which requests were begun. Normalized latency: mean of E2E / output tokens.",
     ]
 

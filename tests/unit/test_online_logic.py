@@ -107,10 +107,14 @@ def test_saturation_from_the_admitted_rate_from_growing_latency_and_from_a_growi
     # an older summary without queue_growth: its in-service growth is no longer read as a queue
     assert not saturation({"schedule_rate_per_s": 10.0, "admitted_rate_per_s": 9.5, "backlog_growth": 30,
                            "requests": 100})[0]  # fmt: skip
-    # one request a second, each taking 3 s more than the one before: the queue grows all along
-    growing = [rec(i, float(i), i + 0.5 + 3 * i, i + 1.0 + 3 * i) for i in range(20)]
+    # one request a second, each begun on arrival and served 3 s more slowly than the one before: the
+    # requests in service grow all along, and so does the time per output token
+    growing = [rec(i, float(i), i + 0.5, i + 1.0 + 3 * i) for i in range(20)]
     assert backlog_growth(growing) > 3
     assert pass_online_metrics(growing, {})["latency_growth"] > 2
+    # each waiting 3 s more than the one before to begin, then served at one pace: no growth in TPOT
+    waiting = [rec(i, float(i), i + 0.5 + 3 * i, i + 1.0 + 3 * i) for i in range(20)]
+    assert pass_online_metrics(waiting, {})["latency_growth"] == pytest.approx(1.0)
 
 
 def test_a_long_last_request_lowers_the_completion_rate_but_is_not_saturation():
@@ -121,7 +125,7 @@ def test_a_long_last_request_lowers_the_completion_rate_but_is_not_saturation():
     m = pass_online_metrics(steady, {})
     assert m["achieved_rate_per_s"] < 0.9 * m["schedule_rate_per_s"]
     assert m["admitted_rate_per_s"] == pytest.approx(m["schedule_rate_per_s"])
-    assert m["latency_growth"] == pytest.approx(1.0)
+    assert m["latency_growth"] == pytest.approx(1.0, abs=0.01)  # the long one served at the same pace a token
     assert saturation(m) == (False, None)
     # the same requests begun ever later (each waits 0.5 s more than the one before): saturated
     queued = [
@@ -158,7 +162,8 @@ def test_requests_ramping_up_in_service_are_not_a_growing_queue():
 def queued_behind_a_batch(scheduled=True):
     """One request a second: the first 17 begun at arrival, then the engine is held by a batch and the
     other 15 wait, begun together at 33 s: each waits to begin and the waiting queue grows 0 -> 15,
-    while the admitted rate (31 / 33 s, 94% of the schedule's) and the latency growth (1.8) pass."""
+    while the admitted rate (31 / 33 s, 94% of the schedule's) and the latency growth (1: every request
+    served at one pace) pass."""
     return [served(i, float(i), float(i) if i <= 16 else 33.0, 100, scheduled) for i in range(32)]
 
 
@@ -167,6 +172,43 @@ def test_requests_waiting_longer_to_begin_are_a_growing_queue():
     assert m["queue_growth"] == 15
     assert m["admitted_rate_per_s"] >= 0.9 * m["schedule_rate_per_s"] and m["latency_growth"] < 2
     assert saturation(m) == (True, "requests waiting to begin grew by 15 between the middle and the last arrival")
+
+
+def test_short_requests_held_behind_one_long_static_batch_are_not_saturation():
+    # a static-batch server at one request every 4 s, each request begun on arrival, until request 7's
+    # batch (200 tokens, 16 s) holds the engine from 28 s to 44 s: requests 8-10 wait 12, 8 and 4 s and
+    # begin with request 11 at 44 s. Every request was begun at the schedule's rate and none waits at the
+    # end: head-of-line blocking, not overload. The last third's normalized latency (queueing included)
+    # is 4.75x the first third's; its time per output token, 1x.
+    begins = [4.0 * i for i in range(8)] + [44.0] * 4
+    records = [served(i, 4.0 * i, begin, 200 if i == 7 else 20) for i, begin in enumerate(begins)]
+    m = pass_online_metrics(records, {})
+    assert m["admitted_rate_per_s"] == pytest.approx(m["schedule_rate_per_s"]) and m["queue_growth"] == 0
+    assert m["latency_growth"] == pytest.approx(1.0)
+    assert saturation(m) == (False, None)
+
+
+def test_requests_served_more_slowly_as_the_load_rises_are_saturation():
+    # a continuous-batching engine at one request a second: every request begun on arrival (no queue),
+    # but each third of them served at 10, 20 and 30 ms per output token after the first
+    def paced(i, tpot):
+        first = i + 0.05
+        return RequestRecord(i, 2, 50, first, first + 49 * tpot, arrival_s=float(i), scheduled_s=float(i))
+
+    records = [paced(i, 0.01 * (1 + i // 4)) for i in range(12)]
+    m = pass_online_metrics(records, {})
+    assert m["admitted_rate_per_s"] == pytest.approx(m["schedule_rate_per_s"]) and m["queue_growth"] == 0
+    assert m["latency_growth"] == pytest.approx(3.0)
+    assert saturation(m) == (True, "the last third's time per output token is 3x the first third's")
+
+
+def test_one_token_outputs_have_no_tpot_and_leave_the_latency_growth_unknown():
+    one_token = [served(i, float(i), float(i), 1) for i in range(9)]  # TPOT None: no token after the first
+    m = pass_online_metrics(one_token, {})
+    assert m["latency_growth"] is None and saturation(m) == (False, None)
+    # a one-token request in the first third is left out of its mean; the others still count
+    mixed = [served(0, 0.0, 0.0, 1)] + [served(i, float(i), float(i), 20) for i in range(1, 9)]
+    assert pass_online_metrics(mixed, {})["latency_growth"] == pytest.approx(1.0)
 
 
 def test_a_request_without_scheduled_s_begins_at_its_first_token_else_its_end():
