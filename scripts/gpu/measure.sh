@@ -388,8 +388,8 @@ print(cpu_rank_binding($tp, sorted(os.sched_getaffinity(0))))")
     # engine start with REPEATS=1) (5%; exit 1 otherwise); every bench result of this step on this
     # machine counts, earlier calls' too
     shopt -s nullglob
-    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-????/)  # with KV samples: the lab as users run it
-    nokv_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-nokv-????/)
+    lab_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-??????/)  # with KV samples: the lab as users run it
+    nokv_runs=(/tmp/lab-results/agree-tp-lab/*-random$n-tp$tp-nokv-??????/)
     warm=("$results"/vllm-bench-vllm-$n-tp$tp-warm-*.json) as_run=("$results"/vllm-bench-vllm-$n-tp$tp-default-*.json)
     shopt -u nullglob
     if (( ${#lab_runs[@]} == 0 )); then
