@@ -241,11 +241,8 @@ class RunFolder:
 
 
 def new_run_id(tag: str = "") -> str:
-    """'20261122-213005-hf-vllm-3f9a0c': sortable by time, unique by a random suffix; `tag` is optional.
-
-    Three random bytes: runs started in the same second with the same tag into one results folder
-    (parallel GPU lanes of one step) must not collide: 50 ids of one second share a suffix about once in
-    54 with two bytes, once in 14,000 with three."""
+    """'20261122-213005-hf-vllm-3f9a0c': sortable by time, unique by 3 random bytes (GPU lanes of one step
+    start runs of one tag in one second: 50 ids shared a 2-byte suffix once in 54); `tag` is optional."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     parts = [stamp, tag, secrets.token_hex(3)] if tag else [stamp, secrets.token_hex(3)]
     return "-".join(parts)
