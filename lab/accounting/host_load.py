@@ -94,8 +94,10 @@ def host_load_summary(phases: list[dict]) -> dict:
     """summary.json's `host_cpu` of one backend/mode.
 
     {"available": True, "logical_cpus", "scope", "cgroup_reason" (why cgroup figures are None, or None),
-     "passes" (each timed pass's `pass_host_load`, with its `warnings`)}; {"available": False, "reason"}
-    where no timed pass has readings (no pass finished; a run from before the lab read them).
+     "max_other_cpus", "max_throttled_s" (the worst pass's, for `lab compare`), "warned_passes" (how many
+     passes have warnings), "passes" (each timed pass's `pass_host_load`, with its `warnings`)};
+    {"available": False, "reason"} where no timed pass has readings (no pass finished; a run from before
+    the lab read them).
     """
     timed = [p for p in timed_phases(phases) if pass_host_load(p) is not None]
     if not timed:
@@ -110,5 +112,14 @@ def host_load_summary(phases: list[dict]) -> dict:
         "logical_cpus": last["logical_cpus"],
         "scope": last.get("scope"),
         "cgroup_reason": (last.get("cgroup") or {}).get("reason"),
+        "max_other_cpus": largest(p["other_cpus"] for p in passes),
+        "max_throttled_s": largest(p["throttled_s"] for p in passes),
+        "warned_passes": sum(1 for p in passes if p["warnings"]),
         "passes": passes,
     }
+
+
+def largest(values) -> float | None:
+    """The largest of the values that are known; None where none is."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None

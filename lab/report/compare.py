@@ -51,6 +51,9 @@ METRICS = (
     ("KV pool MiB (paged engines; vLLM: per GPU)", ("engine", "kv_pool_bytes")),
     ("J per output token", ("energy", "j_per_output_token")),
     ("mean power W (GPUs used)", ("energy", "mean_power_w")),
+    ("host CPUs busy with other work, worst pass", ("host_cpu", "max_other_cpus")),
+    ("cgroup CPU throttling s, worst pass", ("host_cpu", "max_throttled_s")),
+    ("passes warned of host CPU load", ("host_cpu", "warned_passes")),
 )
 MIB_FROM_BYTES = {"allocator peak allocated MiB (torch)", "KV pool MiB (paged engines; vLLM: per GPU)"}
 

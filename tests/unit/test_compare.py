@@ -110,3 +110,15 @@ def test_one_run_or_a_folder_that_is_not_a_run_is_bad_input(tmp_path: Path):
 def test_ratio_of_missing_or_zero_is_a_dash():
     assert ratio_text(3.0, 1.5) == "2.00x"
     assert ratio_text(None, 1.0) == ratio_text(1.0, 0) == ratio_text(1.0, None) == "-"
+
+
+def test_the_host_cpu_rows_give_each_runs_worst_pass(tmp_path: Path):
+    def loaded(manifest, summary):
+        for entry in summary["runs"]:
+            entry["host_cpu"] = {"available": True, "max_other_cpus": 9.5, "max_throttled_s": 0.0, "warned_passes": 2}
+
+    text = render_comparison([copy_run(tmp_path, "run-a"), copy_run(tmp_path, "run-b", loaded)])
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| hf/batched ")}
+    other = rows["host CPUs busy with other work, worst pass"].split("|")
+    assert other[3].strip() == "-" and other[4].strip() == "9.50"  # run A predates the host CPU figures
+    assert rows["passes warned of host CPU load"].split("|")[4].strip() == "2"

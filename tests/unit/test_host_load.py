@@ -176,3 +176,13 @@ def test_an_older_run_still_reports_with_the_host_cpu_marked_not_recorded(tmp_pa
     run_dir = shutil.copytree(FIXTURE, tmp_path / "old")
     report = write_report(run_dir)
     assert "## Host CPU during each timed pass" in report and "n/a: not recorded" in report
+
+
+def test_the_summary_gives_the_worst_pass_and_how_many_passes_were_warned():
+    quiet = phase("repeat", 2.0, reading(0.0, 0.0, 0, 0), reading(3.0, 2.0, 0, 0))  # other work 0.5 CPUs
+    busy = phase("repeat", 2.0, reading(0.0, 0.0, 0, 0), reading(12.0, 2.0, 200_000, 3))  # 5 CPUs, 0.2 s
+    summary = host_load_summary([quiet, busy])
+    assert summary["max_other_cpus"] == 5.0 and summary["max_throttled_s"] == 0.2
+    assert summary["warned_passes"] == 1
+    unknown = host_load_summary([phase("repeat", 2.0, reading(0.0, None), reading(3.0, None))])
+    assert unknown["max_other_cpus"] is None and unknown["max_throttled_s"] is None
