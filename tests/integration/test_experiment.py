@@ -120,7 +120,6 @@ def test_collector_timeline_covers_every_run_and_names_its_source(finished_run):
     assert all(s["tree_rss_mib"] > 0 for s in timeline if s.get("tree_rss_mib") is not None)
 
 
-
 def test_every_timed_pass_records_the_host_cpu_load(finished_run):
     run_dir = run_dir_of(finished_run)
     for entry in rf.read_json(run_dir / rf.SUMMARY)["runs"]:
@@ -131,6 +130,7 @@ def test_every_timed_pass_records_the_host_cpu_load(finished_run):
             assert load["logical_cpus"] > 0 and load["seconds"] > 0 and load["host_busy_s"] >= 0
             assert load["backend_cpu_s"] is None or load["backend_cpu_s"] >= 0
     assert "## Host CPU during each timed pass" in (run_dir / rf.REPORT).read_text()
+
 
 def test_vllm_kv_usage_was_sampled_during_the_run(finished_run):
     kv = rf.read_jsonl(run_dir_of(finished_run) / rf.KV_SAMPLES)
