@@ -155,3 +155,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b in (None, 0):
         return None
     return a / b
+
+
+def counter_delta(start: float | None, end: float | None, scale: float = 1.0) -> float | None:
+    """(end - start) / scale of a counter read at a pass's two ends; None where either reading is
+    missing or the counter went back (it was reset: a driver reload, a process that ended)."""
+    if start is None or end is None or end < start:
+        return None
+    return (end - start) / scale

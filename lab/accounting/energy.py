@@ -27,7 +27,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
-from lab.metrics import ratio
+from lab.metrics import counter_delta, ratio
 
 TIMED_PHASES = ("repeat", "generate")
 COUNTER = "nvml energy counter"
@@ -44,9 +44,7 @@ def timed_phases(phases: list[dict]) -> list[dict]:
 def counter_delta_j(start_mj: int | None, end_mj: int | None) -> float | None:
     """(end - start) / 1000 J; None where either reading is missing or the counter went back (a
     driver reload resets it)."""
-    if start_mj is None or end_mj is None or end_mj < start_mj:
-        return None
-    return (end_mj - start_mj) / 1000
+    return counter_delta(start_mj, end_mj, 1000)
 
 
 def trapezoid_j(points: Iterable[tuple[float, float]]) -> float | None:

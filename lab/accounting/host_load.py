@@ -25,19 +25,12 @@ CPUs (those the lab may run on, `scope`):
 from __future__ import annotations
 
 from lab.accounting.energy import timed_phases
-from lab.metrics import ratio
+from lab.metrics import counter_delta, ratio
 
 OTHER_WORK_SHARE = 0.25  # other work on more than this share of the logical CPUs: the pass may be inflated
 THROTTLED_SHARE = 0.01  # the cgroup throttled the lab for more than this share of the pass: the same
 NOT_RECORDED = "not recorded (a run from before the lab read the host CPU)"
 INFLATED = "timings of CPU-bound paths (transformers eager modes) may be inflated by other work on the host"
-
-
-def delta(start: float | None, end: float | None, scale: float = 1.0) -> float | None:
-    """(end - start) / scale; None where either is missing or the counter went down."""
-    if start is None or end is None or end < start:
-        return None
-    return (end - start) / scale
 
 
 def pass_host_load(phase: dict) -> dict | None:
@@ -47,11 +40,11 @@ def pass_host_load(phase: dict) -> dict | None:
         return None
     seconds = phase["end"] - phase["start"]
     cpus = end["logical_cpus"]
-    busy_s = delta(start["busy_s"], end["busy_s"])
-    backend_s = delta(start.get("tree_cpu_s"), end.get("tree_cpu_s"))
+    busy_s = counter_delta(start["busy_s"], end["busy_s"])
+    backend_s = counter_delta(start.get("tree_cpu_s"), end.get("tree_cpu_s"))
     busy_cpus, backend_cpus = ratio(busy_s, seconds), ratio(backend_s, seconds)
     cg_start, cg_end = start.get("cgroup") or {}, end.get("cgroup") or {}
-    throttled = delta(cg_start.get("throttled_usec"), cg_end.get("throttled_usec"), 1e6)
+    throttled = counter_delta(cg_start.get("throttled_usec"), cg_end.get("throttled_usec"), 1e6)
     return {
         "phase": phase["phase"],
         "seconds": seconds,
@@ -63,7 +56,7 @@ def pass_host_load(phase: dict) -> dict | None:
         "backend_cpus": backend_cpus,
         "other_cpus": max(0.0, busy_cpus - backend_cpus) if None not in (busy_cpus, backend_cpus) else None,
         "throttled_s": throttled,
-        "throttled_periods": delta(cg_start.get("nr_throttled"), cg_end.get("nr_throttled")),
+        "throttled_periods": counter_delta(cg_start.get("nr_throttled"), cg_end.get("nr_throttled")),
         "cpu_quota_cpus": cg_end.get("quota_cpus"),
         "cgroup_read": cg_end.get("usage_usec") is not None,
     }
@@ -99,14 +92,14 @@ def host_load_summary(phases: list[dict]) -> dict:
     {"available": False, "reason"} where no timed pass has readings (no pass finished; a run from before
     the lab read them).
     """
-    timed = [p for p in timed_phases(phases) if pass_host_load(p) is not None]
-    if not timed:
-        reason = "no timed pass finished" if not timed_phases(phases) else NOT_RECORDED
-        return {"available": False, "reason": reason}
-    passes = [pass_host_load(p) for p in timed]
+    timed = timed_phases(phases)
+    read = [(phase, load) for phase in timed if (load := pass_host_load(phase)) is not None]
+    if not read:
+        return {"available": False, "reason": NOT_RECORDED if timed else "no timed pass finished"}
+    passes = [load for _, load in read]
     for load in passes:
         load["warnings"] = load_warnings(load)
-    last = timed[-1]["host_cpu_end"]
+    last = read[-1][0]["host_cpu_end"]
     return {
         "available": True,
         "logical_cpus": last["logical_cpus"],

@@ -86,10 +86,9 @@ def host_cpu_section(runs: list[RunSummary]) -> list[str]:
         f"pass where other work exceeded {OTHER_WORK_SHARE:.0%} of the logical CPUs or the cgroup throttled the "
         f"lab for more than {THROTTLED_SHARE:.0%} of the pass. /proc/stat counts 10 ms ticks per CPU: a pass "
         "well under a second reads coarse figures (a share may pass 100%).",
-        "",
     ]
     if rows:
-        lines.append(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
+        lines += ["", tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)]
     if cgroup_notes:
         lines += ["", "cgroup figures unknown: " + "; ".join(sorted(cgroup_notes)) + "."]
     if warnings:
