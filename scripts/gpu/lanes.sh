@@ -14,6 +14,7 @@
 #   2,3 tp-8b TP=2          (starts when the lanes before it that use GPU 2 or GPU 3 are done)
 #   0,1,2,3 tp-8b TP=4 STEP_TIMEOUT=600   (stopped after 600 s, so a stalled step cannot hold the lane)
 #   0,1,2,3 agree-tp-lab TP=2 ONLY_GPUS=0,1 (on GPUs 0,1, with GPUs 2,3 kept idle: alone on the host)
+#   1   online-8b-hf CPUS=16-31  (pinned to CPUs 16-31 with taskset: lanes that share no CPU)
 # Each step runs as `LAB_GPUS=GPUS CUDA_VISIBLE_DEVICES=GPUS measure.sh STEP` (the lab then reads NVML
 # on those GPUs alone, and the tests' own CUDA calls see them alone), so the lanes' figures stay apart. Steps that need vLLM wait until
 # scripts/gpu/stage.sh has installed the bundle (/tmp/b/installed); the transformers-only steps
@@ -99,8 +100,16 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     # ONLY_GPUS=0,1 on a line of lane "0,1,2,3": the step runs on GPUs 0,1 while the lane holds all
     # four, so that nothing runs beside it (a measurement that must run alone on the host)
     local use; use=$(sed -n 's/.*ONLY_GPUS=\([0-9,][0-9,]*\).*/\1/p' <<< "$vars")
+    # CPUS=0-15 on a line: the step runs under `taskset -c 0-15`, so that lanes on one host do not share
+    # CPUs (the eager transformers paths, bound by the CPU that launches their kernels, ran 3.5-5x slower
+    # beside a lane that compiled or ran vLLM, 2026-11-27); the lab's host-CPU figures count those CPUs
+    local cpus pin=(); cpus=$(sed -n 's/.*CPUS=\([0-9,-][0-9,-]*\).*/\1/p' <<< "$vars")
+    if [[ -n $cpus ]]; then
+      if command -v taskset > /dev/null; then pin=(taskset -c "$cpus")
+      else echo "$(date -u +%T) $step: taskset not found, CPUS=$cpus not applied" >> "$dir/status"; fi
+    fi
     # shellcheck disable=SC2086  # VAR=VALUE words are meant to split
-    env LAB_GPUS="${use:-$gpus}" CUDA_VISIBLE_DEVICES="${use:-$gpus}" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars \
+    "${pin[@]}" env LAB_GPUS="${use:-$gpus}" CUDA_VISIBLE_DEVICES="${use:-$gpus}" CUDA_DEVICE_ORDER=PCI_BUS_ID OUT="$dir/out" $vars \
         scripts/gpu/measure.sh "$step" >> "$dir/$step.stdout" 2>&1 &
     local pid=$! watchdog=
     [[ -n $limit ]] && { stop_step_after "$limit" "$pid" "$dir/status" & watchdog=$!; }
