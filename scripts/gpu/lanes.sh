@@ -26,7 +26,7 @@
 # Lanes share the host's CPUs and disk; the manifest of every run records the host, and the README
 # says which runs ran beside others.
 set -uo pipefail
-state=/tmp/lanes
+state=${LANES_STATE:-/tmp/lanes}  # LANES_STATE: another folder (the unit test of this script)
 TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static "
 TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
 
@@ -146,7 +146,7 @@ wait)
     newest=$(ls -t "${s%/status}"/*.stdout 2>/dev/null | head -n1)  # the step running (or last run)
     [[ -n $newest ]] && tail -n3 "$newest" | cut -c1-160 | sed 's/^/    /'
   done
-  nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
+  nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true  # none on a CPU host
   ;;
 stop)  # before pack near the lease's end: a step cut by SIGTERM writes what it keeps (lab's Interrupted)
   touch "$state/stop"
