@@ -73,6 +73,12 @@ def split_budget(runs: list[str], weights: dict[str, float], budget_s: float) ->
     return {run: round(budget_s * weights[run] / total, 1) for run in runs}
 
 
+def is_wait(profiled_name: str) -> bool:
+    """CUDA runtime calls whose CPU time is mostly waiting for the GPU (a sync, a copy to the host): left
+    out of the host's own busy time a step."""
+    return "Synchronize" in profiled_name or profiled_name.startswith(("cudaMemcpy", "cuMemcpy"))
+
+
 # --- the environment ----------------------------------------------------------------------------
 
 

@@ -194,32 +194,37 @@ def timed_run(model, prompts, args, limit_s: float, *, timer: bool = True, profi
 
 
 def profile_figures(window: ProfileWindow, step_ms: list[float]) -> dict:
-    """The profiled steps: top ops by self CPU and by CUDA time, and per-step CPU op, CUDA and wall time."""
+    """The profiled steps: per-step wall time, CPU time in ops (less the time spent waiting for the GPU in
+    syncs and copies to the host) against CUDA kernel time, and the top ops by self CPU and by CUDA time."""
     steps = window.profiled_steps
     if not steps:
         return {"error": f"no step profiled (the profiler started at step {window.started_at})"}
-    events = window.profiler.events()
-    averages = window.profiler.key_averages()
-    cpu_us = sum(e.self_cpu_time_total for e in events if e.device_type == DeviceType.CPU)
-    gpu_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
-    launches = sum(1 for e in events if "LaunchKernel" in e.name)
     first = window.started_at  # profiled steps: first+1 .. first+steps (1-based), timed as step_ms[first:]
     wall_ms = sum(step_ms[first : first + steps]) / steps if len(step_ms) >= first + steps else None
-    per_step = {
-        "started_at_step": first,
-        "steps": steps,
-        "wall_ms": round(wall_ms, 3) if wall_ms else None,
-        "cpu_op_ms": round(cpu_us / steps / 1e3, 3),
-        "cuda_kernel_ms": round(gpu_us / steps / 1e3, 3),
-        "cpu_op_per_cuda": round(cpu_us / gpu_us, 2) if gpu_us else None,
-        "wall_per_cuda": round(wall_ms * 1e3 / (gpu_us / steps), 2) if gpu_us and wall_ms else None,
-        "kernel_launches": round(launches / steps, 1),
-    }
-    device_key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
-    tables = {"by_self_cpu": averages.table(sort_by="self_cpu_time_total", row_limit=15)}
+    figures: dict = {"per_step": {"started_at_step": first, "steps": steps, "wall_ms": wall_ms and round(wall_ms, 3)}}
+    try:
+        events = window.profiler.events()
+        cpu_events = [e for e in events if e.device_type == DeviceType.CPU]
+        cpu_us = sum(e.self_cpu_time_total for e in cpu_events)
+        wait_us = sum(e.self_cpu_time_total for e in cpu_events if facts.is_wait(e.name))
+        gpu_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
+        busy_us = cpu_us - wait_us
+        figures["per_step"].update(
+            cpu_op_ms=round(cpu_us / steps / 1e3, 3),
+            cpu_wait_ms=round(wait_us / steps / 1e3, 3),
+            cuda_kernel_ms=round(gpu_us / steps / 1e3, 3),
+            cpu_busy_per_cuda=round(busy_us / gpu_us, 2) if gpu_us else None,
+            wall_per_cuda=round(wall_ms * 1e3 / (gpu_us / steps), 2) if gpu_us and wall_ms else None,
+            kernel_launches=round(sum(1 for e in cpu_events if "LaunchKernel" in e.name) / steps, 1),
+        )
+    except Exception as exc:  # the tables may still come
+        figures["per_step"]["error"] = f"{type(exc).__name__}: {exc}"
+    averages = window.profiler.key_averages()
+    figures["by_self_cpu"] = averages.table(sort_by="self_cpu_time_total", row_limit=15)
     if DEVICE == "cuda":
-        tables["by_cuda"] = averages.table(sort_by=device_key, row_limit=15)
-    return {"per_step": per_step, **tables}
+        device = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+        figures["by_cuda"] = averages.table(sort_by=device, row_limit=15)
+    return figures
 
 
 def start_collector(work_dir: Path, name: str):
@@ -283,7 +288,10 @@ def run_part(name: str, rows: int, model, vocab: int, args, limit_s: float) -> d
         run = timed_run(model, prompts, args, limit_s, profile=window)
     finally:
         window.finish()
-    run["profile"] = profile_figures(window, run["step_ms"])
+    try:
+        run["profile"] = profile_figures(window, run["step_ms"])
+    except Exception as exc:  # keep the run's steps
+        run["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
     return run
 
 

@@ -55,3 +55,17 @@ def test_same_steps_compares_over_the_shorter_run(facts):
     assert compared["nosync-b16"] == {"steps": 2, "ms_per_step": 15.0, "steps-b16": 30.0, "ratio": 0.5}
     assert compared["nvml-b16"] == {"steps": 4, "ms_per_step": 30.0, "steps-b16": 25.0, "ratio": 1.2}
     assert set(compared) == {"nosync-b16", "nvml-b16"}
+
+
+@pytest.mark.parametrize(
+    ("name", "waits"),
+    [
+        ("cudaDeviceSynchronize", True),
+        ("cudaStreamSynchronize", True),
+        ("cudaMemcpyAsync", True),
+        ("cudaLaunchKernel", False),
+        ("aten::mm", False),
+    ],
+)
+def test_syncs_and_copies_to_the_host_count_as_waiting(facts, name, waits):
+    assert facts.is_wait(name) is waits
