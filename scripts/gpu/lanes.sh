@@ -28,7 +28,7 @@
 set -uo pipefail
 state=${LANES_STATE:-/tmp/lanes}  # LANES_STATE: another folder (the unit test of this script)
 TRANSFORMERS_ONLY=" mixed llama-1b-sharegpt-seq llama-8b-sharegpt-seq llama-8b-sharegpt-static "
-TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc "
+TRANSFORMERS_ONLY+=" online-1b-hf online-1b-seq online-8b-hf sharing-1b-hfc hf-steps "
 
 # A lab run that a signal cuts cleanly (it keeps what finished): what `stop` and STEP_TIMEOUT send SIGTERM to
 LAB_RUN='python[^ ]* -m lab (experiment|capacity) '

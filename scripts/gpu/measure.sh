@@ -11,6 +11,11 @@
 #             (hf and vllm backends) run 3 times each
 #   agree-8b-lab, agree-8b-bench  the vLLM part of the same on synthetic:llama-8b (--repeats 3)
 #   hf-bench-gap  scripts/gpu/hf_bench_gap.py: vllm bench's hf loop against the lab's, one change at a time
+#   hf-steps  scripts/gpu/hf_step_profile.py: why eager transformers decode steps ran 4-6x slow (llama-1b,
+#             HF_STEPS_MODEL): per-step times by window up to 2,000 steps, batch 16 and 1, without the step
+#             timer, beside the lab's NVML collector, with one CPU thread, under torch.profiler; the host's
+#             settings and speed. HF_STEPS_PARTS (default all), HF_STEPS_BUDGET_S (400 s of generation,
+#             about 7.5 min in all), HF_STEPS_LABEL (names a second run's JSON); writes $OUT/hf-steps*.json
 #   gap       why vLLM's lead is 2.5x on equal-length prompts and 15x on the tutorial's batch: the four
 #             seed prompts cycled to 256 requests, 128 output tokens, one left-padded hf batch; vLLM
 #             with prefix caching off and on; hf with and without the warm-up
@@ -226,6 +231,20 @@ agree-lab|agree-bench|agree-8b-lab|agree-8b-bench)
 hf-bench-gap)
   model=$(lab models build "$anchor_model" | tail -n1)
   "$python" scripts/gpu/hf_bench_gap.py "$model" --prompts "$hf_batch" --repeats 2 --out "$results/hf-bench-gap.jsonl"
+  ;;
+hf-steps)
+  # The JSON (also under the results, packed, beside the collector's timeline); DRY: 64 steps, windows to match.
+  model=${HF_STEPS_MODEL:-synthetic:llama-1b}; budget=400; short=()
+  if [[ ${LAB_GPU_DRY:-0} == 1 ]]; then
+    model=$anchor_model; budget=60
+    short=(--max-new-tokens 64 --windows "1-10,20-30,50-60,last10" --profile-at 40 --profile-steps 10)
+  fi
+  model_dir=$(lab models build "$model" | tail -n1)
+  json=$results/hf-steps${HF_STEPS_LABEL:+-$HF_STEPS_LABEL}.json
+  "$python" scripts/gpu/hf_step_profile.py "$model_dir" --parts "${HF_STEPS_PARTS:-env,steps,nosync,nvml,threads,profile}" \
+      --budget-s "${HF_STEPS_BUDGET_S:-$budget}" "${short[@]}" --out "$json"
+  step_rc=$?
+  cp "$json" "$out/"
   ;;
 gap)
   lab models build "$anchor_model"
@@ -479,7 +498,7 @@ make-test)
   ;;
 *)
   echo "unknown step $step: make-test, smoke, anchors, collector, agree-lab, agree-bench, agree-8b-lab, agree-8b-bench," \
-       "hf-bench-gap, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
+       "hf-bench-gap, hf-steps, gap, breakdown, fig2, capacity, llama-1b, llama-8b, llama-1b-seed, llama-8b-seed," \
        "llama-1b-sharegpt, llama-8b-sharegpt, llama-8b-sharegpt-static, llama-1b-sharegpt-seq, llama-8b-sharegpt-seq," \
        "mixed, sharing-1b-n, sharing-1b-n6, sharing-1b-beam, sharing-1b-beam6, prefix-1b, prefix-8b, sharing-8b," \
        "sharing-8b-beam, sharing-1b-hfc, tp-smoke, tp-8b, tp-70b, agree-tp-lab, agree-tp-bench, agree-tp-gap, online-1b," \
