@@ -36,7 +36,7 @@ from lab.report.format import fmt
 from lab.report.online_markdown import latency_header, latency_text
 from lab.report.online_plot import figure12, finite_points
 from lab.report.run_view import RunView
-from lab.report.sustained import BOUNDS_NOTE, columns, sustained_table, vllm_key
+from lab.report.sustained import BOUNDS_NOTE, columns, short_trace_note, sustained_table, vllm_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -150,10 +150,8 @@ def combined_section(runs: list[SweepRun]) -> list[str]:
         lines += [slo_note]
     if others := recorded_differences(swept):
         lines += [f"The runs also differ in {describe(others)}: ratios across runs take those as equal."]
-    return lines + [
-        "",
-        tabulate(rows, headers=["run", "backend/mode", *headers], tablefmt="github", disable_numparse=True),
-    ]
+    table = tabulate(rows, headers=["run", "backend/mode", *headers], tablefmt="github", disable_numparse=True)
+    return lines + ["", table] + short_trace_note(sweeps)
 
 
 def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
