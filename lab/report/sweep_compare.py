@@ -156,7 +156,7 @@ def combined_section(runs: list[SweepRun]) -> list[str]:
 
 def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
     """Normalized latency (s/token) of every backend/mode of every run at each offered rate, '*' where
-    saturated; [] where no run swept. `labelled`: (run letter, its runs)."""
+    saturated, '°' where not judged (`lab.online_judged`); [] where no run swept. `labelled`: (run letter, its runs)."""
     rows = [(letter, run) for letter, runs in labelled for run in runs if run.sweep]
     if not rows:
         return []
@@ -172,14 +172,18 @@ def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
         "",
         tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
         "",
-        "'*': saturated at that rate; '-': not run (skipped after saturation, or not in that run's sweep).",
+        "'*': saturated at that rate; '°': not judged (every request fit the backend's concurrency limit at once, so "
+        "no queue could form: the trace was too short); '-': not run (skipped after saturation, or not in that run's "
+        "sweep).",
     ]
 
 
 def _latency_cell(point: dict | None) -> str:
     if point is None:
         return "-"
-    return latency_text(point) + ("*" if point.get("saturated") else "")
+    if point.get("saturated"):
+        return latency_text(point) + "*"
+    return latency_text(point) + ("°" if point.get("judged") is False else "")
 
 
 def compare_figure(runs: list[SweepRun]) -> Figure | None:

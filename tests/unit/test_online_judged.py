@@ -19,6 +19,7 @@ from lab.online_settings import OnlineSettings
 from lab.records import KvSample, RequestRecord, RunSummary
 from lab.report.online_markdown import points_table
 from lab.report.sustained import Sustained, short_trace_note
+from lab.report.sweep_compare import sweep_comparison
 
 VLLM_256 = {"requests": 256, "source": "vLLM scheduler_config.max_num_seqs"}
 
@@ -121,3 +122,11 @@ def test_the_warning_names_the_backends_whose_limit_the_trace_does_not_exceed():
     assert short_trace_warning(engine(num_requests=8, batch_size=4), runs) is None  # vLLM's limit unknown yet
     assert short_trace_warning(engine(num_requests=8, max_num_seqs=256, rates=(float("inf"),)), runs) is None
     assert short_trace_warning(engine(max_num_seqs=256), runs) is None  # the workload's own count: unknown
+
+
+def test_the_compare_latency_table_marks_a_not_judged_point_apart_from_a_saturated_one():
+    sweep = [point(normalized_latency_s=0.01, judged=False, concurrency_limit=256),
+             point(offered_rate_per_s=256.0, normalized_latency_s=0.02, saturated=True)]  # fmt: skip
+    run = RunSummary.from_dict({"backend": "vllm", "mode": "offline", "status": "ok", "sweep": sweep})
+    row = next(line for line in sweep_comparison([("A", [run])]) if "vllm/offline" in line)
+    assert "0.0100°" in row and "0.0200*" in row
