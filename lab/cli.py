@@ -68,6 +68,7 @@ from lab.hardware.gpus import multicast_env
 from lab.launchers import torchrun
 from lab.launchers.base import Launcher
 from lab.launchers.choose import choose_launcher
+from lab.online_judged import short_trace_warning
 from lab.phases import say
 from lab.report.compare import render_comparison
 from lab.report.sharing_writer import write_sharing_report
@@ -211,6 +212,8 @@ def experiment(
     check_vllm_device(launcher, device, any(backend == "vllm" for backend, _ in runs))
     kw["device"] = device
     engine = engine_settings(model, **kw)
+    if warning := short_trace_warning(engine, runs):  # a warning only: the report says which points it left unjudged
+        progress(warning)
     spec = ExperimentSpec(engine, runs, collector_interval_ms, not no_collector, preset, timeout_s)
     progress(
         f"lab experiment: {len(runs)} backend/modes on {model}, workload {spec.engine.workload}, "

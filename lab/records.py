@@ -322,8 +322,7 @@ class BackendResult(_BackendMode):
 
 @dataclass
 class RunSummary(_BackendMode):
-    """One backend/mode's entry of summary.json: its result's figures, the metrics of its records and
-    the memory peaks of its timeline (lab.experiments.merge)."""
+    """A backend/mode's entry of summary.json: its result, records' metrics, memory peaks (experiments.merge)."""
 
     device: str | None = None
     dtype: str | None = None
@@ -345,6 +344,7 @@ class RunSummary(_BackendMode):
     sweep: list[dict] | None = None  # online serving: lab.online_metrics.rate_metrics of each offered rate
     sweep_memory: list[dict] | None = None  # online serving: lab.accounting.pass_memory.rate_memory of each rate
     skipped_rates: list | None = None  # --stop-at-saturation: the offered rates not run
+    concurrency_limit: dict | None = None  # lab.online_judged.concurrency_limit: {requests, source}; None: older
     cut: dict | None = None  # the result's `cut`: the offered rates not run, and why
     process_end: dict | None = None  # the result's close_error, exit_stuck_s, leftover_pids where any is set
 

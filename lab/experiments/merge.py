@@ -29,7 +29,9 @@ from lab.hardware.timeline import (
     summarize_timeline,
 )
 from lab.metrics import run_metrics
-from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
+from lab.online_judged import concurrency_limit, judged_sweep
+from lab.online_metrics import is_sweep, last_rate_records
+from lab.online_settings import OnlineSettings
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 # The summary's name of each memory peak, and the collector's (lab.hardware.timeline.TimelineStats).
@@ -51,9 +53,9 @@ COLLECTOR_FACTS = (
 )
 
 
-def merge_runs(folder: rf.RunFolder, names: list[str], slos: dict[str, float] | None = None) -> None:
+def merge_runs(folder: rf.RunFolder, names: list[str], online: OnlineSettings | None = None) -> None:
     """Gather the runs' files (each read once) into the run folder's records, kv, kv_passes, timeline and summary;
-    `slos`: goodput's, for an online sweep (`lab.online_metrics`)."""
+    `online`: the online settings (goodput's SLOs, --max-concurrency), for an online sweep (`lab.online_metrics`)."""
     records, kv, kv_passes, timeline, summaries = [], [], [], [], []
     for name in names:
         part = folder.part(name)
@@ -67,7 +69,7 @@ def merge_runs(folder: rf.RunFolder, names: list[str], slos: dict[str, float] | 
         timeline.extend(collected["samples"])
         result = BackendResult.from_dict(rf.read_json(part.result))
         ranks = [BackendResult.from_dict(rf.read_json(r.result)) for r in part.ranks() if r.result.exists()]
-        summary = summarize_run(result, part_records, collected["samples"], ranks, slos or {}, part_kv)
+        summary = summarize_run(result, part_records, collected["samples"], ranks, online, part_kv)
         summary.collector = collector_facts(collected)
         summaries.append(summary)
     rf.write_jsonl(folder.records, (r.to_dict() for r in records))
@@ -82,13 +84,16 @@ def summarize_run(
     records: list[RequestRecord],
     samples: list[dict],
     ranks: list[BackendResult] = (),
-    slos: dict[str, float] | None = None,
+    online: OnlineSettings | None = None,
     kv_samples: list[KvSample] = (),
 ) -> RunSummary:
     """`ranks`: the results of torchrun ranks 1.. (a tensor-parallel hf run), for their allocator figures.
     An online sweep's `metrics` are its last rate's (inf where given); `sweep` has every rate's, and
-    `sweep_memory` every rate's KV, NVML and allocator peaks (`lab.accounting.pass_memory`)."""
+    `sweep_memory` every rate's KV, NVML and allocator peaks (`lab.accounting.pass_memory`); each finite
+    point is judged against `concurrency_limit` (`lab.online_judged`)."""
+    online = online or OnlineSettings()
     engine = dict(result.engine or {})
+    limit = concurrency_limit(result.backend, result.mode, engine, online.max_concurrency)
     engine.pop("batches", None)  # per-batch detail stays in runs/<name>/result.json
     last = last_rate_records(records)
     metrics, pass_metrics = run_metrics(last) if last else (None, None)
@@ -123,9 +128,10 @@ def summarize_run(
         engine=engine,
         energy=energy_summary(result.phases, samples, (metrics or {}).get("output_tokens"), result.energy_meter),
         host_cpu=host_load_summary(result.phases),
-        sweep=sweep_metrics(records, slos or {}) if is_sweep(records) else None,
+        sweep=judged_sweep(records, list(kv_samples), online.slos, limit) if is_sweep(records) else None,
         sweep_memory=rate_memory(pass_memory(result, records, list(kv_samples), own)) if is_sweep(records) else None,
         skipped_rates=result.skipped_rates,
+        concurrency_limit=limit,
         cut=result.cut,
         process_end=process_end(result),
     )

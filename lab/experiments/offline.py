@@ -78,7 +78,7 @@ def run_experiment(
         sweep = Sweep(processes, echo, salvage, keep=keep_cut, whole=measured_whole)
         sweep.run(specs, run_one, lambda r: r.label)
         swept = sweep.end()
-        merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online.slos)
+        merge_runs(folder, [s.name for s in specs[: len(swept.done)]], spec.engine.online)
         info = manifest(spec.to_dict(), launcher, swept.done, built, started, folder)
         rf.write_json(folder.manifest, dict(info, **cut_entry(swept.cut)))
         write_report(folder.path)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from lab.online_judged import saturated_text
 from lab.online_metrics import LATENCY_GROWTH_LIMIT, SATURATION_SHARE, default_latency_bound_s
 from lab.online_settings import OnlineSettings, rate_text
 from lab.records import RunSummary
 from lab.report.cut_markdown import rates_cut_lines
 from lab.report.format import fmt
 from lab.report.online_memory_markdown import rate_memory_table
-from lab.report.sustained import BOUNDS_NOTE, columns, sustained_table
+from lab.report.sustained import BOUNDS_NOTE, columns, short_trace_note, sustained_table
 
 
 def online_section(
@@ -53,7 +54,9 @@ def conditions(online: OnlineSettings) -> list[str]:
         "waiting to begin growing through the pass (docs/results.md). Achieved req/s counts completions, so on a "
         "finite pass it includes the drain of the last, longest requests and reads below the offered rate even "
         "where nothing queued; "
-        "admitted req/s is the rate at which requests were begun. Normalized latency: mean of E2E / output tokens.",
+        "admitted req/s is the rate at which requests were begun. Normalized latency: mean of E2E / output tokens. "
+        "'not judged (N <= M)': all N requests fit the backend's concurrency limit M at once, its KV pool never "
+        "filled and nothing waited to begin, so no queue could form at any rate: the trace is too short to tell.",
     ]
 
 
@@ -74,7 +77,7 @@ def points_table(runs: list[RunSummary]) -> str:
                 fmt(p.get("ttft_s_p50"), 3), fmt(p.get("ttft_s_p99"), 3), fmt(p.get("tpot_s_p50"), 4),
                 fmt(p.get("itl_s_p99"), 4), fmt(p.get("e2e_s_p50"), 3), fmt(p.get("e2e_s_p99"), 3),
                 fmt(p.get("queue_s_p50"), 3), fmt(p.get("goodput_per_s")),
-                fmt(None if lag is None else 1000 * lag, 2), "yes" if p.get("saturated") else "no",
+                fmt(None if lag is None else 1000 * lag, 2), saturated_text(p),
             ])  # fmt: skip
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -86,11 +89,8 @@ def sustained_section(runs: list[RunSummary], online: OnlineSettings) -> list[st
     bound = online.norm_latency_bound_s or default_latency_bound_s(sweeps)
     source = "--norm-latency-bound" if online.norm_latency_bound_s else "4x the lowest at the lowest rate"
     headers, rows = sustained_table(sweeps, columns(bound, bool(online.slos)))
-    return [
-        f"{BOUNDS_NOTE} Bound: {source}.",
-        "",
-        tabulate(rows, headers=["backend/mode", *headers], tablefmt="github", disable_numparse=True),
-    ]
+    table = tabulate(rows, headers=["backend/mode", *headers], tablefmt="github", disable_numparse=True)
+    return [f"{BOUNDS_NOTE} Bound: {source}.", "", table] + short_trace_note(sweeps)
 
 
 def latency_header(sweeps: list[list[dict]]) -> str:

@@ -9,7 +9,9 @@ kept a backend/mode's records or KV samples only in the merged file, its lines c
 The latency and throughput figures are computed again from the request records
 (`lab.metrics.run_metrics`), not read from summary.json: a run written before the arrival clock then
 shows the same definitions as a new one (its records load with `RequestRecord.from_dict`), and its
-throughput is the median over its passes' seconds where it kept only the last pass's records.
+throughput is the median over its passes' seconds where it kept only the last pass's records. An online
+sweep's points are judged again too (`lab.online_judged`), against the concurrency limit summary.json
+records, or, in runs written before it did, the one the engine's facts give.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from lab.config import EngineSettings
 from lab.hardware.timeline import restricted_to_gpus
 from lab.merged_rows import RunRows
 from lab.metrics import passes_of, run_metrics, with_pass_seconds
-from lab.online_metrics import is_sweep, last_rate_records, sweep_metrics
+from lab.online_judged import concurrency_limit, judged_sweep
+from lab.online_metrics import is_sweep, last_rate_records
 from lab.records import BackendResult, KvSample, RequestRecord, RunSummary
 
 
@@ -76,12 +79,18 @@ class RunView:
             metrics = with_pass_seconds(run.metrics, run.passes_s or []) if run.metrics else run.metrics
             return dataclasses.replace(run, metrics=metrics)
         metrics, pass_metrics = run_metrics(last_rate_records(records))  # a sweep: its last rate's
-        sweep = sweep_metrics(records, self.engine.online.slos) if is_sweep(records) else None
+        sweep = self._judged_sweep(run, records) if is_sweep(records) else None
         if all(r.pass_index is None for r in records):  # older runs kept only their last pass's records
             metrics = with_pass_seconds(metrics, run.passes_s or [])
         elif sweep:  # passes_s holds every rate's passes; the offline sections give the last rate's alone
             run = dataclasses.replace(run, passes_s=[m["duration_s"] for m in pass_metrics])
         return dataclasses.replace(run, metrics=metrics, pass_metrics=pass_metrics, sweep=sweep)
+
+    def _judged_sweep(self, run: RunSummary, records: list[RequestRecord]) -> list[dict]:
+        online = self.engine.online
+        limit = run.concurrency_limit or concurrency_limit(run.backend, run.mode, run.engine, online.max_concurrency)
+        samples = [KvSample.from_dict(s) for s in self._rows.kv_every_pass(run.name)]
+        return judged_sweep(records, samples, online.slos, limit)
 
     def records(self, name: str) -> list[RequestRecord]:
         """Every timed pass's request records of backend/mode `name` ('hf-batched')."""

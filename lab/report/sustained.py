@@ -6,6 +6,9 @@ is known only as far as the grid goes:
 - a rate that held, and the next rate failed: that rate (written as it is);
 - every rate held: at least the highest one run ('>= H');
 - the lowest rate run already failed: below it ('< L'; there is no rate to name).
+'>= H' is marked '†' where the point at H was not judged (`lab.online_judged`): the trace held no more
+requests than the backend admits at once, so no rate could have saturated it; `short_trace_note` says how
+many requests the trace would need.
 
 As an interval [low, high] of requests/s: [X, X], [H, inf) and [0, L) (L itself failed: open).
 vLLM's / this one's ratio then lies in [vLLM.low / this.high, vLLM.high / this.low]; it is written
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lab.online_judged import SHORT_TRACE_FACTOR
 from lab.online_metrics import SLO_ATTAINMENT_GOAL, sustained_rate
 from lab.report.format import fmt
 
@@ -38,6 +42,7 @@ class Sustained:
     high: float
     high_open: bool = False
     passes: tuple[Sustained, ...] = ()
+    too_short: bool = False  # '>= H' where the point at H was not judged: the trace could not saturate
 
     @classmethod
     def of(cls, points: list[dict], bound_s: float | None, slos: bool) -> Sustained | None:
@@ -56,7 +61,8 @@ class Sustained:
         rate, failed = sustained_rate(finite, bound_s, slos)
         if rate is None:
             return cls(0.0, finite[0]["offered_rate_per_s"], high_open=True, passes=passes)
-        return cls(rate, rate if failed else math.inf, passes=passes)
+        too_short = not failed and finite[-1].get("judged") is False
+        return cls(rate, rate if failed else math.inf, passes=passes, too_short=too_short)
 
     @property
     def exact(self) -> bool:
@@ -67,7 +73,7 @@ class Sustained:
         if self.low == 0:
             own = f"< {fmt(self.high)}"
         else:
-            own = fmt(self.low) if self.high == self.low else f">= {fmt(self.low)}"
+            own = fmt(self.low) if self.high == self.low else f">= {fmt(self.low)}" + (" †" if self.too_short else "")
         return own + (f" (passes: {', '.join(p.text() for p in self.passes)})" if self.passes else "")
 
 
@@ -143,6 +149,31 @@ def sustained_table(sweeps: dict[tuple[str, ...], list[dict]], titles: dict[str,
         rows.append(row)
     headers = [h for title in titles for h in (title, "vLLM / this")]
     return headers, rows
+
+
+def short_trace_note(sweeps: dict[tuple[str, ...], list[dict]]) -> list[str]:
+    """['', the footnote of the '†' marks] where some key's '>= H' is marked (its point at H not judged:
+    every request fit the backend's concurrency limit M at once); [] where none is."""
+    needs = []
+    for key, points in sweeps.items():
+        found = Sustained.of(points, None, False)
+        if found is not None and found.too_short:
+            top = max((p for p in points if p.get("offered_rate_per_s")), key=lambda p: p["offered_rate_per_s"])
+            needs.append(
+                f"{' '.join(key)} ({top.get('requests')} requests, limit {top.get('concurrency_limit')}): "
+                f"--num-requests {top.get('requests_to_judge')} or more"
+            )
+    if not needs:
+        return []
+    return [
+        "",
+        "†: not judged at the highest rate: the trace held no more requests than the backend/mode admits at once "
+        "(vLLM's max_num_seqs, a batch's rows, --max-concurrency) and its KV pool never filled, so every request "
+        "was begun on arrival and no queue could form at any rate. The trace was too short to show saturation: "
+        f"'>= H' says nothing of a higher rate. To see it, at least {SHORT_TRACE_FACTOR}x the limit: "
+        + "; ".join(needs)
+        + ".",
+    ]
 
 
 BOUNDS_NOTE = (

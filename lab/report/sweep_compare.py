@@ -36,7 +36,7 @@ from lab.report.format import fmt
 from lab.report.online_markdown import latency_header, latency_text
 from lab.report.online_plot import figure12, finite_points
 from lab.report.run_view import RunView
-from lab.report.sustained import BOUNDS_NOTE, columns, sustained_table, vllm_key
+from lab.report.sustained import BOUNDS_NOTE, columns, short_trace_note, sustained_table, vllm_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -150,15 +150,13 @@ def combined_section(runs: list[SweepRun]) -> list[str]:
         lines += [slo_note]
     if others := recorded_differences(swept):
         lines += [f"The runs also differ in {describe(others)}: ratios across runs take those as equal."]
-    return lines + [
-        "",
-        tabulate(rows, headers=["run", "backend/mode", *headers], tablefmt="github", disable_numparse=True),
-    ]
+    table = tabulate(rows, headers=["run", "backend/mode", *headers], tablefmt="github", disable_numparse=True)
+    return lines + ["", table] + short_trace_note(sweeps)
 
 
 def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
     """Normalized latency (s/token) of every backend/mode of every run at each offered rate, '*' where
-    saturated; [] where no run swept. `labelled`: (run letter, its runs)."""
+    saturated, '°' where not judged (`lab.online_judged`); [] where no run swept. `labelled`: (run letter, its runs)."""
     rows = [(letter, run) for letter, runs in labelled for run in runs if run.sweep]
     if not rows:
         return []
@@ -174,14 +172,18 @@ def sweep_comparison(labelled: list[tuple[str, list[RunSummary]]]) -> list[str]:
         "",
         tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
         "",
-        "'*': saturated at that rate; '-': not run (skipped after saturation, or not in that run's sweep).",
+        "'*': saturated at that rate; '°': not judged (every request fit the backend's concurrency limit at once, so "
+        "no queue could form: the trace was too short); '-': not run (skipped after saturation, or not in that run's "
+        "sweep).",
     ]
 
 
 def _latency_cell(point: dict | None) -> str:
     if point is None:
         return "-"
-    return latency_text(point) + ("*" if point.get("saturated") else "")
+    if point.get("saturated"):
+        return latency_text(point) + "*"
+    return latency_text(point) + ("°" if point.get("judged") is False else "")
 
 
 def compare_figure(runs: list[SweepRun]) -> Figure | None:

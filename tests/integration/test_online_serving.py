@@ -86,6 +86,19 @@ def test_summary_and_report_give_each_rate_and_the_figure(sweep):
     assert (folder.path / "online.png").stat().st_size > 0 and "online.png" in report
 
 
+def test_each_run_records_the_concurrency_limit_that_applied_and_judges_against_it(sweep):
+    folder, _, summaries = sweep
+    runs = {s.label: s for s in summaries}
+    assert runs["vllm/offline"].concurrency_limit == {"requests": 256, "source": "vLLM scheduler_config.max_num_seqs"}
+    assert runs["hf/batched"].concurrency_limit["requests"] == 4 and runs["hf/sequential"].concurrency_limit[
+        "requests"] == 1  # fmt: skip
+    for label in ("hf/sequential", "hf/batched", "hf/static-cache"):  # 8 requests over 1 or 4 rows: a queue can form
+        assert all(p["judged"] for p in runs[label].sweep if p["offered_rate_per_s"]), label
+    unjudged = [p for p in runs["vllm/offline"].sweep if p.get("judged") is False]
+    assert all(p["requests_to_judge"] == 4 * 256 and not p["saturated"] for p in unjudged)
+    assert ("not judged (8 <= 256)" in folder.report.read_text()) == bool(unjudged)
+
+
 def stored_after(records: list[RequestRecord], t_s: float) -> dict[int, int]:
     """What the records say the pool holds after the engine step ending at `t_s`: P + g - 1 tokens (the
     newest token's K/V is written by the next step) for each request with g >= 1 of its tokens by then and
