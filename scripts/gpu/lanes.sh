@@ -101,8 +101,8 @@ run_lane() {  # run_lane GPUS: that lane's lines of the plan, in order
     # four, so that nothing runs beside it (a measurement that must run alone on the host)
     local use; use=$(sed -n 's/.*ONLY_GPUS=\([0-9,][0-9,]*\).*/\1/p' <<< "$vars")
     # CPUS=0-15 on a line: the step runs under `taskset -c 0-15`, so that lanes on one host do not share
-    # CPUs (the eager transformers paths, bound by the CPU that launches their kernels, ran 3.5-5x slower
-    # beside a lane that compiled or ran vLLM, 2026-11-27); the lab's host-CPU figures count those CPUs
+    # CPUs and a step's host-CPU figures (the lab counts the CPUs it may run on) are its own. (It did not
+    # cure the eager transformers paths' slowness of 2026-11-27: pinned and alone they were as slow.)
     local cpus pin=(); cpus=$(sed -n 's/.*CPUS=\([0-9,-][0-9,-]*\).*/\1/p' <<< "$vars")
     if [[ -n $cpus ]]; then
       if command -v taskset > /dev/null; then pin=(taskset -c "$cpus")
