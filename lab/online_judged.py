@@ -31,7 +31,7 @@ from lab.records import KvSample, RequestRecord
 
 SHORT_TRACE_FACTOR = 4  # a trace shows saturation with at least 4 x the concurrency limit in requests
 KV_FULL = 1.0  # the KV pool's share in use at which new requests wait for blocks
-STATIC_MODES = ("batched", "static-cache", "static-cache-eager")  # hf: --batch-size rows per static batch
+BATCH_SIZE_MODES = ("batched", "static-cache", "static-cache-eager")  # hf modes of static batches: --batch-size rows
 
 
 def concurrency_limit(backend: str, mode: str, engine: dict | None, max_concurrency: int | None) -> dict | None:
@@ -47,7 +47,7 @@ def concurrency_limit(backend: str, mode: str, engine: dict | None, max_concurre
         limit, source = settings.get("max_requests_per_batch"), "transformers max_requests_per_batch"
     elif mode == "sequential":
         limit, source = 1, "hf/sequential: one request at a time"
-    elif mode in STATIC_MODES:
+    elif mode in BATCH_SIZE_MODES:
         limit, source = engine.get("batch_size"), "--batch-size (rows of a static batch)"
     if max_concurrency is not None and (limit is None or max_concurrency < limit):
         limit, source = max_concurrency, "--max-concurrency"

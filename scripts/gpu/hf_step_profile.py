@@ -38,6 +38,7 @@ from pathlib import Path
 
 import hf_step_facts as facts
 import torch
+from hf_bench_gap import SyncClock, sync  # the lab's per-step clock (sync, then perf_counter)
 from torch.autograd import DeviceType
 from transformers import AutoConfig, AutoModelForCausalLM, StoppingCriteria
 
@@ -65,23 +66,6 @@ PROFILE_SWITCH_SHARE = 0.75  # a run that would not reach --profile-at profiles 
 
 def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
-
-
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-class SyncStepTimer:
-    """The lab's StepTimer: at each decoding step, synchronise the device and read the clock."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        sync()
-        self.stamps.append(time.perf_counter())
-        return scores
 
 
 class ProfileWindow:
@@ -170,7 +154,7 @@ def generate(model, prompts, new_tokens: int, processors: list, stopping: TimeLi
 
 def timed_run(model, prompts, args, limit_s: float, *, timer: bool = True, profile: ProfileWindow | None = None):
     """One generate call; its steps, windows, process figures and the GPU's state around it."""
-    step_timer = SyncStepTimer() if timer else None
+    step_timer = SyncClock() if timer else None
     processors = [p for p in (step_timer, profile) if p is not None]
     stopping = TimeLimit(limit_s, prompts.shape[0], profile)
     before = facts.gpu_state()
@@ -186,7 +170,7 @@ def timed_run(model, prompts, args, limit_s: float, *, timer: bool = True, profi
     run.update(rows=prompts.shape[0], steps=steps, limit_s=limit_s, stopped_by_limit=stopping.hit)
     run.update(wall_s=round(wall, 3), ms_per_step=round(wall / max(steps, 1) * 1e3, 3))
     if step_timer is not None:
-        step_ms = facts.step_ms(step_timer.stamps, start)
+        step_ms = facts.step_ms(step_timer.steps, start)
         run["windows"] = facts.window_medians(step_ms, facts.parse_windows(args.windows))
         run["step_ms"] = [round(ms, 3) for ms in step_ms]
     run["gpu_before"], run["gpu_after"] = before, facts.gpu_state()
